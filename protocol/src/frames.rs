@@ -1,0 +1,336 @@
+//! Websocket frames and HTTP bodies. Every websocket frame is one JSON object
+//! in a text message, tagged by `type`. Requests carry a client-chosen `rid`
+//! that the server echoes in the one reply (or `error`) it sends for them.
+
+use serde::{Deserialize, Serialize};
+
+use crate::Bytes;
+
+/// Frames a client sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    /// Start delivery: pending welcomes, then every timeline message after the
+    /// device's cursors, then `caught_up`, then live messages.
+    Subscribe { rid: u64 },
+    /// Upload key packages (each claimed at most once) and optionally replace
+    /// the last-resort key package (handed out when no other is left).
+    PublishKeyPackages {
+        rid: u64,
+        key_packages: Vec<Bytes>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        last_resort: Option<Bytes>,
+    },
+    /// Claim one key package for every active device of an account.
+    ClaimKeyPackages { rid: u64, account_id: String },
+    /// How many unclaimed (not last-resort) key packages this device has left.
+    KeyPackageCount { rid: u64 },
+    ListAccounts { rid: u64 },
+    ListTimelines { rid: u64 },
+    /// Register a new timeline: `group_info` is an MLS GroupInfo message at
+    /// epoch 0 with the ratchet tree extension, whose only member is the sender.
+    CreateTimeline { rid: u64, timeline_id: String, group_info: Bytes },
+    /// An MLS commit as a PublicMessage (or an external commit), with the
+    /// Welcome for added devices and the GroupInfo of the new epoch.
+    Commit {
+        rid: u64,
+        timeline_id: String,
+        msg_id: String,
+        commit: Bytes,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        welcome: Option<Bytes>,
+        group_info: Bytes,
+    },
+    /// An MLS application message (PrivateMessage) at the current epoch.
+    Send { rid: u64, timeline_id: String, msg_id: String, message: Bytes },
+    /// The device has processed everything up to `seq` in a timeline.
+    Ack { timeline_id: String, seq: u64 },
+    /// The device has processed a welcome; it is not sent again.
+    AckWelcome { welcome_id: u64 },
+    /// The GroupInfo of the current epoch, for a rejoin by external commit.
+    GetGroupInfo { rid: u64, timeline_id: String },
+    Ping { rid: u64 },
+}
+
+/// Frames the server sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// First frame on every connection.
+    Ready { protocol: u32, account_id: String, device_id: String },
+    /// A timeline message, delivered in `seq` order per timeline.
+    Message(Delivered),
+    /// An MLS Welcome for this device: it was added to `timeline_id` by the
+    /// commit at `seq`; its messages start at `seq + 1`.
+    Welcome { welcome_id: u64, timeline_id: String, seq: u64, welcome: Bytes },
+    /// Everything stored before the subscription has been sent.
+    CaughtUp { rid: u64 },
+    /// A commit or application message is durably stored at `seq`.
+    /// `duplicate` is true when `msg_id` was already stored (the retry of a
+    /// message whose acknowledgement was lost); `seq` is then the original.
+    Accepted { rid: u64, timeline_id: String, seq: u64, epoch: u64, duplicate: bool },
+    Created { rid: u64, timeline_id: String, epoch: u64 },
+    KeyPackagesStored { rid: u64, count: u64 },
+    KeyPackages { rid: u64, account_id: String, devices: Vec<DeviceKeyPackage> },
+    KeyPackageCount { rid: u64, count: u64 },
+    Accounts { rid: u64, accounts: Vec<AccountInfo> },
+    Timelines { rid: u64, timelines: Vec<TimelineInfo> },
+    GroupInfo { rid: u64, timeline_id: String, epoch: u64, group_info: Bytes },
+    Pong { rid: u64 },
+    Error(ErrorFrame),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Delivered {
+    pub timeline_id: String,
+    pub seq: u64,
+    /// The epoch the message was sent in (for a commit: the epoch it ends).
+    pub epoch: u64,
+    pub kind: MessageKind,
+    pub sender_device_id: String,
+    pub msg_id: String,
+    /// Server time of storage, milliseconds since the Unix epoch.
+    pub stored_at: u64,
+    pub data: Bytes,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageKind {
+    Commit,
+    Application,
+}
+
+impl MessageKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageKind::Commit => "commit",
+            MessageKind::Application => "application",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "commit" => Some(MessageKind::Commit),
+            "application" => Some(MessageKind::Application),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceKeyPackage {
+    pub device_id: String,
+    pub key_package: Bytes,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AccountInfo {
+    pub account_id: String,
+    pub name: String,
+    /// The account's active devices.
+    pub device_ids: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TimelineInfo {
+    pub timeline_id: String,
+    pub epoch: u64,
+    /// The highest sequence number stored in the timeline.
+    pub head_seq: u64,
+    /// The device's delivery cursor: everything up to it was acknowledged.
+    pub cursor: u64,
+    /// Accounts with at least one device in the group.
+    pub member_account_ids: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorFrame {
+    /// The request this answers, when the request could be read far enough.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rid: Option<u64>,
+    pub code: ErrorCode,
+    /// A human-readable explanation; never contains message content.
+    pub message: String,
+    /// Present with `epoch_conflict` and `stale_epoch`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_epoch: Option<u64>,
+}
+
+/// Every error the server reports, on the websocket and over HTTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Not JSON, or not a frame of a known shape.
+    MalformedFrame,
+    /// A JSON object whose `type` the server does not know.
+    UnknownType,
+    /// The frame is larger than the server accepts.
+    FrameTooLarge,
+    /// Missing, unknown or revoked credentials.
+    Unauthorized,
+    /// The enrolment code is unknown, used or expired.
+    InvalidCode,
+    /// An id or argument does not satisfy the rules of PROTOCOL.md.
+    InvalidArgument,
+    UnknownTimeline,
+    UnknownAccount,
+    TimelineExists,
+    /// The device is not a member of the timeline.
+    NotMember,
+    /// A commit for an epoch that already has one: catch up and redo it.
+    EpochConflict,
+    /// An application message for an epoch that is no longer current.
+    StaleEpoch,
+    /// The MLS message does not parse or does not validate.
+    InvalidMls,
+    /// A credential in a key package or leaf is not the uploading device's,
+    /// or names a device that does not exist.
+    CredentialMismatch,
+    /// A device of the account has no key package left.
+    NoKeyPackages,
+    /// The message id was already used for a different timeline.
+    MsgIdReused,
+    /// The server could not do it; nothing was stored. Retry later.
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::MalformedFrame => "malformed_frame",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::FrameTooLarge => "frame_too_large",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::InvalidCode => "invalid_code",
+            ErrorCode::InvalidArgument => "invalid_argument",
+            ErrorCode::UnknownTimeline => "unknown_timeline",
+            ErrorCode::UnknownAccount => "unknown_account",
+            ErrorCode::TimelineExists => "timeline_exists",
+            ErrorCode::NotMember => "not_member",
+            ErrorCode::EpochConflict => "epoch_conflict",
+            ErrorCode::StaleEpoch => "stale_epoch",
+            ErrorCode::InvalidMls => "invalid_mls",
+            ErrorCode::CredentialMismatch => "credential_mismatch",
+            ErrorCode::NoKeyPackages => "no_key_packages",
+            ErrorCode::MsgIdReused => "msg_id_reused",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+/// `POST /v1/enrol` request body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnrolRequest {
+    pub code: String,
+    pub device_name: String,
+    /// The device's MLS signature public key (Ed25519, 32 bytes).
+    pub signature_key: Bytes,
+}
+
+/// `POST /v1/enrol` success body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnrolResponse {
+    pub account_id: String,
+    pub account_name: String,
+    pub device_id: String,
+    /// Bearer token for `GET /v1/ws`. Shown once; the server keeps its hash.
+    pub device_token: String,
+}
+
+/// Body of every HTTP error response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HttpError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    //! Golden frames: an accidental change to the wire shape fails here.
+    use super::*;
+
+    fn golden_client(frame: ClientFrame, json: &str) {
+        assert_eq!(serde_json::to_string(&frame).unwrap(), json);
+        assert_eq!(serde_json::from_str::<ClientFrame>(json).unwrap(), frame);
+    }
+
+    fn golden_server(frame: ServerFrame, json: &str) {
+        assert_eq!(serde_json::to_string(&frame).unwrap(), json);
+        assert_eq!(serde_json::from_str::<ServerFrame>(json).unwrap(), frame);
+    }
+
+    #[test]
+    fn client_frames() {
+        golden_client(ClientFrame::Subscribe { rid: 1 }, r#"{"type":"subscribe","rid":1}"#);
+        golden_client(
+            ClientFrame::Send {
+                rid: 2,
+                timeline_id: "t".into(),
+                msg_id: "m1".into(),
+                message: Bytes(vec![1, 2, 3]),
+            },
+            r#"{"type":"send","rid":2,"timeline_id":"t","msg_id":"m1","message":"AQID"}"#,
+        );
+        golden_client(
+            ClientFrame::Commit {
+                rid: 3,
+                timeline_id: "t".into(),
+                msg_id: "c1".into(),
+                commit: Bytes(vec![0]),
+                welcome: None,
+                group_info: Bytes(vec![255]),
+            },
+            r#"{"type":"commit","rid":3,"timeline_id":"t","msg_id":"c1","commit":"AA==","group_info":"/w=="}"#,
+        );
+        golden_client(
+            ClientFrame::Ack { timeline_id: "t".into(), seq: 9 },
+            r#"{"type":"ack","timeline_id":"t","seq":9}"#,
+        );
+        golden_client(
+            ClientFrame::PublishKeyPackages { rid: 4, key_packages: vec![Bytes(vec![7])], last_resort: None },
+            r#"{"type":"publish_key_packages","rid":4,"key_packages":["Bw=="]}"#,
+        );
+        golden_client(ClientFrame::AckWelcome { welcome_id: 5 }, r#"{"type":"ack_welcome","welcome_id":5}"#);
+    }
+
+    #[test]
+    fn server_frames() {
+        golden_server(
+            ServerFrame::Message(Delivered {
+                timeline_id: "t".into(),
+                seq: 12,
+                epoch: 3,
+                kind: MessageKind::Application,
+                sender_device_id: "d".into(),
+                msg_id: "m".into(),
+                stored_at: 1000,
+                data: Bytes(vec![1]),
+            }),
+            r#"{"type":"message","timeline_id":"t","seq":12,"epoch":3,"kind":"application","sender_device_id":"d","msg_id":"m","stored_at":1000,"data":"AQ=="}"#,
+        );
+        golden_server(
+            ServerFrame::Accepted { rid: 2, timeline_id: "t".into(), seq: 12, epoch: 3, duplicate: false },
+            r#"{"type":"accepted","rid":2,"timeline_id":"t","seq":12,"epoch":3,"duplicate":false}"#,
+        );
+        golden_server(
+            ServerFrame::Error(ErrorFrame {
+                rid: Some(3),
+                code: ErrorCode::EpochConflict,
+                message: "epoch 4 already has a commit".into(),
+                current_epoch: Some(5),
+            }),
+            r#"{"type":"error","rid":3,"code":"epoch_conflict","message":"epoch 4 already has a commit","current_epoch":5}"#,
+        );
+        golden_server(
+            ServerFrame::Welcome { welcome_id: 1, timeline_id: "t".into(), seq: 4, welcome: Bytes(vec![2]) },
+            r#"{"type":"welcome","welcome_id":1,"timeline_id":"t","seq":4,"welcome":"Ag=="}"#,
+        );
+    }
+
+    #[test]
+    fn error_code_strings_match_serde() {
+        for code in [ErrorCode::MalformedFrame, ErrorCode::StaleEpoch, ErrorCode::MsgIdReused, ErrorCode::Internal] {
+            assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
+        }
+    }
+}
