@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# Runs Tsunagu's whole test suite, installing what it needs on a fresh Debian 12
+# machine that has Rust (rustup, stable):
+#
+#   1. system packages: a C compiler (build-essential) if `cc` is missing and
+#      PostgreSQL if no pg_ctl is under /usr/lib/postgresql/*/bin (apt-get; sudo
+#      only when not root), and the wasm32-unknown-unknown Rust target;
+#   2. the client library must build for wasm32 (browser) as well;
+#   3. cargo build --workspace --all-targets;
+#   4. cargo test --workspace, the server tests using SQLite;
+#   5. a throwaway PostgreSQL cluster (ops/pg-cluster.sh), and the server's
+#      integration tests again against it; the cluster is removed on exit.
+#
+# It prints the wall time of every phase and exits non-zero if anything fails.
+# Environment:
+#   TSUNAGU_SKIP_INSTALL=1   do not install anything (fail if something is missing)
+#   TSUNAGU_SKIP_POSTGRES=1  skip phase 5 (reported as skipped)
+#   TEST_LOG=1               echo the test servers' logs to the test output
+#   extra arguments are passed to both `cargo test` runs (e.g. a test name filter)
+set -uo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$(pwd)
+
+export RUST_BACKTRACE=${RUST_BACKTRACE:-1}
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+
+now_ms() { date +%s%3N; }
+fmt_ms() { printf '%d.%01ds' $(($1 / 1000)) $((($1 % 1000) / 100)); }
+
+T_START=$(now_ms)
+PHASES=()
+PG_DIR=""
+FAILED=""
+
+summary() {
+    local rc=$?
+    if [[ -n "$PG_DIR" ]]; then
+        "$ROOT/ops/pg-cluster.sh" stop "$PG_DIR" || true
+        PG_DIR=""
+    fi
+    echo
+    echo "==> ops/test.sh phase times"
+    local line
+    for line in "${PHASES[@]}"; do
+        echo "    $line"
+    done
+    printf '    %-34s %9s\n' "total" "$(fmt_ms $(($(now_ms) - T_START)))"
+    if [[ $rc -eq 0 && -z "$FAILED" ]]; then
+        echo "==> all tests passed"
+    else
+        echo "==> FAILED${FAILED:+ in phase: $FAILED} (exit $rc)"
+        [[ $rc -eq 0 ]] && rc=1
+    fi
+    exit $rc
+}
+trap summary EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# phase NAME COMMAND... : runs COMMAND, records its wall time, stops on failure.
+phase() {
+    local name=$1
+    shift
+    echo
+    echo "==> [$name] $*"
+    local t0 rc=0
+    t0=$(now_ms)
+    "$@" || rc=$?
+    local dt=$(($(now_ms) - t0))
+    if [[ $rc -eq 0 ]]; then
+        PHASES+=("$(printf '%-34s %9s  ok' "$name" "$(fmt_ms $dt)")")
+    else
+        PHASES+=("$(printf '%-34s %9s  FAILED (exit %d)' "$name" "$(fmt_ms $dt)" "$rc")")
+        FAILED=$name
+        exit "$rc"
+    fi
+}
+
+skipped() {
+    PHASES+=("$(printf '%-34s %9s  skipped (%s)' "$1" "-" "$2")")
+}
+
+as_root() {
+    if [[ $(id -u) -eq 0 ]]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        echo "need root to run: $* (no sudo found); run this script as root" >&2
+        return 1
+    fi
+}
+
+have_postgres() {
+    compgen -G "/usr/lib/postgresql/*/bin/pg_ctl" >/dev/null
+}
+
+install_deps() {
+    if ! command -v cargo >/dev/null 2>&1; then
+        echo "cargo not found. Install Rust with rustup (https://rustup.rs):" >&2
+        echo "  curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y && . \"\$HOME/.cargo/env\"" >&2
+        return 1
+    fi
+    local pkgs=()
+    if ! command -v cc >/dev/null 2>&1; then
+        pkgs+=(build-essential pkg-config)
+    fi
+    if ! have_postgres; then
+        pkgs+=(postgresql)
+    fi
+    if [[ ${#pkgs[@]} -gt 0 ]]; then
+        if [[ -n "${TSUNAGU_SKIP_INSTALL:-}" ]]; then
+            echo "missing: ${pkgs[*]} (TSUNAGU_SKIP_INSTALL is set)" >&2
+            return 1
+        fi
+        echo "installing: ${pkgs[*]}"
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update || return 1
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${pkgs[@]}" || return 1
+        if ! have_postgres; then
+            echo "PostgreSQL was installed but no pg_ctl is under /usr/lib/postgresql/*/bin" >&2
+            return 1
+        fi
+    else
+        echo "C compiler and PostgreSQL ($(ls -d /usr/lib/postgresql/*/bin | tr '\n' ' ')) already present"
+    fi
+    if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then
+        if [[ -n "${TSUNAGU_SKIP_INSTALL:-}" ]]; then
+            echo "missing rust target wasm32-unknown-unknown (TSUNAGU_SKIP_INSTALL is set)" >&2
+            return 1
+        fi
+        rustup target add wasm32-unknown-unknown || return 1
+    fi
+    cargo --version && rustc --version
+}
+
+postgres_tests() {
+    local out
+    out=$("$ROOT/ops/pg-cluster.sh" start) || return 1
+    eval "$out"
+    PG_DIR=$TSUNAGU_PG_CLUSTER_DIR
+    echo "PostgreSQL cluster: $TSUNAGU_TEST_POSTGRES (data in $TSUNAGU_TEST_POSTGRES_DATA)"
+    local rc=0
+    # Only the server package's integration tests (tests/*.rs) use the backend.
+    cargo test -p tsunagu-server --test '*' -- "$@" || rc=$?
+    "$ROOT/ops/pg-cluster.sh" stop "$PG_DIR" || true
+    PG_DIR=""
+    unset TSUNAGU_TEST_POSTGRES TSUNAGU_TEST_POSTGRES_DATA TSUNAGU_PG_CLUSTER_DIR
+    return $rc
+}
+
+phase "install dependencies" install_deps
+phase "client builds for wasm32" \
+    cargo build -p tsunagu-client --target wasm32-unknown-unknown --no-default-features --lib
+phase "build workspace (all targets)" cargo build --workspace --all-targets
+phase "tests (SQLite)" \
+    env -u TSUNAGU_TEST_POSTGRES -u TSUNAGU_TEST_POSTGRES_DATA cargo test --workspace -- "$@"
+if [[ -n "${TSUNAGU_SKIP_POSTGRES:-}" ]]; then
+    skipped "server tests (PostgreSQL)" "TSUNAGU_SKIP_POSTGRES"
+else
+    phase "server tests (PostgreSQL)" postgres_tests "$@"
+fi
