@@ -1,1 +1,79 @@
+//! Tsunagu server library: a websocket relay that orders and stores MLS
+//! ciphertext per patient timeline and validates commits against the groups'
+//! public state. `main.rs` and the tests call [`run`].
 
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod hub;
+pub mod http;
+pub mod mls;
+pub mod operator;
+pub mod ws;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::config::ServeConfig;
+use crate::db::Db;
+use crate::hub::Hub;
+
+/// State shared by every request and connection.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Db,
+    pub hub: Arc<Hub>,
+    pub config: Arc<ServeConfig>,
+}
+
+/// Serve until `shutdown` completes; connections are then closed and the
+/// database pools drained.
+pub async fn run(
+    listener: TcpListener,
+    config: ServeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let db = Db::connect(&config.storage).await?;
+    let state = AppState { db: db.clone(), hub: Arc::new(Hub::default()), config: Arc::new(config) };
+    let app = http::router(state);
+    tracing::info!(addr = %listener.local_addr()?, backend = db.backend_name(), "serving");
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    db.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Structured logs to stderr, filtered by `RUST_LOG` (default `info`). Log
+/// lines carry ids, sequence numbers and sizes, never message content.
+pub fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutdown requested");
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,1 +1,19 @@
-fn main() {}
+//! The `tsunagu-server` binary: parses the command line and hands over to the library.
+
+use clap::Parser;
+use tsunagu_server::config::{Cli, Command};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tsunagu_server::init_logging();
+    match cli.command {
+        Some(Command::Account(cmd)) => tsunagu_server::operator::run(&cli.serve.storage, cmd).await,
+        None => {
+            let listener = tokio::net::TcpListener::bind(cli.serve.listen).await?;
+            // Scripts and tests read this line to learn the port.
+            println!("tsunagu listening on http://{}", listener.local_addr()?);
+            tsunagu_server::run(listener, cli.serve, tsunagu_server::shutdown_signal()).await
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! HTTP surface: enrolment, the authenticated websocket upgrade and health.
+//! All routes and middleware are assembled in [`router`].
+
+use axum::extract::{State, WebSocketUpgrade};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use tsunagu_protocol::frames::{EnrolRequest, EnrolResponse, HttpError};
+use tsunagu_protocol::ErrorCode;
+
+use crate::db::Device;
+use crate::error::ApiError;
+use crate::{now_ms, ws, AppState};
+
+/// Hard cap of the websocket layer; frames above the configured application
+/// limit but below this get a `frame_too_large` error frame instead of a
+/// closed connection.
+const WS_HARD_LIMIT: usize = 16 * 1024 * 1024;
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/v1/enrol", post(enrol))
+        .route("/v1/ws", get(websocket))
+        .with_state(state)
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match self.code {
+            ErrorCode::Unauthorized | ErrorCode::InvalidCode => StatusCode::UNAUTHORIZED,
+            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        (status, Json(HttpError { code: self.code, message: self.message })).into_response()
+    }
+}
+
+/// SHA-256 of a secret (token or code), hex; only hashes are stored.
+pub fn secret_hash(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+pub fn new_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+async fn enrol(State(state): State<AppState>, Json(req): Json<EnrolRequest>) -> Result<Json<EnrolResponse>, ApiError> {
+    if req.signature_key.as_slice().len() != 32 {
+        return Err(ApiError::new(ErrorCode::InvalidArgument, "signature_key must be a 32-byte Ed25519 public key"));
+    }
+    let name = req.device_name.trim();
+    if name.is_empty() || name.chars().count() > 100 {
+        return Err(ApiError::new(ErrorCode::InvalidArgument, "device_name must be 1-100 characters"));
+    }
+    let token = new_token();
+    let device = Device {
+        id: uuid::Uuid::new_v4().to_string(),
+        account_id: String::new(),
+        signature_key: req.signature_key.into_vec(),
+        revoked: false,
+    };
+    let code = crate::operator::normalize_code(&req.code);
+    let enrolled = state.db.enrol(&secret_hash(&code), &device, name, &secret_hash(&token), now_ms()).await?;
+    let Some((account_id, account_name)) = enrolled else {
+        tracing::info!("enrolment refused: unknown, used or expired code");
+        return Err(ApiError::new(ErrorCode::InvalidCode, "the enrolment code is unknown, used or expired"));
+    };
+    tracing::info!(account = %account_id, device = %device.id, "device enrolled");
+    Ok(Json(EnrolResponse { account_id, account_name, device_id: device.id, device_token: token }))
+}
+
+async fn websocket(State(state): State<AppState>, headers: HeaderMap, upgrade: WebSocketUpgrade) -> Result<Response, ApiError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "send the device token as Authorization: Bearer"))?;
+    let device = state.db.device_by_token(&secret_hash(token.trim())).await?;
+    let device = match device {
+        Some(d) if !d.revoked => d,
+        _ => return Err(ApiError::new(ErrorCode::Unauthorized, "unknown or revoked device token")),
+    };
+    // Small buffers: an idle connection should cost kilobytes, not the
+    // library's default of 128 KiB.
+    Ok(upgrade
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(8 * 1024)
+        .max_message_size(WS_HARD_LIMIT)
+        .max_frame_size(WS_HARD_LIMIT)
+        .on_upgrade(move |socket| ws::serve(socket, state, device)))
+}

@@ -1,0 +1,105 @@
+//! Live delivery inside one server process: connected devices register a
+//! bounded queue; a stored message is serialized once and pushed to every
+//! member device's queues. The hub is only an accelerator: connections fill
+//! any gap (a full queue, a message published out of order) from the database,
+//! which stays the source of truth.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::ws::Utf8Bytes;
+use tokio::sync::mpsc;
+
+/// What a connection receives from the hub.
+#[derive(Debug, Clone)]
+pub enum Push {
+    /// A stored timeline message, already serialized as a `message` frame.
+    Message { timeline_id: Arc<str>, seq: i64, frame: Utf8Bytes },
+    /// A `welcome` frame for this device.
+    Welcome { timeline_id: Arc<str>, seq: i64, frame: Utf8Bytes },
+}
+
+struct Conn {
+    id: u64,
+    tx: mpsc::Sender<Push>,
+    lagged: Arc<AtomicBool>,
+}
+
+#[derive(Default)]
+pub struct Hub {
+    next_id: AtomicU64,
+    conns: Mutex<HashMap<String, Vec<Conn>>>,
+    /// Member devices per timeline, valid for one epoch (members only change
+    /// with a commit, and a commit ends the epoch).
+    members: Mutex<HashMap<String, (i64, Arc<Vec<String>>)>>,
+}
+
+/// A connection's registration; unregisters on drop.
+pub struct Subscription {
+    hub: Arc<Hub>,
+    device_id: String,
+    id: u64,
+    pub rx: mpsc::Receiver<Push>,
+    /// Set when a push was dropped because the queue was full: the connection
+    /// must catch up from the database.
+    pub lagged: Arc<AtomicBool>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut conns = self.hub.conns.lock().expect("hub lock");
+        if let Some(list) = conns.get_mut(&self.device_id) {
+            list.retain(|c| c.id != self.id);
+            if list.is_empty() {
+                conns.remove(&self.device_id);
+            }
+        }
+    }
+}
+
+impl Hub {
+    pub fn subscribe(self: &Arc<Self>, device_id: &str, capacity: usize) -> Subscription {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let lagged = Arc::new(AtomicBool::new(false));
+        self.conns
+            .lock()
+            .expect("hub lock")
+            .entry(device_id.to_owned())
+            .or_default()
+            .push(Conn { id, tx, lagged: lagged.clone() });
+        Subscription { hub: self.clone(), device_id: device_id.to_owned(), id, rx, lagged }
+    }
+
+    /// The member devices of a timeline at `epoch`, if known.
+    pub fn members_at(&self, timeline_id: &str, epoch: i64) -> Option<Arc<Vec<String>>> {
+        let members = self.members.lock().expect("hub lock");
+        members.get(timeline_id).filter(|(e, _)| *e == epoch).map(|(_, m)| m.clone())
+    }
+
+    pub fn set_members(&self, timeline_id: &str, epoch: i64, devices: Vec<String>) -> Arc<Vec<String>> {
+        let devices = Arc::new(devices);
+        let mut members = self.members.lock().expect("hub lock");
+        let entry = members.entry(timeline_id.to_owned()).or_insert((epoch, devices.clone()));
+        if entry.0 <= epoch {
+            *entry = (epoch, devices.clone());
+        }
+        devices
+    }
+
+    pub fn publish(&self, recipients: &[String], push: &Push) {
+        let conns = self.conns.lock().expect("hub lock");
+        for device in recipients {
+            for conn in conns.get(device).into_iter().flatten() {
+                if conn.tx.try_send(push.clone()).is_err() {
+                    conn.lagged.store(true, Ordering::Release);
+                }
+            }
+        }
+    }
+
+    pub fn connected_devices(&self) -> usize {
+        self.conns.lock().expect("hub lock").len()
+    }
+}

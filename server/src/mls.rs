@@ -1,0 +1,260 @@
+//! Server-side MLS: parse what clients upload, validate commits against each
+//! timeline's public group state (openmls `PublicGroup`), and check that every
+//! credential belongs to the device that uses it. Only this module speaks
+//! openmls; it never sees plaintext because the server holds no group secrets.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::RwLock;
+
+use openmls::prelude::tls_codec::Deserialize as _;
+use openmls::prelude::*;
+use openmls_memory_storage::MemoryStorage;
+use openmls_rust_crypto::RustCrypto;
+use tsunagu_protocol::ErrorCode;
+
+use crate::error::ApiError;
+
+fn invalid(msg: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorCode::InvalidMls, msg)
+}
+
+fn mismatch(msg: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorCode::CredentialMismatch, msg)
+}
+
+fn parse_body(bytes: &[u8]) -> Result<MlsMessageBodyIn, ApiError> {
+    let msg = MlsMessageIn::tls_deserialize_exact(bytes).map_err(|e| invalid(format!("not an MLS message: {e}")))?;
+    Ok(msg.extract())
+}
+
+/// The device id named by a basic credential.
+pub fn identity(credential: &Credential) -> Result<String, ApiError> {
+    let basic = BasicCredential::try_from(credential.clone()).map_err(|_| mismatch("credential is not a basic credential"))?;
+    String::from_utf8(basic.identity().to_vec()).map_err(|_| mismatch("credential identity is not UTF-8"))
+}
+
+/// A leaf's claim: which device it names and with which signature key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeafClaim {
+    pub device_id: String,
+    pub signature_key: Vec<u8>,
+}
+
+fn leaf_claim(leaf: &LeafNode) -> Result<LeafClaim, ApiError> {
+    Ok(LeafClaim { device_id: identity(leaf.credential())?, signature_key: leaf.signature_key().as_slice().to_vec() })
+}
+
+/// Validate a key package (signature, lifetime, version) and return the leaf
+/// it claims; the caller checks the claim against the uploading device.
+pub fn key_package_claim(bytes: &[u8]) -> Result<LeafClaim, ApiError> {
+    let kp = KeyPackageIn::tls_deserialize_exact(bytes).map_err(|e| invalid(format!("not a key package: {e}")))?;
+    let kp = kp.validate(&RustCrypto::default(), ProtocolVersion::Mls10).map_err(|e| invalid(format!("invalid key package: {e}")))?;
+    leaf_claim(kp.leaf_node())
+}
+
+/// The epoch of an application message for `timeline_id`; refuses anything
+/// that is not an encrypted application message of that group.
+pub fn application_epoch(bytes: &[u8], timeline_id: &str) -> Result<u64, ApiError> {
+    let MlsMessageBodyIn::PrivateMessage(pm) = parse_body(bytes)? else {
+        return Err(invalid("an application message must be an MLS PrivateMessage"));
+    };
+    let pm = ProtocolMessage::from(pm);
+    if pm.group_id().as_slice() != timeline_id.as_bytes() {
+        return Err(invalid("the message belongs to another group"));
+    }
+    if pm.content_type() != ContentType::Application {
+        return Err(invalid("a PrivateMessage sent with `send` must carry application content"));
+    }
+    Ok(pm.epoch().as_u64())
+}
+
+/// A commit parsed far enough to know its epoch, before any validation.
+pub struct IncomingCommit {
+    message: PublicMessageIn,
+    pub epoch: u64,
+}
+
+pub fn parse_commit(bytes: &[u8], timeline_id: &str) -> Result<IncomingCommit, ApiError> {
+    let MlsMessageBodyIn::PublicMessage(pm) = parse_body(bytes)? else {
+        return Err(invalid("a commit must be an MLS PublicMessage"));
+    };
+    let protocol = ProtocolMessage::from(pm.clone());
+    if protocol.group_id().as_slice() != timeline_id.as_bytes() {
+        return Err(invalid("the commit belongs to another group"));
+    }
+    if protocol.content_type() != ContentType::Commit {
+        return Err(invalid("the message is not a commit"));
+    }
+    Ok(IncomingCommit { epoch: protocol.epoch().as_u64(), message: pm })
+}
+
+/// Check a GroupInfo message for `timeline_id` at `epoch`; returns its bytes
+/// unchanged so it can be stored for external joins.
+pub fn check_group_info(bytes: &[u8], timeline_id: &str, epoch: u64) -> Result<(), ApiError> {
+    let MlsMessageBodyIn::GroupInfo(gi) = parse_body(bytes)? else {
+        return Err(invalid("group_info must be an MLS GroupInfo message"));
+    };
+    if gi.group_id().as_slice() != timeline_id.as_bytes() || gi.epoch().as_u64() != epoch {
+        return Err(invalid(format!("group_info must be for this timeline at epoch {epoch}")));
+    }
+    if gi.extensions().ratchet_tree().is_none() {
+        return Err(invalid("group_info must carry the ratchet tree extension"));
+    }
+    Ok(())
+}
+
+pub fn check_welcome(bytes: &[u8]) -> Result<(), ApiError> {
+    match parse_body(bytes)? {
+        MlsMessageBodyIn::Welcome(_) => Ok(()),
+        _ => Err(invalid("welcome must be an MLS Welcome message")),
+    }
+}
+
+/// A timeline's public group state, as stored in the database: the entries of
+/// the openmls storage that `PublicGroup` writes, length-prefixed and sorted.
+pub struct PublicState {
+    storage: MemoryStorage,
+    group: PublicGroup,
+}
+
+impl PublicState {
+    /// Start tracking a new group from its epoch-0 GroupInfo. The caller checks
+    /// the returned members (the creator only).
+    pub fn create(timeline_id: &str, group_info: &[u8]) -> Result<(PublicState, Vec<LeafClaim>), ApiError> {
+        let MlsMessageBodyIn::GroupInfo(gi) = parse_body(group_info)? else {
+            return Err(invalid("group_info must be an MLS GroupInfo message"));
+        };
+        if gi.group_id().as_slice() != timeline_id.as_bytes() {
+            return Err(invalid("the group id must be the timeline id"));
+        }
+        if gi.epoch().as_u64() != 0 {
+            return Err(invalid("a new timeline starts at epoch 0"));
+        }
+        let tree = gi.extensions().ratchet_tree().ok_or_else(|| invalid("group_info must carry the ratchet tree extension"))?.ratchet_tree().clone();
+        let storage = MemoryStorage::default();
+        let (group, _) = PublicGroup::from_external(&RustCrypto::default(), &storage, tree, gi, ProposalStore::new())
+            .map_err(|e| invalid(format!("group_info does not validate: {e}")))?;
+        let state = PublicState { storage, group };
+        let members = state.members()?;
+        Ok((state, members))
+    }
+
+    pub fn load(timeline_id: &str, bytes: &[u8]) -> Result<PublicState, ApiError> {
+        let storage = decode_storage(bytes).ok_or_else(|| corrupt("public state does not decode"))?;
+        let group = PublicGroup::load(&storage, &GroupId::from_slice(timeline_id.as_bytes()))
+            .map_err(|_| corrupt("public state does not load"))?
+            .ok_or_else(|| corrupt("public state is missing"))?;
+        Ok(PublicState { storage, group })
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        encode_storage(&self.storage)
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.group.group_context().epoch().as_u64()
+    }
+
+    /// Every leaf of the group: the devices that receive its messages.
+    pub fn members(&self) -> Result<Vec<LeafClaim>, ApiError> {
+        self.group
+            .members()
+            .map(|m| Ok(LeafClaim { device_id: identity(&m.credential)?, signature_key: m.signature_key }))
+            .collect()
+    }
+
+    /// Validate a commit against the current state. The result names the
+    /// sender and every new leaf; the caller checks them against registered
+    /// devices before calling [`StagedChange::merge`].
+    pub fn stage(self, commit: IncomingCommit) -> Result<StagedChange, ApiError> {
+        let processed = self
+            .group
+            .process_message(&RustCrypto::default(), commit.message)
+            .map_err(|e| invalid(format!("commit does not validate: {e}")))?;
+        let external = match processed.sender() {
+            Sender::Member(_) => false,
+            Sender::NewMemberCommit => true,
+            _ => return Err(invalid("commits must come from a member or be external commits")),
+        };
+        let sender = identity(processed.credential())?;
+        let ProcessedMessageContent::StagedCommitMessage(staged) = processed.into_content() else {
+            return Err(invalid("the message is not a commit"));
+        };
+        let mut new_leaves = Vec::new();
+        for add in staged.add_proposals() {
+            new_leaves.push(leaf_claim(add.add_proposal().key_package().leaf_node())?);
+        }
+        if let Some(leaf) = staged.update_path_leaf_node() {
+            new_leaves.push(leaf_claim(leaf)?);
+        }
+        Ok(StagedChange { state: self, staged: *staged, sender, external, new_leaves })
+    }
+}
+
+/// A validated commit, not yet merged.
+pub struct StagedChange {
+    state: PublicState,
+    staged: StagedCommit,
+    /// The device named by the committer's credential.
+    pub sender: String,
+    /// True for an external commit (a device joining or rejoining by itself).
+    pub external: bool,
+    /// Leaves the commit adds or updates: each must name a registered device
+    /// with that signature key, and an update path leaf must be the sender's.
+    pub new_leaves: Vec<LeafClaim>,
+}
+
+impl StagedChange {
+    pub fn merge(self) -> Result<PublicState, ApiError> {
+        let StagedChange { mut state, staged, .. } = self;
+        state.group.merge_commit(&state.storage, staged).map_err(|e| invalid(format!("commit does not merge: {e}")))?;
+        Ok(state)
+    }
+}
+
+fn corrupt(msg: &str) -> ApiError {
+    tracing::error!(msg, "stored public group state is unusable");
+    ApiError::new(ErrorCode::Internal, "the timeline's stored state is unusable")
+}
+
+fn encode_storage(storage: &MemoryStorage) -> Vec<u8> {
+    let values = storage.values.read().expect("storage lock");
+    let mut entries: Vec<_> = values.iter().collect();
+    entries.sort();
+    let mut out = Vec::new();
+    out.extend_from_slice(&(entries.len() as u32).to_be_bytes());
+    for (k, v) in entries {
+        for part in [k, v] {
+            out.extend_from_slice(&(part.len() as u32).to_be_bytes());
+            out.extend_from_slice(part);
+        }
+    }
+    out
+}
+
+fn decode_storage(mut bytes: &[u8]) -> Option<MemoryStorage> {
+    fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        if bytes.len() < n {
+            return None;
+        }
+        let (head, rest) = bytes.split_at(n);
+        *bytes = rest;
+        Some(head)
+    }
+    fn take_u32(bytes: &mut &[u8]) -> Option<usize> {
+        Some(u32::from_be_bytes(take(bytes, 4)?.try_into().ok()?) as usize)
+    }
+    let n = take_u32(&mut bytes)?;
+    let mut values = HashMap::with_capacity(n);
+    for _ in 0..n {
+        let k = take_u32(&mut bytes).and_then(|len| take(&mut bytes, len))?.to_vec();
+        let v = take_u32(&mut bytes).and_then(|len| take(&mut bytes, len))?.to_vec();
+        values.insert(k, v);
+    }
+    bytes.is_empty().then(|| MemoryStorage { values: RwLock::new(values) })
+}
+
+/// Device ids of a set of leaves, deduplicated and sorted.
+pub fn device_set(leaves: &[LeafClaim]) -> BTreeSet<String> {
+    leaves.iter().map(|l| l.device_id.clone()).collect()
+}

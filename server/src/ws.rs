@@ -1,0 +1,641 @@
+//! One authenticated device's websocket connection: reads request frames,
+//! answers them, and delivers timeline messages in order (catch-up from the
+//! database after `subscribe`, then live pushes from the hub, with gaps filled
+//! from the database). The delivery and commit rules are in PROTOCOL.md.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt, StreamExt};
+use tsunagu_protocol::frames::{AccountInfo, Delivered, DeviceKeyPackage, MessageKind, TimelineInfo};
+use tsunagu_protocol::ids::{valid_msg_id, valid_uuid};
+use tsunagu_protocol::{Bytes, ClientFrame, ErrorCode, ServerFrame, PROTOCOL_VERSION};
+
+use crate::db::{Db, Device, StoredMessage};
+use crate::error::ApiError;
+use crate::hub::{Push, Subscription};
+use crate::mls::{self, PublicState};
+use crate::{now_ms, AppState};
+
+/// Messages read from the database per query during catch-up.
+const PAGE: i64 = 256;
+/// Most key packages accepted in one upload.
+const MAX_KEY_PACKAGES: usize = 500;
+/// How often acknowledged cursors are written.
+const CURSOR_FLUSH: Duration = Duration::from_secs(1);
+
+type Sink = SplitSink<WebSocket, Message>;
+
+/// The connection failed to write; it is closed.
+struct Closed;
+
+struct Connection {
+    state: AppState,
+    device: Device,
+    sink: Sink,
+    sub: Option<Subscription>,
+    /// Highest seq sent per timeline on this connection.
+    last_sent: HashMap<String, i64>,
+    /// Cursors acknowledged but not yet written.
+    acks: HashMap<String, i64>,
+}
+
+pub async fn serve(socket: WebSocket, state: AppState, device: Device) {
+    let (sink, mut stream) = socket.split();
+    let mut conn = Connection { state, device, sink, sub: None, last_sent: HashMap::new(), acks: HashMap::new() };
+    tracing::info!(device = %conn.device.id, "connected");
+    let ready = ServerFrame::Ready {
+        protocol: PROTOCOL_VERSION,
+        account_id: conn.device.account_id.clone(),
+        device_id: conn.device.id.clone(),
+    };
+    let mut flush = tokio::time::interval(CURSOR_FLUSH);
+    let mut result = conn.send(&ready).await;
+    while result.is_ok() {
+        result = tokio::select! {
+            incoming = stream.next() => match incoming {
+                Some(Ok(Message::Text(text))) => conn.on_text(text.as_str()).await,
+                Some(Ok(Message::Binary(_))) => conn.send_error(None, ApiError::new(ErrorCode::MalformedFrame, "frames are JSON text messages")).await,
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
+                Some(Ok(Message::Close(_))) | None => break,
+                Some(Err(e)) => {
+                    tracing::info!(device = %conn.device.id, error = %e, "connection error");
+                    break;
+                }
+            },
+            Some(push) = next_push(&mut conn.sub) => conn.on_push(push).await,
+            _ = flush.tick() => { conn.flush_acks().await; Ok(()) }
+        };
+    }
+    conn.flush_acks().await;
+    tracing::info!(device = %conn.device.id, "disconnected");
+}
+
+async fn next_push(sub: &mut Option<Subscription>) -> Option<Push> {
+    match sub {
+        Some(s) => s.rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Read a frame, telling a frame of unknown type from a malformed one.
+fn parse_frame(text: &str) -> Result<ClientFrame, (Option<u64>, ApiError)> {
+    serde_json::from_str::<ClientFrame>(text).map_err(|e| {
+        let value: Option<serde_json::Value> = serde_json::from_str(text).ok();
+        let rid = value.as_ref().and_then(|v| v.get("rid")).and_then(|r| r.as_u64());
+        let ty = value.as_ref().and_then(|v| v.get("type")).and_then(|t| t.as_str()).map(str::to_owned);
+        let err = match ty {
+            Some(t) if !KNOWN_TYPES.contains(&t.as_str()) => ApiError::new(ErrorCode::UnknownType, format!("unknown frame type {t:?}")),
+            _ => ApiError::new(ErrorCode::MalformedFrame, format!("malformed frame: {e}")),
+        };
+        (rid, err)
+    })
+}
+
+const KNOWN_TYPES: &[&str] = &[
+    "subscribe",
+    "publish_key_packages",
+    "claim_key_packages",
+    "key_package_count",
+    "list_accounts",
+    "list_timelines",
+    "create_timeline",
+    "commit",
+    "send",
+    "ack",
+    "ack_welcome",
+    "get_group_info",
+    "ping",
+];
+
+fn rid_of(frame: &ClientFrame) -> Option<u64> {
+    use ClientFrame::*;
+    match frame {
+        Subscribe { rid }
+        | PublishKeyPackages { rid, .. }
+        | ClaimKeyPackages { rid, .. }
+        | KeyPackageCount { rid }
+        | ListAccounts { rid }
+        | ListTimelines { rid }
+        | CreateTimeline { rid, .. }
+        | Commit { rid, .. }
+        | Send { rid, .. }
+        | GetGroupInfo { rid, .. }
+        | Ping { rid } => Some(*rid),
+        Ack { .. } | AckWelcome { .. } => None,
+    }
+}
+
+fn check_timeline_id(id: &str) -> Result<(), ApiError> {
+    if valid_uuid(id) {
+        Ok(())
+    } else {
+        Err(ApiError::new(ErrorCode::InvalidArgument, "timeline ids are lowercase UUIDs"))
+    }
+}
+
+fn check_msg_id(id: &str) -> Result<(), ApiError> {
+    if valid_msg_id(id) {
+        Ok(())
+    } else {
+        Err(ApiError::new(ErrorCode::InvalidArgument, "msg_id must be 1-64 characters of [A-Za-z0-9_-]"))
+    }
+}
+
+fn delivered_frame(m: &StoredMessage) -> Utf8Bytes {
+    let frame = ServerFrame::Message(Delivered {
+        timeline_id: m.timeline_id.clone(),
+        seq: m.seq as u64,
+        epoch: m.epoch as u64,
+        kind: MessageKind::parse(&m.kind).unwrap_or(MessageKind::Application),
+        sender_device_id: m.sender_device_id.clone(),
+        msg_id: m.msg_id.clone(),
+        stored_at: m.stored_at as u64,
+        data: Bytes(m.data.clone()),
+    });
+    serde_json::to_string(&frame).expect("frames serialize").into()
+}
+
+impl Connection {
+    fn db(&self) -> &Db {
+        &self.state.db
+    }
+
+    async fn send(&mut self, frame: &ServerFrame) -> Result<(), Closed> {
+        let text = serde_json::to_string(frame).expect("frames serialize");
+        self.send_text(text.into()).await
+    }
+
+    async fn send_text(&mut self, text: Utf8Bytes) -> Result<(), Closed> {
+        self.sink.send(Message::Text(text)).await.map_err(|_| Closed)
+    }
+
+    async fn send_error(&mut self, rid: Option<u64>, err: ApiError) -> Result<(), Closed> {
+        tracing::info!(device = %self.device.id, code = err.code.as_str(), "request refused");
+        self.send(&ServerFrame::Error(err.into_frame(rid))).await
+    }
+
+    async fn on_text(&mut self, text: &str) -> Result<(), Closed> {
+        if text.len() > self.state.config.max_frame_bytes {
+            let limit = self.state.config.max_frame_bytes;
+            return self.send_error(None, ApiError::new(ErrorCode::FrameTooLarge, format!("frames are limited to {limit} bytes"))).await;
+        }
+        let frame = match parse_frame(text) {
+            Ok(f) => f,
+            Err((rid, err)) => return self.send_error(rid, err).await,
+        };
+        let rid = rid_of(&frame);
+        match self.handle(frame).await {
+            Ok(Some(reply)) => self.send(&reply).await,
+            Ok(None) => Ok(()),
+            Err(Handled::Api(err)) => self.send_error(rid, err).await,
+            Err(Handled::Closed) => Err(Closed),
+        }
+    }
+
+    async fn handle(&mut self, frame: ClientFrame) -> Result<Option<ServerFrame>, Handled> {
+        use ClientFrame as F;
+        let reply = match frame {
+            F::Subscribe { rid } => {
+                if self.sub.is_none() {
+                    self.sub = Some(self.state.hub.subscribe(&self.device.id, self.state.config.connection_queue));
+                }
+                self.catch_up().await?;
+                ServerFrame::CaughtUp { rid }
+            }
+            F::Ping { rid } => ServerFrame::Pong { rid },
+            F::Ack { timeline_id, seq } => {
+                let entry = self.acks.entry(timeline_id).or_insert(0);
+                *entry = (*entry).max(seq.min(i64::MAX as u64) as i64);
+                return Ok(None);
+            }
+            F::AckWelcome { welcome_id } => {
+                self.db().ack_welcome(&self.device.id, welcome_id as i64, now_ms()).await.map_err(ApiError::from)?;
+                return Ok(None);
+            }
+            F::PublishKeyPackages { rid, key_packages, last_resort } => self.publish_key_packages(rid, key_packages, last_resort).await?,
+            F::KeyPackageCount { rid } => {
+                let count = self.db().key_package_count(&self.device.id).await.map_err(ApiError::from)?;
+                ServerFrame::KeyPackageCount { rid, count: count as u64 }
+            }
+            F::ClaimKeyPackages { rid, account_id } => self.claim_key_packages(rid, account_id).await?,
+            F::ListAccounts { rid } => {
+                let accounts = self.db().accounts().await.map_err(ApiError::from)?;
+                let accounts = accounts.into_iter().map(|(account_id, name, device_ids)| AccountInfo { account_id, name, device_ids }).collect();
+                ServerFrame::Accounts { rid, accounts }
+            }
+            F::ListTimelines { rid } => self.list_timelines(rid).await?,
+            F::CreateTimeline { rid, timeline_id, group_info } => self.create_timeline(rid, timeline_id, group_info).await?,
+            F::Commit { rid, timeline_id, msg_id, commit, welcome, group_info } => {
+                self.commit(rid, timeline_id, msg_id, commit, welcome, group_info).await?
+            }
+            F::Send { rid, timeline_id, msg_id, message } => self.send_message(rid, timeline_id, msg_id, message).await?,
+            F::GetGroupInfo { rid, timeline_id } => {
+                check_timeline_id(&timeline_id)?;
+                if !self.may_join(&timeline_id).await? {
+                    return Err(ApiError::new(ErrorCode::NotMember, "only members and their devices may read the group info").into());
+                }
+                let (epoch, group_info) = self.db().group_info(&timeline_id).await.map_err(ApiError::from)?.ok_or_else(unknown_timeline)?;
+                ServerFrame::GroupInfo { rid, timeline_id, epoch: epoch as u64, group_info: Bytes(group_info) }
+            }
+        };
+        Ok(Some(reply))
+    }
+
+    // ---- delivery ---------------------------------------------------------------------
+
+    /// Send pending welcomes and every message after this connection's
+    /// position (or the stored cursor) in every timeline of the device.
+    async fn catch_up(&mut self) -> Result<(), Handled> {
+        let welcomes = self.db().pending_welcomes(&self.device.id).await.map_err(ApiError::from)?;
+        for w in welcomes {
+            if self.last_sent.get(&w.timeline_id).is_some_and(|&s| s >= w.seq) {
+                continue;
+            }
+            let frame = ServerFrame::Welcome { welcome_id: w.id as u64, timeline_id: w.timeline_id.clone(), seq: w.seq as u64, welcome: Bytes(w.data) };
+            self.send(&frame).await?;
+            self.last_sent.insert(w.timeline_id, w.seq);
+        }
+        let memberships = self.db().memberships(&self.device.id).await.map_err(ApiError::from)?;
+        for m in memberships {
+            let from = self.last_sent.get(&m.timeline_id).copied().unwrap_or(m.cursor).max(m.cursor);
+            let until = m.left_seq.unwrap_or(i64::MAX);
+            self.send_range(&m.timeline_id, from, until).await?;
+        }
+        Ok(())
+    }
+
+    /// Send the stored messages of a timeline with `after < seq <= until`.
+    async fn send_range(&mut self, timeline_id: &str, mut after: i64, until: i64) -> Result<(), Handled> {
+        loop {
+            let page = self.db().messages_after(timeline_id, after, until, PAGE).await.map_err(ApiError::from)?;
+            for m in &page {
+                self.send_text(delivered_frame(m)).await?;
+                after = m.seq;
+            }
+            self.last_sent.insert(timeline_id.to_owned(), after);
+            if (page.len() as i64) < PAGE {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn on_push(&mut self, push: Push) -> Result<(), Closed> {
+        let result = self.deliver(push).await;
+        let lagged = self.sub.as_ref().is_some_and(|s| s.lagged.swap(false, Ordering::AcqRel));
+        let result = match result {
+            Ok(()) if lagged => self.catch_up().await,
+            other => other,
+        };
+        match result {
+            Ok(()) => Ok(()),
+            Err(Handled::Closed) => Err(Closed),
+            Err(Handled::Api(e)) => self.send_error(None, e).await,
+        }
+    }
+
+    async fn deliver(&mut self, push: Push) -> Result<(), Handled> {
+        match push {
+            Push::Welcome { timeline_id, seq, frame } => {
+                if self.last_sent.get(&*timeline_id).is_some_and(|&s| s >= seq) {
+                    return Ok(());
+                }
+                self.send_text(frame).await?;
+                self.last_sent.insert(timeline_id.to_string(), seq);
+            }
+            Push::Message { timeline_id, seq, frame } => {
+                let last = match self.last_sent.get(&*timeline_id) {
+                    Some(&last) => last,
+                    // Not yet known on this connection: start from the stored cursor.
+                    None => self.db().memberships(&self.device.id).await.map_err(ApiError::from)?
+                        .into_iter()
+                        .find(|m| *m.timeline_id == *timeline_id)
+                        .map_or(seq - 1, |m| m.cursor),
+                };
+                if seq <= last {
+                    return Ok(());
+                }
+                if seq == last + 1 {
+                    self.send_text(frame).await?;
+                    self.last_sent.insert(timeline_id.to_string(), seq);
+                } else {
+                    // A gap: an earlier push was dropped or is still on its way.
+                    self.send_range(&timeline_id, last, seq).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn flush_acks(&mut self) {
+        if self.acks.is_empty() {
+            return;
+        }
+        let cursors: Vec<(String, i64)> = self.acks.drain().collect();
+        if let Err(e) = self.state.db.advance_cursors(&self.device.id, &cursors).await {
+            tracing::warn!(device = %self.device.id, error = %e, "cursor update failed");
+        }
+    }
+
+    // ---- key packages -------------------------------------------------------------------
+
+    fn check_own_leaf(&self, claim: &mls::LeafClaim) -> Result<(), ApiError> {
+        if claim.device_id != self.device.id || claim.signature_key != self.device.signature_key {
+            return Err(ApiError::new(ErrorCode::CredentialMismatch, "the credential is not this device's"));
+        }
+        Ok(())
+    }
+
+    async fn publish_key_packages(&mut self, rid: u64, packages: Vec<Bytes>, last_resort: Option<Bytes>) -> Result<ServerFrame, Handled> {
+        if packages.len() > MAX_KEY_PACKAGES {
+            return Err(ApiError::new(ErrorCode::InvalidArgument, format!("at most {MAX_KEY_PACKAGES} key packages per upload")).into());
+        }
+        for kp in packages.iter().chain(last_resort.iter()) {
+            self.check_own_leaf(&mls::key_package_claim(kp.as_slice())?)?;
+        }
+        let packages: Vec<Vec<u8>> = packages.into_iter().map(Bytes::into_vec).collect();
+        let count = packages.len() as u64;
+        self.db().store_key_packages(&self.device.id, &packages, last_resort.as_ref().map(Bytes::as_slice)).await.map_err(ApiError::from)?;
+        Ok(ServerFrame::KeyPackagesStored { rid, count })
+    }
+
+    async fn claim_key_packages(&mut self, rid: u64, account_id: String) -> Result<ServerFrame, Handled> {
+        if !self.db().account_exists(&account_id).await.map_err(ApiError::from)? {
+            return Err(ApiError::new(ErrorCode::UnknownAccount, "no such account").into());
+        }
+        let mut devices = Vec::new();
+        for device_id in self.db().active_devices(&account_id).await.map_err(ApiError::from)? {
+            let Some(kp) = self.db().claim_key_package(&device_id).await.map_err(ApiError::from)? else {
+                return Err(ApiError::new(ErrorCode::NoKeyPackages, format!("device {device_id} has no key package")).into());
+            };
+            devices.push(DeviceKeyPackage { device_id, key_package: Bytes(kp) });
+        }
+        Ok(ServerFrame::KeyPackages { rid, account_id, devices })
+    }
+
+    // ---- timelines ---------------------------------------------------------------------
+
+    async fn list_timelines(&mut self, rid: u64) -> Result<ServerFrame, Handled> {
+        let mut timelines = Vec::new();
+        for m in self.db().memberships(&self.device.id).await.map_err(ApiError::from)? {
+            if m.left_seq.is_some() {
+                continue;
+            }
+            let Some((epoch, head_seq)) = self.db().timeline_summary(&m.timeline_id).await.map_err(ApiError::from)? else { continue };
+            let member_account_ids = self.db().member_accounts(&m.timeline_id).await.map_err(ApiError::from)?;
+            timelines.push(TimelineInfo {
+                timeline_id: m.timeline_id,
+                epoch: epoch as u64,
+                head_seq: head_seq as u64,
+                cursor: m.cursor as u64,
+                member_account_ids,
+            });
+        }
+        Ok(ServerFrame::Timelines { rid, timelines })
+    }
+
+    async fn create_timeline(&mut self, rid: u64, timeline_id: String, group_info: Bytes) -> Result<ServerFrame, Handled> {
+        check_timeline_id(&timeline_id)?;
+        let (state, members) = PublicState::create(&timeline_id, group_info.as_slice())?;
+        match members.as_slice() {
+            [only] => self.check_own_leaf(only)?,
+            _ => return Err(ApiError::new(ErrorCode::InvalidMls, "a new timeline's only member is its creator").into()),
+        }
+        let result = self.db().create_timeline(&timeline_id, &state.encode(), group_info.as_slice(), &self.device.id, now_ms()).await;
+        match result {
+            Err(e) if e.is_unique_violation() => return Err(ApiError::new(ErrorCode::TimelineExists, "a timeline with this id exists").into()),
+            other => other.map_err(ApiError::from)?,
+        }
+        self.state.hub.set_members(&timeline_id, 0, vec![self.device.id.clone()]);
+        self.last_sent.insert(timeline_id.clone(), 0);
+        tracing::info!(device = %self.device.id, timeline = %timeline_id, "timeline created");
+        Ok(ServerFrame::Created { rid, timeline_id, epoch: 0 })
+    }
+
+    /// A retried `msg_id`: the original acknowledgement, or `msg_id_reused`.
+    async fn duplicate(&self, rid: u64, timeline_id: &str, msg_id: &str) -> Result<Option<ServerFrame>, ApiError> {
+        let Some(existing) = self.db().existing_message(&self.device.id, msg_id).await? else { return Ok(None) };
+        if existing.timeline_id != timeline_id {
+            return Err(ApiError::new(ErrorCode::MsgIdReused, "this msg_id was used in another timeline"));
+        }
+        let epoch = existing.epoch as u64;
+        Ok(Some(ServerFrame::Accepted { rid, timeline_id: existing.timeline_id, seq: existing.seq as u64, epoch, duplicate: true }))
+    }
+
+    async fn is_member(&self, tx: &mut crate::db::Tx, timeline_id: &str) -> Result<bool, ApiError> {
+        Ok(Db::member_devices_tx(tx, timeline_id).await?.iter().any(|d| *d == self.device.id))
+    }
+
+    /// A device may read the group info and join by external commit if it is
+    /// a member, or if another device of its account is.
+    async fn may_join(&self, timeline_id: &str) -> Result<bool, ApiError> {
+        let accounts = self.db().member_accounts(timeline_id).await?;
+        Ok(accounts.contains(&self.device.account_id))
+    }
+
+    async fn send_message(&mut self, rid: u64, timeline_id: String, msg_id: String, message: Bytes) -> Result<ServerFrame, Handled> {
+        check_timeline_id(&timeline_id)?;
+        check_msg_id(&msg_id)?;
+        let epoch = mls::application_epoch(message.as_slice(), &timeline_id)? as i64;
+        if let Some(dup) = self.duplicate(rid, &timeline_id, &msg_id).await? {
+            return Ok(dup);
+        }
+        let mut tx = self.db().begin().await.map_err(ApiError::from)?;
+        if !self.is_member(&mut tx, &timeline_id).await? {
+            return Err(not_member_or_unknown(self.db(), &timeline_id).await.into());
+        }
+        let seq = match Db::next_seq_at_epoch(&mut tx, &timeline_id, epoch).await.map_err(ApiError::from)? {
+            None => return Err(unknown_timeline().into()),
+            Some(Err(current)) => {
+                return Err(ApiError::epoch(ErrorCode::StaleEpoch, format!("the timeline is at epoch {current}; catch up and encrypt again"), current as u64).into())
+            }
+            Some(Ok(seq)) => seq,
+        };
+        let recipients = match self.state.hub.members_at(&timeline_id, epoch) {
+            Some(m) => m,
+            None => {
+                let devices = Db::member_devices_tx(&mut tx, &timeline_id).await.map_err(ApiError::from)?;
+                self.state.hub.set_members(&timeline_id, epoch, devices)
+            }
+        };
+        let stored = StoredMessage {
+            timeline_id: timeline_id.clone(),
+            seq,
+            epoch,
+            kind: MessageKind::Application.as_str().to_owned(),
+            sender_device_id: self.device.id.clone(),
+            msg_id: msg_id.clone(),
+            stored_at: now_ms(),
+            data: message.into_vec(),
+        };
+        if let Err(e) = Db::insert_message(&mut tx, &stored).await {
+            drop(tx);
+            if e.is_unique_violation() {
+                if let Some(dup) = self.duplicate(rid, &timeline_id, &msg_id).await? {
+                    return Ok(dup);
+                }
+            }
+            return Err(ApiError::from(e).into());
+        }
+        tx.commit().await.map_err(|e| ApiError::from(crate::error::StoreError::from(e)))?;
+        let push = Push::Message { timeline_id: timeline_id.as_str().into(), seq, frame: delivered_frame(&stored) };
+        self.state.hub.publish(&recipients, &push);
+        tracing::debug!(device = %self.device.id, timeline = %timeline_id, seq, bytes = stored.data.len(), "stored application message");
+        Ok(ServerFrame::Accepted { rid, timeline_id, seq: seq as u64, epoch: epoch as u64, duplicate: false })
+    }
+
+    async fn commit(
+        &mut self,
+        rid: u64,
+        timeline_id: String,
+        msg_id: String,
+        commit: Bytes,
+        welcome: Option<Bytes>,
+        group_info: Bytes,
+    ) -> Result<ServerFrame, Handled> {
+        check_timeline_id(&timeline_id)?;
+        check_msg_id(&msg_id)?;
+        let incoming = mls::parse_commit(commit.as_slice(), &timeline_id)?;
+        if let Some(dup) = self.duplicate(rid, &timeline_id, &msg_id).await? {
+            return Ok(dup);
+        }
+        let mut tx = self.db().begin().await.map_err(ApiError::from)?;
+        let locked = Db::lock_timeline(&mut tx, &timeline_id).await.map_err(ApiError::from)?.ok_or_else(unknown_timeline)?;
+        let old_members: BTreeSet<String> = Db::member_devices_tx(&mut tx, &timeline_id).await.map_err(ApiError::from)?.into_iter().collect();
+        let is_member = old_members.contains(&self.device.id);
+        if !is_member && !self.may_join(&timeline_id).await? {
+            return Err(ApiError::new(ErrorCode::NotMember, "this device is not a member of the timeline").into());
+        }
+        if incoming.epoch as i64 != locked.epoch {
+            let current = locked.epoch as u64;
+            return Err(ApiError::epoch(ErrorCode::EpochConflict, format!("epoch {} already has a commit; the timeline is at epoch {current}", incoming.epoch), current).into());
+        }
+        let staged = PublicState::load(&timeline_id, &locked.public_state)?.stage(incoming)?;
+        if staged.sender != self.device.id {
+            return Err(ApiError::new(ErrorCode::CredentialMismatch, "the commit is signed by another member's credential").into());
+        }
+        if !staged.external && !is_member {
+            return Err(ApiError::new(ErrorCode::NotMember, "this device is not a member of the timeline").into());
+        }
+        for leaf in &staged.new_leaves {
+            let device = self.db().device(&leaf.device_id).await.map_err(ApiError::from)?;
+            match device {
+                Some(d) if !d.revoked && d.signature_key == leaf.signature_key => {}
+                _ => return Err(ApiError::new(ErrorCode::CredentialMismatch, format!("leaf credential {} is not a registered device's", leaf.device_id)).into()),
+            }
+        }
+        let external = staged.external;
+        let new_state = staged.merge()?;
+        let new_epoch = locked.epoch + 1;
+        mls::check_group_info(group_info.as_slice(), &timeline_id, new_epoch as u64)?;
+        let new_members = mls::device_set(&new_state.members()?);
+        let added: Vec<String> = new_members.difference(&old_members).filter(|d| **d != self.device.id).cloned().collect();
+        let removed: Vec<String> = old_members.difference(&new_members).cloned().collect();
+        let welcome = match (&welcome, added.is_empty()) {
+            (_, true) => None,
+            (Some(w), false) => {
+                mls::check_welcome(w.as_slice())?;
+                Some(w.as_slice())
+            }
+            (None, false) => return Err(ApiError::new(ErrorCode::InvalidMls, "a commit that adds devices needs their welcome").into()),
+        };
+        let seq = locked.head_seq + 1;
+        let stored = StoredMessage {
+            timeline_id: timeline_id.clone(),
+            seq,
+            epoch: locked.epoch,
+            kind: MessageKind::Commit.as_str().to_owned(),
+            sender_device_id: self.device.id.clone(),
+            msg_id: msg_id.clone(),
+            stored_at: now_ms(),
+            data: commit.into_vec(),
+        };
+        let written: Result<Vec<(String, i64)>, crate::error::StoreError> = async {
+            Db::insert_message(&mut tx, &stored).await?;
+            Db::advance_timeline(&mut tx, &timeline_id, new_epoch, seq, &new_state.encode(), group_info.as_slice()).await?;
+            for d in &removed {
+                Db::leave(&mut tx, &timeline_id, d, seq).await?;
+            }
+            if !new_members.contains(&self.device.id) {
+                Db::leave(&mut tx, &timeline_id, &self.device.id, seq).await?;
+            } else if !is_member {
+                Db::join(&mut tx, &timeline_id, &self.device.id, seq).await?;
+            }
+            let mut welcomes = Vec::new();
+            for d in &added {
+                Db::join(&mut tx, &timeline_id, d, seq).await?;
+                if let Some(w) = welcome {
+                    welcomes.push((d.clone(), Db::insert_welcome(&mut tx, d, &timeline_id, seq, w).await?));
+                }
+            }
+            Ok(welcomes)
+        }
+        .await;
+        let welcome_ids = match written {
+            Ok(ids) => ids,
+            Err(e) => {
+                drop(tx);
+                if e.is_unique_violation() {
+                    if let Some(dup) = self.duplicate(rid, &timeline_id, &msg_id).await? {
+                        return Ok(dup);
+                    }
+                }
+                return Err(ApiError::from(e).into());
+            }
+        };
+        tx.commit().await.map_err(|e| ApiError::from(crate::error::StoreError::from(e)))?;
+
+        let hub = &self.state.hub;
+        hub.set_members(&timeline_id, new_epoch, new_members.iter().cloned().collect());
+        let recipients: Vec<String> = old_members.into_iter().collect();
+        hub.publish(&recipients, &Push::Message { timeline_id: timeline_id.as_str().into(), seq, frame: delivered_frame(&stored) });
+        for (device, welcome_id) in welcome_ids {
+            let frame = ServerFrame::Welcome {
+                welcome_id: welcome_id as u64,
+                timeline_id: timeline_id.clone(),
+                seq: seq as u64,
+                welcome: Bytes(welcome.unwrap_or_default().to_vec()),
+            };
+            let frame: Utf8Bytes = serde_json::to_string(&frame).expect("frames serialize").into();
+            hub.publish(&[device], &Push::Welcome { timeline_id: timeline_id.as_str().into(), seq, frame });
+        }
+        if !is_member {
+            // An external join on this connection: deliver from the join on.
+            self.last_sent.insert(timeline_id.clone(), seq);
+        }
+        tracing::info!(device = %self.device.id, timeline = %timeline_id, seq, epoch = new_epoch, added = added.len(), removed = removed.len(), external, "commit accepted");
+        Ok(ServerFrame::Accepted { rid, timeline_id, seq: seq as u64, epoch: new_epoch as u64, duplicate: false })
+    }
+}
+
+fn unknown_timeline() -> ApiError {
+    ApiError::new(ErrorCode::UnknownTimeline, "no such timeline")
+}
+
+async fn not_member_or_unknown(db: &Db, timeline_id: &str) -> ApiError {
+    match db.timeline_summary(timeline_id).await {
+        Ok(None) => unknown_timeline(),
+        _ => ApiError::new(ErrorCode::NotMember, "this device is not a member of the timeline"),
+    }
+}
+
+/// Why a request did not produce a reply frame.
+enum Handled {
+    Api(ApiError),
+    Closed,
+}
+
+impl From<ApiError> for Handled {
+    fn from(e: ApiError) -> Self {
+        Handled::Api(e)
+    }
+}
+
+impl From<Closed> for Handled {
+    fn from(_: Closed) -> Self {
+        Handled::Closed
+    }
+}
