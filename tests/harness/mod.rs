@@ -153,7 +153,7 @@ impl TestServer {
     }
 
     /// Starts the server again on the same database and data dir (killing it
-    /// first if it still runs). The port may change: use `url()` afterwards.
+    /// first if it still runs), on the same address so clients reconnect.
     pub async fn restart(&mut self) {
         self.kill();
         self.spawn().await;
@@ -339,8 +339,12 @@ impl TestServer {
     async fn spawn(&mut self) {
         self.runs += 1;
         let mut cmd = command();
+        // A restart listens on the same address, so that clients (which keep
+        // the server's URL) reconnect to it.
+        let listen = self.url.strip_prefix("http://").unwrap_or("127.0.0.1:0").to_owned();
+        let listen = if listen.is_empty() { "127.0.0.1:0".to_owned() } else { listen };
         cmd.arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(&listen)
             .args(self.backend_args())
             .args(&self.extra_args)
             .current_dir(&self.work_dir)
@@ -487,6 +491,8 @@ fn command() -> Command {
     ] {
         cmd.env_remove(var);
     }
+    // Plain log lines (no ANSI colours) in the captured log.
+    cmd.env("NO_COLOR", "1");
     cmd
 }
 
