@@ -1,1 +1,238 @@
-fn main() {}
+//! `tsunagu`: the native command-line client (enrol, list, create, add,
+//! remove, post, read, follow).
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use tsunagu_client::{Client, PostStatus, ReceivedPost};
+
+#[derive(Parser)]
+#[command(name = "tsunagu", about = "Tsunagu end-to-end encrypted care timeline client")]
+struct Cli {
+    /// Where the device keys and state live (default ~/.tsunagu).
+    #[arg(long, env = "TSUNAGU_STATE_DIR", global = true)]
+    state_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Enrol this device with an enrolment code from the operator.
+    Enrol {
+        #[arg(long)]
+        server: String,
+        #[arg(long)]
+        code: String,
+        #[arg(long, default_value = "cli")]
+        name: String,
+    },
+    /// List accounts (id, name).
+    Accounts,
+    /// List this device's timelines (id, epoch, head seq, members).
+    Timelines,
+    /// Create a timeline and print its id.
+    Create,
+    /// Add every device of an account to a timeline.
+    Add { timeline: String, account_id: String },
+    /// Remove every device of an account from a timeline.
+    Remove { timeline: String, account_id: String },
+    /// Post a text.
+    Post {
+        timeline: String,
+        text: String,
+        #[arg(long)]
+        reply_to: Option<u64>,
+    },
+    /// Catch up and print a timeline.
+    Read { timeline: String },
+    /// Print a timeline (or all), then live posts until Ctrl-C.
+    Follow { timeline: Option<String> },
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let dir = cli.state_dir.clone().unwrap_or_else(default_state_dir);
+    run(cli.cmd, dir).await
+}
+
+fn default_state_dir() -> PathBuf {
+    match std::env::var_os("HOME") {
+        Some(h) => PathBuf::from(h).join(".tsunagu"),
+        None => PathBuf::from(".tsunagu"),
+    }
+}
+
+async fn connected(dir: &std::path::Path) -> Result<Client> {
+    let mut c = Client::open(dir).await.with_context(|| format!("opening state in {}", dir.display()))?;
+    c.connect().await.context("connecting")?;
+    Ok(c)
+}
+
+async fn run(cmd: Cmd, dir: PathBuf) -> Result<()> {
+    match cmd {
+        Cmd::Enrol { server, code, name } => {
+            let c = Client::enrol(&server, &code, &name, &dir).await.context("enrolment")?;
+            println!("enrolled device {} for {} ({})", c.device_id(), c.account_name(), c.account_id());
+            let mut c = c;
+            c.connect().await.context("connecting")?;
+            c.disconnect().await;
+        }
+        Cmd::Accounts => {
+            let mut c = connected(&dir).await?;
+            for a in c.list_accounts().await? {
+                println!("{}\t{}", a.account_id, a.name);
+            }
+            c.disconnect().await;
+        }
+        Cmd::Timelines => {
+            let mut c = connected(&dir).await?;
+            let names = account_names(&mut c).await?;
+            for t in c.list_timelines().await? {
+                let members: Vec<&str> =
+                    t.member_account_ids.iter().map(|a| names.get(a).map(String::as_str).unwrap_or(a)).collect();
+                println!("{}\tepoch {}\thead {}\t{}", t.timeline_id, t.epoch, t.head_seq, members.join(", "));
+            }
+            c.disconnect().await;
+        }
+        Cmd::Create => {
+            let mut c = connected(&dir).await?;
+            println!("{}", c.create_timeline().await?);
+            c.disconnect().await;
+        }
+        Cmd::Add { timeline, account_id } => {
+            let mut c = connected(&dir).await?;
+            let seq = c.add_person(&timeline, &account_id).await?;
+            println!("added at #{seq}");
+            c.disconnect().await;
+        }
+        Cmd::Remove { timeline, account_id } => {
+            let mut c = connected(&dir).await?;
+            let seq = c.remove_person(&timeline, &account_id).await?;
+            println!("removed at #{seq}");
+            c.disconnect().await;
+        }
+        Cmd::Post { timeline, text, reply_to } => {
+            let mut c = connected(&dir).await?;
+            let id = tsunagu_client::core::new_msg_id();
+            let seq = c.post_reply(&timeline, &id, &text, reply_to).await?;
+            println!("#{seq}");
+            c.disconnect().await;
+        }
+        Cmd::Read { timeline } => {
+            let mut c = connected(&dir).await?;
+            if !c.timelines().contains(&timeline) && c.processed_seq(&timeline).is_none() {
+                bail!("this device has no timeline {timeline}");
+            }
+            let names = device_names(&mut c).await?;
+            for p in c.posts(&timeline) {
+                println!("{}", format_post(&p, &names));
+            }
+            warn(&mut c);
+            c.disconnect().await;
+        }
+        Cmd::Follow { timeline } => {
+            let mut c = connected(&dir).await?;
+            let names = device_names(&mut c).await?;
+            let tls = match &timeline {
+                Some(t) => vec![t.clone()],
+                None => c.timelines(),
+            };
+            let mut seen: HashSet<(String, u64)> = HashSet::new();
+            for t in &tls {
+                for p in c.posts(t) {
+                    seen.insert((t.clone(), p.seq));
+                    println!("{}{}", prefix(&timeline, t), format_post(&p, &names));
+                }
+            }
+            loop {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => break,
+                    r = c.next_post(Duration::from_secs(30)) => {
+                        if let Some((t, p)) = r? {
+                            if timeline.as_ref().is_some_and(|x| *x != t) || !seen.insert((t.clone(), p.seq)) {
+                                continue;
+                            }
+                            println!("{}{}", prefix(&timeline, &t), format_post(&p, &names));
+                        }
+                        warn(&mut c);
+                    }
+                }
+            }
+            c.disconnect().await;
+        }
+    }
+    Ok(())
+}
+
+fn prefix(filter: &Option<String>, t: &str) -> String {
+    if filter.is_some() {
+        String::new()
+    } else {
+        format!("[{}] ", &t[..t.len().min(8)])
+    }
+}
+
+fn warn(c: &mut Client) {
+    for w in c.take_warnings() {
+        eprintln!("warning: {w}");
+    }
+}
+
+async fn account_names(c: &mut Client) -> Result<HashMap<String, String>> {
+    Ok(c.list_accounts().await?.into_iter().map(|a| (a.account_id, a.name)).collect())
+}
+
+/// device id → account name.
+async fn device_names(c: &mut Client) -> Result<HashMap<String, String>> {
+    let mut m = HashMap::new();
+    for a in c.list_accounts().await? {
+        for d in a.device_ids {
+            m.insert(d, a.name.clone());
+        }
+    }
+    Ok(m)
+}
+
+fn format_post(p: &ReceivedPost, names: &HashMap<String, String>) -> String {
+    let who = names.get(&p.sender_device_id).cloned().unwrap_or_else(|| p.sender_device_id.clone());
+    match (&p.status, &p.post) {
+        (PostStatus::Ok, Some(post)) => {
+            let reply = post.reply_to.map(|r| format!("(re #{r}) ")).unwrap_or_default();
+            format!("#{} {} {} {}{}", p.seq, who, iso(post.sent_at), reply, post.text)
+        }
+        (PostStatus::Unsupported, _) => format!("#{} {} - [unsupported message]", p.seq, who),
+        _ => format!("#{} {} - [undecryptable]", p.seq, who),
+    }
+}
+
+/// Milliseconds since the Unix epoch as `YYYY-MM-DDTHH:MM:SSZ`.
+fn iso(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mth = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + if mth <= 2 { 1 } else { 0 };
+    format!("{y:04}-{mth:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn iso_dates() {
+        assert_eq!(super::iso(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::iso(1_700_000_000_000), "2023-11-14T22:13:20Z");
+    }
+}

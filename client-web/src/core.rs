@@ -1,0 +1,1135 @@
+//! The client core: MLS state, incoming-frame processing and the request
+//! workflows (create, add, remove, post, rejoin) with their retry rules. It
+//! does no IO of its own: workflows drive any [`Transport`], and every change
+//! is saved through a [`StateStore`].
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+use openmls::prelude::*;
+use openmls_basic_credential::SignatureKeyPair;
+use tsunagu_protocol::frames::{AccountInfo, Delivered, ErrorFrame, MessageKind, TimelineInfo};
+use tsunagu_protocol::{Bytes, ClientFrame, Envelope, ErrorCode, Post, PostKind, ServerFrame};
+
+use crate::error::mls;
+use crate::mls::{self as m, Provider};
+use crate::state::{self, AppState, OutboxEntry, PostStatus, ReceivedPost};
+use crate::store::StateStore;
+use crate::transport::Transport;
+use crate::ClientError;
+
+/// The state store as the core holds it (`Send` where threads exist).
+#[cfg(not(target_arch = "wasm32"))]
+pub type BoxedStore = Box<dyn StateStore + Send>;
+#[cfg(target_arch = "wasm32")]
+pub type BoxedStore = Box<dyn StateStore>;
+
+/// Key packages kept on the server: below the low mark a batch is uploaded.
+pub const KEY_PACKAGE_LOW_MARK: u64 = 20;
+pub const KEY_PACKAGE_BATCH: usize = 50;
+/// How long a request waits for its reply.
+pub const REQUEST_TIMEOUT_MS: u64 = 30_000;
+/// How long to wait for the messages a conflict says we are missing.
+pub const CATCH_UP_TIMEOUT_MS: u64 = 30_000;
+/// Attempts for a commit or send before giving up.
+pub const MAX_ATTEMPTS: u32 = 20;
+/// Acks are sent at the latest after this many processed messages.
+const ACK_EVERY: usize = 32;
+const MAX_QUEUED_POSTS: usize = 10_000;
+
+/// Device identity obtained at enrolment.
+#[derive(Debug, Clone)]
+pub struct Enrolment {
+    pub server_url: String,
+    pub account_id: String,
+    pub account_name: String,
+    pub device_id: String,
+    pub device_token: String,
+}
+
+enum Change {
+    Add(Vec<KeyPackage>),
+    Remove(Vec<String>),
+}
+
+/// The sans-IO client.
+pub struct Core {
+    state: AppState,
+    provider: Provider,
+    signer: SignatureKeyPair,
+    groups: HashMap<String, MlsGroup>,
+    store: BoxedStore,
+    // Per connection, not persisted.
+    next_rid: u64,
+    deferred: HashSet<String>,
+    held: VecDeque<Delivered>,
+    pending_acks: BTreeMap<String, u64>,
+    unacked: usize,
+    new_posts: VecDeque<(String, ReceivedPost)>,
+    warnings: Vec<String>,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("device_id", &self.state.device_id)
+            .field("timelines", &self.state.timelines.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+fn frame_rid(f: &ClientFrame) -> Option<u64> {
+    match f {
+        ClientFrame::Subscribe { rid }
+        | ClientFrame::PublishKeyPackages { rid, .. }
+        | ClientFrame::ClaimKeyPackages { rid, .. }
+        | ClientFrame::KeyPackageCount { rid }
+        | ClientFrame::ListAccounts { rid }
+        | ClientFrame::ListTimelines { rid }
+        | ClientFrame::CreateTimeline { rid, .. }
+        | ClientFrame::Commit { rid, .. }
+        | ClientFrame::Send { rid, .. }
+        | ClientFrame::GetGroupInfo { rid, .. }
+        | ClientFrame::Ping { rid } => Some(*rid),
+        ClientFrame::Ack { .. } | ClientFrame::AckWelcome { .. } => None,
+    }
+}
+
+/// `None` for unsolicited frames; `Some(rid)` for replies (an error may have
+/// no rid).
+fn reply_rid(f: &ServerFrame) -> Option<Option<u64>> {
+    match f {
+        ServerFrame::Ready { .. } | ServerFrame::Message(_) | ServerFrame::Welcome { .. } => None,
+        ServerFrame::Error(e) => Some(e.rid),
+        ServerFrame::CaughtUp { rid }
+        | ServerFrame::Accepted { rid, .. }
+        | ServerFrame::Created { rid, .. }
+        | ServerFrame::KeyPackagesStored { rid, .. }
+        | ServerFrame::KeyPackages { rid, .. }
+        | ServerFrame::KeyPackageCount { rid, .. }
+        | ServerFrame::Accounts { rid, .. }
+        | ServerFrame::Timelines { rid, .. }
+        | ServerFrame::GroupInfo { rid, .. }
+        | ServerFrame::Pong { rid } => Some(Some(*rid)),
+    }
+}
+
+fn unexpected(f: ServerFrame) -> ClientError {
+    match f {
+        ServerFrame::Error(e) => ClientError::Server(e),
+        other => ClientError::Protocol(format!("unexpected reply {other:?}")),
+    }
+}
+
+pub fn new_msg_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+impl Core {
+    // ----- construction and persistence -------------------------------------------------
+
+    /// A freshly enrolled device. `signer` must be the key pair whose public
+    /// key was registered.
+    pub fn new_enrolled(
+        store: BoxedStore,
+        enrolment: Enrolment,
+        signer: SignatureKeyPair,
+    ) -> Result<Core, ClientError> {
+        let state = AppState {
+            server_url: enrolment.server_url,
+            account_id: enrolment.account_id,
+            account_name: enrolment.account_name,
+            device_id: enrolment.device_id,
+            device_token: enrolment.device_token,
+            signature_key_pair: Bytes(m::tls_bytes(&signer)?),
+            last_resort_published: false,
+            timelines: BTreeMap::new(),
+            outbox: Vec::new(),
+            sent: BTreeMap::new(),
+        };
+        let provider = Provider::default();
+        let mut core = Core::assemble(state, provider, signer, store);
+        core.save()?;
+        Ok(core)
+    }
+
+    /// Load a saved client.
+    pub fn open(mut store: BoxedStore) -> Result<Core, ClientError> {
+        let bytes = store
+            .load()?
+            .ok_or_else(|| ClientError::Invalid("no saved state: enrol first".into()))?;
+        let (mut state, values) = state::decode(&bytes)?;
+        let provider = Provider::with_values(values);
+        let signer = m::signer_from_bytes(state.signature_key_pair.as_slice())?;
+        let mut groups = HashMap::new();
+        for (tid, tl) in state.timelines.iter_mut() {
+            if !tl.has_group {
+                continue;
+            }
+            match MlsGroup::load(provider.storage(), &m::group_id(tid)).map_err(mls("load group"))? {
+                Some(g) => {
+                    groups.insert(tid.clone(), g);
+                }
+                None => tl.has_group = false,
+            }
+        }
+        let mut core = Core::assemble(state, provider, signer, store);
+        core.groups = groups;
+        Ok(core)
+    }
+
+    fn assemble(state: AppState, provider: Provider, signer: SignatureKeyPair, store: BoxedStore) -> Core {
+        Core {
+            state,
+            provider,
+            signer,
+            groups: HashMap::new(),
+            store,
+            next_rid: 1,
+            deferred: HashSet::new(),
+            held: VecDeque::new(),
+            pending_acks: BTreeMap::new(),
+            unacked: 0,
+            new_posts: VecDeque::new(),
+            warnings: Vec::new(),
+        }
+    }
+
+    /// Write the whole state to the store.
+    pub fn save(&mut self) -> Result<(), ClientError> {
+        let bytes = {
+            let values = self.provider.storage.values.read().map_err(|_| ClientError::Io("storage lock".into()))?;
+            state::encode(&self.state, &values)
+        };
+        self.store.save(&bytes)
+    }
+
+    // ----- read-only views ---------------------------------------------------------------
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+    pub fn device_id(&self) -> &str {
+        &self.state.device_id
+    }
+    pub fn account_id(&self) -> &str {
+        &self.state.account_id
+    }
+    pub fn server_url(&self) -> &str {
+        &self.state.server_url
+    }
+    pub fn device_token(&self) -> &str {
+        &self.state.device_token
+    }
+
+    pub fn posts(&self, timeline_id: &str) -> Vec<ReceivedPost> {
+        self.state
+            .timelines
+            .get(timeline_id)
+            .map(|t| t.posts.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Timelines with an active MLS group on this device.
+    pub fn timelines(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.groups.iter().filter(|(_, g)| g.is_active()).map(|(k, _)| k.clone()).collect();
+        v.sort();
+        v
+    }
+
+    pub fn epoch(&self, timeline_id: &str) -> Option<u64> {
+        self.groups.get(timeline_id).map(|g| g.epoch().as_u64())
+    }
+
+    pub fn processed_seq(&self, timeline_id: &str) -> Option<u64> {
+        self.state.timelines.get(timeline_id).map(|t| t.processed_seq)
+    }
+
+    pub fn export_secret(&self, timeline_id: &str) -> Option<Vec<u8>> {
+        self.groups.get(timeline_id)?.export_secret(self.provider.crypto(), m::EXPORTER_LABEL, b"", 32).ok()
+    }
+
+    pub fn member_device_ids(&self, timeline_id: &str) -> Vec<String> {
+        self.groups
+            .get(timeline_id)
+            .map(|g| g.members().filter_map(|mb| m::credential_device_id(&mb.credential)).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn outbox(&self) -> &[OutboxEntry] {
+        &self.state.outbox
+    }
+
+    /// Problems met while processing incoming frames (undecryptable
+    /// messages, failed welcomes); cleared by this call.
+    pub fn take_warnings(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.warnings)
+    }
+
+    /// Posts received since the last call, oldest first.
+    pub fn take_new_post(&mut self) -> Option<(String, ReceivedPost)> {
+        self.new_posts.pop_front()
+    }
+
+    /// Drop the MLS group of a timeline (simulates lost group state).
+    pub fn forget_group(&mut self, timeline_id: &str) -> Result<(), ClientError> {
+        if let Some(mut g) = self.groups.remove(timeline_id) {
+            g.delete(self.provider.storage()).map_err(mls("delete group"))?;
+        }
+        if let Some(tl) = self.state.timelines.get_mut(timeline_id) {
+            tl.has_group = false;
+        }
+        self.save()
+    }
+
+    // ----- local MLS operations -----------------------------------------------------------
+
+    fn cwk(&self) -> CredentialWithKey {
+        m::credential_with_key(&self.state.device_id, &self.signer)
+    }
+
+    fn rid(&mut self) -> u64 {
+        let r = self.next_rid;
+        self.next_rid += 1;
+        r
+    }
+
+    fn group_mut(&mut self, timeline_id: &str) -> Result<&mut MlsGroup, ClientError> {
+        self.groups
+            .get_mut(timeline_id)
+            .ok_or_else(|| ClientError::Invalid(format!("no group for timeline {timeline_id}")))
+    }
+
+    /// An MLS application message with `plaintext` at the current epoch.
+    pub fn encrypt(&mut self, timeline_id: &str, plaintext: &[u8]) -> Result<Vec<u8>, ClientError> {
+        let group = self
+            .groups
+            .get_mut(timeline_id)
+            .ok_or_else(|| ClientError::Invalid(format!("no group for timeline {timeline_id}")))?;
+        let out = group.create_message(&self.provider, &self.signer, plaintext).map_err(mls("create message"))?;
+        let bytes = m::to_bytes(&out)?;
+        self.save()?;
+        Ok(bytes)
+    }
+
+    /// Build `count` key packages (plus a last-resort one) and store their
+    /// private parts. Returns the MLSMessage bytes.
+    pub fn make_key_packages(
+        &mut self,
+        count: usize,
+        last_resort: bool,
+    ) -> Result<(Vec<Vec<u8>>, Option<Vec<u8>>), ClientError> {
+        let mut kps = Vec::with_capacity(count);
+        for _ in 0..count {
+            kps.push(m::new_key_package(&self.provider, &self.signer, self.cwk(), false)?);
+        }
+        let lr = if last_resort {
+            Some(m::new_key_package(&self.provider, &self.signer, self.cwk(), true)?)
+        } else {
+            None
+        };
+        self.save()?;
+        Ok((kps, lr))
+    }
+
+    // ----- incoming frames ----------------------------------------------------------------
+
+    /// Process one unsolicited server frame; returns frames to send back.
+    pub fn handle_frame(&mut self, frame: ServerFrame) -> Vec<ClientFrame> {
+        match frame {
+            ServerFrame::Message(d) => {
+                if self.deferred.contains(&d.timeline_id) {
+                    self.held.push_back(d);
+                } else {
+                    self.process_delivered(d);
+                }
+                Vec::new()
+            }
+            ServerFrame::Welcome { welcome_id, timeline_id, seq, welcome } => {
+                self.process_welcome(&timeline_id, seq, welcome.as_slice());
+                vec![ClientFrame::AckWelcome { welcome_id }]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn warn(&mut self, w: String) {
+        if self.warnings.len() < 1000 {
+            self.warnings.push(w);
+        }
+    }
+
+    /// Move `processed_seq` to `seq` and over any own seqs right after it.
+    fn advance(&mut self, timeline_id: &str, seq: u64) {
+        let tl = self.state.timelines.entry(timeline_id.to_string()).or_default();
+        if seq > tl.processed_seq {
+            tl.processed_seq = seq;
+        }
+        while tl.own_seqs.remove(&(tl.processed_seq + 1)) {
+            tl.processed_seq += 1;
+        }
+        let p = tl.processed_seq;
+        tl.own_seqs.retain(|s| *s > p);
+        self.pending_acks.insert(timeline_id.to_string(), p);
+        self.unacked += 1;
+    }
+
+    /// Our own message was stored at `seq`.
+    fn mark_own_seq(&mut self, timeline_id: &str, seq: u64) {
+        let tl = self.state.timelines.entry(timeline_id.to_string()).or_default();
+        if seq <= tl.processed_seq {
+            return;
+        }
+        tl.own_seqs.insert(seq);
+        let p = tl.processed_seq;
+        if seq == p + 1 {
+            self.advance(timeline_id, seq);
+        }
+    }
+
+    fn record_post(&mut self, timeline_id: &str, post: ReceivedPost, notify: bool) {
+        let tl = self.state.timelines.entry(timeline_id.to_string()).or_default();
+        tl.posts.insert(post.seq, post.clone());
+        if notify && self.new_posts.len() < MAX_QUEUED_POSTS {
+            self.new_posts.push_back((timeline_id.to_string(), post));
+        }
+    }
+
+    fn process_delivered(&mut self, d: Delivered) {
+        let tid = d.timeline_id.clone();
+        {
+            let tl = self.state.timelines.entry(tid.clone()).or_default();
+            if d.seq <= tl.processed_seq {
+                return;
+            }
+            if tl.own_seqs.contains(&d.seq) {
+                self.advance(&tid, d.seq);
+                let _ = self.save();
+                return;
+            }
+        }
+        // Our own post, delivered before (or instead of) its `accepted`.
+        if d.sender_device_id == self.state.device_id && d.kind == MessageKind::Application {
+            if let Some(pos) = self.state.outbox.iter().position(|e| e.msg_id == d.msg_id && e.timeline_id == tid) {
+                let e = self.state.outbox.remove(pos);
+                self.state.sent.insert(e.msg_id.clone(), d.seq);
+                let post = ReceivedPost {
+                    seq: d.seq,
+                    sender_device_id: self.state.device_id.clone(),
+                    post: Some(e.post),
+                    status: PostStatus::Ok,
+                };
+                self.record_post(&tid, post, false);
+                self.advance(&tid, d.seq);
+                let _ = self.save();
+                return;
+            }
+        }
+        let undecryptable = |sender: String| ReceivedPost {
+            seq: d.seq,
+            sender_device_id: sender,
+            post: None,
+            status: PostStatus::Undecryptable,
+        };
+        let mut new_post: Option<ReceivedPost> = None;
+        let mut warning: Option<String> = None;
+        match self.groups.get_mut(&tid) {
+            None => {
+                if d.kind == MessageKind::Application {
+                    new_post = Some(undecryptable(d.sender_device_id.clone()));
+                }
+                warning = Some(format!("{tid} #{}: no group state", d.seq));
+            }
+            Some(group) => {
+                let result = m::parse_protocol_message(d.data.as_slice()).and_then(|pm| {
+                    group.process_message(&self.provider, pm).map_err(mls("process message"))
+                });
+                match result {
+                    Ok(processed) => {
+                        let sender =
+                            m::credential_device_id(processed.credential()).unwrap_or_else(|| d.sender_device_id.clone());
+                        match processed.into_content() {
+                            ProcessedMessageContent::ApplicationMessage(am) => {
+                                let bytes = am.into_bytes();
+                                let (post, status) = match Envelope::decode(&bytes) {
+                                    Ok(Envelope::Post(p)) => (Some(p), PostStatus::Ok),
+                                    Err(tsunagu_protocol::envelope::EnvelopeError::UnsupportedVersion(_)) => {
+                                        (None, PostStatus::Unsupported)
+                                    }
+                                    Err(e) => {
+                                        warning = Some(format!("{tid} #{}: {e}", d.seq));
+                                        (None, PostStatus::Unsupported)
+                                    }
+                                };
+                                new_post = Some(ReceivedPost { seq: d.seq, sender_device_id: sender, post, status });
+                            }
+                            ProcessedMessageContent::StagedCommitMessage(sc) => {
+                                if let Err(e) = group.merge_staged_commit(&self.provider, *sc) {
+                                    warning = Some(format!("{tid} #{}: merge commit: {e:?}", d.seq));
+                                }
+                            }
+                            ProcessedMessageContent::OwnPendingCommit => {
+                                if let Err(e) = group.merge_pending_commit(&self.provider) {
+                                    warning = Some(format!("{tid} #{}: merge own commit: {e:?}", d.seq));
+                                }
+                            }
+                            ProcessedMessageContent::OwnPrivateMessage => {
+                                new_post = Some(undecryptable(self.state.device_id.clone()));
+                            }
+                            _ => {
+                                warning = Some(format!("{tid} #{}: ignored proposal", d.seq));
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        if d.kind == MessageKind::Application {
+                            new_post = Some(undecryptable(d.sender_device_id.clone()));
+                        }
+                        warning = Some(format!("{tid} #{} ({}): {e}", d.seq, d.kind.as_str()));
+                    }
+                }
+            }
+        }
+        if let Some(w) = warning {
+            self.warn(w);
+        }
+        if let Some(p) = new_post {
+            self.record_post(&tid, p, true);
+        }
+        self.advance(&tid, d.seq);
+        if let Err(e) = self.save() {
+            self.warn(format!("save failed: {e}"));
+        }
+    }
+
+    fn process_welcome(&mut self, timeline_id: &str, seq: u64, bytes: &[u8]) {
+        let processed = self.state.timelines.get(timeline_id).map(|t| t.processed_seq).unwrap_or(0);
+        if self.groups.get(timeline_id).is_some_and(|g| g.is_active()) && processed >= seq {
+            return; // a repeated welcome
+        }
+        if let Some(mut old) = self.groups.remove(timeline_id) {
+            let _ = old.delete(self.provider.storage());
+        }
+        let joined = m::parse_welcome(bytes).and_then(|w| {
+            StagedWelcome::new_from_welcome(&self.provider, &m::join_config(), w, None)
+                .map_err(mls("welcome"))?
+                .into_group(&self.provider)
+                .map_err(mls("join"))
+        });
+        match joined {
+            Ok(group) => {
+                self.groups.insert(timeline_id.to_string(), group);
+                let tl = self.state.timelines.entry(timeline_id.to_string()).or_default();
+                tl.has_group = true;
+                if seq > tl.processed_seq {
+                    tl.processed_seq = seq;
+                }
+                let p = tl.processed_seq;
+                tl.own_seqs.retain(|s| *s > p);
+            }
+            Err(e) => {
+                if let Some(tl) = self.state.timelines.get_mut(timeline_id) {
+                    tl.has_group = false;
+                }
+                self.warn(format!("{timeline_id}: welcome at #{seq} failed: {e}"));
+            }
+        }
+        if let Err(e) = self.save() {
+            self.warn(format!("save failed: {e}"));
+        }
+    }
+
+    fn release_deferred(&mut self, timeline_id: &str) {
+        self.deferred.remove(timeline_id);
+        let (mine, rest): (VecDeque<Delivered>, VecDeque<Delivered>) =
+            std::mem::take(&mut self.held).into_iter().partition(|d| d.timeline_id == timeline_id);
+        self.held = rest;
+        for d in mine {
+            self.process_delivered(d);
+        }
+    }
+
+    // ----- IO helpers ---------------------------------------------------------------------
+
+    async fn send<T: Transport>(&mut self, io: &mut T, frame: &ClientFrame) -> Result<(), ClientError> {
+        let text = serde_json::to_string(frame).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        io.send_text(text).await
+    }
+
+    /// Send the coalesced acks.
+    pub async fn flush_acks<T: Transport>(&mut self, io: &mut T) -> Result<(), ClientError> {
+        let acks = std::mem::take(&mut self.pending_acks);
+        self.unacked = 0;
+        for (timeline_id, seq) in acks {
+            self.send(io, &ClientFrame::Ack { timeline_id, seq }).await?;
+        }
+        Ok(())
+    }
+
+    /// Receive one frame (or time out: `Ok(None)`); unparsable frames are
+    /// skipped with a warning.
+    async fn recv<T: Transport>(&mut self, io: &mut T, timeout_ms: u64) -> Result<Option<ServerFrame>, ClientError> {
+        let Some(text) = io.recv_text(timeout_ms).await? else {
+            return Ok(None);
+        };
+        match serde_json::from_str::<ServerFrame>(&text) {
+            Ok(f) => Ok(Some(f)),
+            Err(e) => {
+                self.warn(format!("unparsable frame: {e}"));
+                Ok(Some(ServerFrame::Pong { rid: 0 }))
+            }
+        }
+    }
+
+    /// Handle an unsolicited frame and send what it calls for.
+    async fn dispatch<T: Transport>(&mut self, io: &mut T, frame: ServerFrame) -> Result<(), ClientError> {
+        for out in self.handle_frame(frame) {
+            self.send(io, &out).await?;
+        }
+        if self.unacked >= ACK_EVERY {
+            self.flush_acks(io).await?;
+        }
+        Ok(())
+    }
+
+    /// Process incoming frames for up to `timeout_ms`; returns false on timeout.
+    pub async fn pump_one<T: Transport>(&mut self, io: &mut T, timeout_ms: u64) -> Result<bool, ClientError> {
+        match self.recv(io, timeout_ms).await? {
+            None => Ok(false),
+            Some(f) => {
+                self.dispatch(io, f).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Send a request frame and wait for its reply (an `error` frame is
+    /// returned as `Ok(ServerFrame::Error)`), processing other frames meanwhile.
+    pub async fn request<T: Transport>(&mut self, io: &mut T, frame: ClientFrame) -> Result<ServerFrame, ClientError> {
+        let Some(rid) = frame_rid(&frame) else {
+            self.send(io, &frame).await?;
+            let rid = self.rid();
+            return Box::pin(self.request(io, ClientFrame::Ping { rid })).await;
+        };
+        self.send(io, &frame).await?;
+        let deadline = io.now_ms() + REQUEST_TIMEOUT_MS;
+        loop {
+            let now = io.now_ms();
+            if now >= deadline {
+                return Err(ClientError::Timeout);
+            }
+            let Some(f) = self.recv(io, deadline - now).await? else {
+                return Err(ClientError::Timeout);
+            };
+            match reply_rid(&f) {
+                Some(Some(r)) if r == rid => return Ok(f),
+                Some(None) => return Ok(f),
+                Some(Some(_)) => {} // a stale reply
+                None => self.dispatch(io, f).await?,
+            }
+        }
+    }
+
+    /// Process frames until the group of `timeline_id` reaches `epoch`.
+    async fn catch_up<T: Transport>(&mut self, io: &mut T, timeline_id: &str, epoch: u64) -> Result<(), ClientError> {
+        let deadline = io.now_ms() + CATCH_UP_TIMEOUT_MS;
+        loop {
+            match self.groups.get(timeline_id) {
+                None => return Err(ClientError::Invalid(format!("no group for timeline {timeline_id}"))),
+                Some(g) if !g.is_active() => {
+                    return Err(ClientError::Server(ErrorFrame {
+                        rid: None,
+                        code: ErrorCode::NotMember,
+                        message: "removed from the timeline".into(),
+                        current_epoch: None,
+                    }))
+                }
+                Some(g) if g.epoch().as_u64() >= epoch => return Ok(()),
+                Some(_) => {}
+            }
+            let now = io.now_ms();
+            if now >= deadline || !self.pump_one(io, deadline - now).await? {
+                return Err(ClientError::Timeout);
+            }
+        }
+    }
+
+    // ----- workflows ----------------------------------------------------------------------
+
+    /// After the websocket is open: wait for `ready`, top up key packages,
+    /// subscribe and process until `caught_up`, then resend the outbox.
+    pub async fn on_connected<T: Transport>(&mut self, io: &mut T) -> Result<(), ClientError> {
+        self.deferred.clear();
+        self.held.clear();
+        self.pending_acks.clear();
+        self.unacked = 0;
+        let deadline = io.now_ms() + REQUEST_TIMEOUT_MS;
+        loop {
+            let now = io.now_ms();
+            let Some(f) = (if now < deadline { self.recv(io, deadline - now).await? } else { None }) else {
+                return Err(ClientError::Timeout);
+            };
+            match f {
+                ServerFrame::Ready { device_id, .. } => {
+                    if device_id != self.state.device_id {
+                        return Err(ClientError::Protocol(format!("server says we are device {device_id}")));
+                    }
+                    break;
+                }
+                ServerFrame::Error(e) => return Err(ClientError::Server(e)),
+                _ => {}
+            }
+        }
+        self.top_up_key_packages(io).await?;
+        let rid = self.rid();
+        match self.request(io, ClientFrame::Subscribe { rid }).await? {
+            ServerFrame::CaughtUp { .. } => {}
+            other => return Err(unexpected(other)),
+        }
+        self.flush_acks(io).await?;
+        self.resend_outbox(io).await
+    }
+
+    pub async fn top_up_key_packages<T: Transport>(&mut self, io: &mut T) -> Result<(), ClientError> {
+        let rid = self.rid();
+        let count = match self.request(io, ClientFrame::KeyPackageCount { rid }).await? {
+            ServerFrame::KeyPackageCount { count, .. } => count,
+            other => return Err(unexpected(other)),
+        };
+        if count >= KEY_PACKAGE_LOW_MARK {
+            return Ok(());
+        }
+        let with_last_resort = !self.state.last_resort_published;
+        let (kps, lr) = self.make_key_packages(KEY_PACKAGE_BATCH, with_last_resort)?;
+        let rid = self.rid();
+        let frame = ClientFrame::PublishKeyPackages {
+            rid,
+            key_packages: kps.into_iter().map(Bytes).collect(),
+            last_resort: lr.map(Bytes),
+        };
+        match self.request(io, frame).await? {
+            ServerFrame::KeyPackagesStored { .. } => {
+                if with_last_resort {
+                    self.state.last_resort_published = true;
+                    self.save()?;
+                }
+                Ok(())
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn resend_outbox<T: Transport>(&mut self, io: &mut T) -> Result<(), ClientError> {
+        let ids: Vec<String> = self.state.outbox.iter().map(|e| e.msg_id.clone()).collect();
+        for id in ids {
+            match self.send_outbox_entry(io, &id).await {
+                Ok(_) => {}
+                Err(e @ (ClientError::Disconnected(_) | ClientError::Timeout)) => return Err(e),
+                Err(e) => self.warn(format!("outbox {id}: {e}")),
+            }
+        }
+        self.flush_acks(io).await
+    }
+
+    pub async fn create_timeline<T: Transport>(&mut self, io: &mut T) -> Result<String, ClientError> {
+        let timeline_id = uuid::Uuid::new_v4().to_string();
+        let mut group = MlsGroup::new_with_group_id(
+            &self.provider,
+            &self.signer,
+            &m::create_config(),
+            m::group_id(&timeline_id),
+            self.cwk(),
+        )
+        .map_err(mls("create group"))?;
+        let gi = group.export_group_info(self.provider.crypto(), &self.signer, true).map_err(mls("group info"))?;
+        let gi = m::to_bytes(&gi)?;
+        let rid = self.rid();
+        let reply = self
+            .request(io, ClientFrame::CreateTimeline { rid, timeline_id: timeline_id.clone(), group_info: Bytes(gi) })
+            .await;
+        match reply {
+            Ok(ServerFrame::Created { .. }) => {
+                self.groups.insert(timeline_id.clone(), group);
+                let tl = self.state.timelines.entry(timeline_id.clone()).or_default();
+                tl.has_group = true;
+                self.save()?;
+                Ok(timeline_id)
+            }
+            other => {
+                let _ = group.delete(self.provider.storage());
+                match other {
+                    Ok(f) => Err(unexpected(f)),
+                    Err(e) => Err(e),
+                }
+            }
+        }
+    }
+
+    async fn claim<T: Transport>(&mut self, io: &mut T, account_id: &str) -> Result<Vec<KeyPackage>, ClientError> {
+        let rid = self.rid();
+        let devices = match self.request(io, ClientFrame::ClaimKeyPackages { rid, account_id: account_id.into() }).await? {
+            ServerFrame::KeyPackages { devices, .. } => devices,
+            other => return Err(unexpected(other)),
+        };
+        let mut kps = Vec::new();
+        for d in devices {
+            let kp = m::parse_key_package(&self.provider, d.key_package.as_slice())?;
+            let id = m::credential_device_id(kp.leaf_node().credential());
+            if id.as_deref() != Some(d.device_id.as_str()) {
+                return Err(ClientError::Protocol(format!("key package for {} names {id:?}", d.device_id)));
+            }
+            kps.push(kp);
+        }
+        if kps.is_empty() {
+            return Err(ClientError::Invalid(format!("account {account_id} has no devices")));
+        }
+        Ok(kps)
+    }
+
+    pub async fn list_accounts<T: Transport>(&mut self, io: &mut T) -> Result<Vec<AccountInfo>, ClientError> {
+        let rid = self.rid();
+        match self.request(io, ClientFrame::ListAccounts { rid }).await? {
+            ServerFrame::Accounts { accounts, .. } => Ok(accounts),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn list_timelines<T: Transport>(&mut self, io: &mut T) -> Result<Vec<TimelineInfo>, ClientError> {
+        let rid = self.rid();
+        match self.request(io, ClientFrame::ListTimelines { rid }).await? {
+            ServerFrame::Timelines { timelines, .. } => Ok(timelines),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Add every device of an account in one commit. Returns its seq.
+    pub async fn add_person<T: Transport>(
+        &mut self,
+        io: &mut T,
+        timeline_id: &str,
+        account_id: &str,
+    ) -> Result<u64, ClientError> {
+        self.group_mut(timeline_id)?;
+        let kps = self.claim(io, account_id).await?;
+        self.commit_change(io, timeline_id, Change::Add(kps)).await
+    }
+
+    /// Remove every leaf of an account's devices in one commit.
+    pub async fn remove_person<T: Transport>(
+        &mut self,
+        io: &mut T,
+        timeline_id: &str,
+        account_id: &str,
+    ) -> Result<u64, ClientError> {
+        self.group_mut(timeline_id)?;
+        let accounts = self.list_accounts(io).await?;
+        let account = accounts
+            .into_iter()
+            .find(|a| a.account_id == account_id)
+            .ok_or_else(|| ClientError::Invalid(format!("unknown account {account_id}")))?;
+        self.commit_change(io, timeline_id, Change::Remove(account.device_ids)).await
+    }
+
+    async fn commit_change<T: Transport>(
+        &mut self,
+        io: &mut T,
+        timeline_id: &str,
+        change: Change,
+    ) -> Result<u64, ClientError> {
+        for _attempt in 0..MAX_ATTEMPTS {
+            let group = self
+                .groups
+                .get_mut(timeline_id)
+                .ok_or_else(|| ClientError::Invalid(format!("no group for timeline {timeline_id}")))?;
+            if !group.is_active() {
+                return Err(ClientError::Invalid("this device is no longer a member".into()));
+            }
+            if group.pending_commit().is_some() {
+                group.clear_pending_commit(self.provider.storage()).map_err(mls("clear pending commit"))?;
+            }
+            let members: Vec<(LeafNodeIndex, Option<String>)> =
+                group.members().map(|mb| (mb.index, m::credential_device_id(&mb.credential))).collect();
+            let builder = group.commit_builder();
+            let builder = match &change {
+                Change::Add(kps) => {
+                    let fresh: Vec<KeyPackage> = kps
+                        .iter()
+                        .filter(|kp| {
+                            let id = m::credential_device_id(kp.leaf_node().credential());
+                            !members.iter().any(|(_, mid)| mid.is_some() && *mid == id)
+                        })
+                        .cloned()
+                        .collect();
+                    if fresh.is_empty() {
+                        return Err(ClientError::Invalid("every device of the account is already a member".into()));
+                    }
+                    builder.propose_adds(fresh)
+                }
+                Change::Remove(device_ids) => {
+                    let leaves: Vec<LeafNodeIndex> = members
+                        .iter()
+                        .filter(|(_, id)| id.as_ref().is_some_and(|id| device_ids.contains(id)))
+                        .map(|(i, _)| *i)
+                        .collect();
+                    if leaves.is_empty() {
+                        return Err(ClientError::Invalid("no device of the account is a member".into()));
+                    }
+                    builder.propose_removals(leaves)
+                }
+            };
+            let bundle = builder
+                .load_psks(self.provider.storage())
+                .map_err(mls("load psks"))?
+                .create_group_info(true)
+                .use_ratchet_tree_extension(true)
+                .build(self.provider.rand(), self.provider.crypto(), &self.signer, |_| true)
+                .map_err(mls("build commit"))?
+                .stage_commit(&self.provider)
+                .map_err(mls("stage commit"))?;
+            let commit = m::to_bytes(bundle.commit())?;
+            let welcome = bundle.to_welcome_msg().map(|w| m::to_bytes(&w)).transpose()?;
+            let group_info = bundle
+                .group_info()
+                .cloned()
+                .ok_or_else(|| ClientError::Mls("commit without group info".into()))?;
+            let group_info = m::group_info_bytes(group_info)?;
+            let epoch = group.epoch().as_u64();
+            self.save()?;
+
+            self.deferred.insert(timeline_id.to_string());
+            let rid = self.rid();
+            let frame = ClientFrame::Commit {
+                rid,
+                timeline_id: timeline_id.into(),
+                msg_id: new_msg_id(),
+                commit: Bytes(commit),
+                welcome: welcome.map(Bytes),
+                group_info: Bytes(group_info),
+            };
+            let reply = self.request(io, frame).await;
+            let group = self.groups.get_mut(timeline_id).expect("group present");
+            match reply {
+                Ok(ServerFrame::Accepted { seq, .. }) => {
+                    group.merge_pending_commit(&self.provider).map_err(mls("merge own commit"))?;
+                    self.mark_own_seq(timeline_id, seq);
+                    self.save()?;
+                    self.release_deferred(timeline_id);
+                    self.flush_acks(io).await?;
+                    return Ok(seq);
+                }
+                Ok(ServerFrame::Error(e)) if matches!(e.code, ErrorCode::EpochConflict | ErrorCode::Internal) => {
+                    group.clear_pending_commit(self.provider.storage()).map_err(mls("clear pending commit"))?;
+                    self.save()?;
+                    self.release_deferred(timeline_id);
+                    if e.code == ErrorCode::EpochConflict {
+                        self.catch_up(io, timeline_id, e.current_epoch.unwrap_or(epoch + 1)).await?;
+                    }
+                }
+                Ok(other) => {
+                    group.clear_pending_commit(self.provider.storage()).map_err(mls("clear pending commit"))?;
+                    self.save()?;
+                    self.release_deferred(timeline_id);
+                    return Err(unexpected(other));
+                }
+                Err(e) => {
+                    // The commit may or may not be stored: keep it pending so
+                    // that its echo can still be merged.
+                    self.release_deferred(timeline_id);
+                    return Err(e);
+                }
+            }
+        }
+        Err(ClientError::TooManyRetries(MAX_ATTEMPTS))
+    }
+
+    /// Post a text (queued in the outbox until accepted). Returns its seq.
+    pub async fn post<T: Transport>(
+        &mut self,
+        io: &mut T,
+        timeline_id: &str,
+        msg_id: &str,
+        text: &str,
+        reply_to: Option<u64>,
+    ) -> Result<u64, ClientError> {
+        if !tsunagu_protocol::ids::valid_msg_id(msg_id) {
+            return Err(ClientError::Invalid(format!("bad msg_id {msg_id:?}")));
+        }
+        if !self.groups.contains_key(timeline_id) {
+            return Err(ClientError::Invalid(format!("no group for timeline {timeline_id}")));
+        }
+        if !self.state.outbox.iter().any(|e| e.msg_id == msg_id) {
+            self.state.outbox.push(OutboxEntry {
+                timeline_id: timeline_id.into(),
+                msg_id: msg_id.into(),
+                post: Post { kind: PostKind::Text, text: text.into(), reply_to, sent_at: io.now_ms() },
+            });
+            self.save()?;
+        }
+        self.send_outbox_entry(io, msg_id).await
+    }
+
+    async fn send_outbox_entry<T: Transport>(&mut self, io: &mut T, msg_id: &str) -> Result<u64, ClientError> {
+        for _attempt in 0..MAX_ATTEMPTS {
+            let Some(entry) = self.state.outbox.iter().find(|e| e.msg_id == msg_id).cloned() else {
+                // Its echo arrived meanwhile and recorded it.
+                if let Some(seq) = self.own_post_seq(msg_id) {
+                    return Ok(seq);
+                }
+                return Err(ClientError::Invalid(format!("no outbox entry {msg_id}")));
+            };
+            let tid = entry.timeline_id.clone();
+            let plaintext = Envelope::Post(entry.post.clone()).encode();
+            let message = self.encrypt(&tid, &plaintext)?;
+            let rid = self.rid();
+            let frame =
+                ClientFrame::Send { rid, timeline_id: tid.clone(), msg_id: msg_id.into(), message: Bytes(message) };
+            match self.request(io, frame).await? {
+                ServerFrame::Accepted { seq, .. } => {
+                    self.state.outbox.retain(|e| e.msg_id != msg_id);
+                    self.state.sent.insert(msg_id.to_string(), seq);
+                    let post = ReceivedPost {
+                        seq,
+                        sender_device_id: self.state.device_id.clone(),
+                        post: Some(entry.post),
+                        status: PostStatus::Ok,
+                    };
+                    self.record_post(&tid, post, false);
+                    self.mark_own_seq(&tid, seq);
+                    self.save()?;
+                    self.flush_acks(io).await?;
+                    return Ok(seq);
+                }
+                ServerFrame::Error(e) if e.code == ErrorCode::StaleEpoch => {
+                    let epoch = self.epoch(&tid).unwrap_or(0);
+                    self.catch_up(io, &tid, e.current_epoch.unwrap_or(epoch + 1)).await?;
+                }
+                ServerFrame::Error(e) if e.code == ErrorCode::Internal => {}
+                other => {
+                    // Will never be accepted: drop it from the outbox.
+                    self.state.outbox.retain(|e| e.msg_id != msg_id);
+                    self.save()?;
+                    return Err(unexpected(other));
+                }
+            }
+        }
+        Err(ClientError::TooManyRetries(MAX_ATTEMPTS))
+    }
+
+    fn own_post_seq(&self, msg_id: &str) -> Option<u64> {
+        self.state.sent.get(msg_id).copied()
+    }
+
+    /// Rejoin a timeline by external commit after losing its group state.
+    pub async fn rejoin<T: Transport>(&mut self, io: &mut T, timeline_id: &str) -> Result<u64, ClientError> {
+        for _attempt in 0..MAX_ATTEMPTS {
+            let rid = self.rid();
+            let gi = match self.request(io, ClientFrame::GetGroupInfo { rid, timeline_id: timeline_id.into() }).await? {
+                ServerFrame::GroupInfo { group_info, .. } => group_info,
+                other => return Err(unexpected(other)),
+            };
+            let vgi = m::parse_group_info(gi.as_slice())?;
+            if let Some(mut old) = self.groups.remove(timeline_id) {
+                old.delete(self.provider.storage()).map_err(mls("delete group"))?;
+            }
+            let (mut group, bundle) = MlsGroup::external_commit_builder()
+                .with_config(m::join_config())
+                .build_group(&self.provider, vgi, self.cwk())
+                .map_err(mls("external commit"))?
+                .load_psks(self.provider.storage())
+                .map_err(mls("load psks"))?
+                .create_group_info(true)
+                .use_ratchet_tree_extension(true)
+                .build(self.provider.rand(), self.provider.crypto(), &self.signer, |_| true)
+                .map_err(mls("build external commit"))?
+                .finalize(&self.provider)
+                .map_err(mls("finalize external commit"))?;
+            let commit = m::to_bytes(bundle.commit())?;
+            let group_info = bundle
+                .group_info()
+                .cloned()
+                .ok_or_else(|| ClientError::Mls("external commit without group info".into()))?;
+            let group_info = m::group_info_bytes(group_info)?;
+            self.deferred.insert(timeline_id.to_string());
+            let rid = self.rid();
+            let frame = ClientFrame::Commit {
+                rid,
+                timeline_id: timeline_id.into(),
+                msg_id: new_msg_id(),
+                commit: Bytes(commit),
+                welcome: None,
+                group_info: Bytes(group_info),
+            };
+            let reply = self.request(io, frame).await;
+            match reply {
+                Ok(ServerFrame::Accepted { seq, .. }) => {
+                    self.groups.insert(timeline_id.to_string(), group);
+                    let tl = self.state.timelines.entry(timeline_id.to_string()).or_default();
+                    tl.has_group = true;
+                    self.advance(timeline_id, seq);
+                    self.save()?;
+                    self.release_deferred(timeline_id);
+                    self.flush_acks(io).await?;
+                    return Ok(seq);
+                }
+                other => {
+                    group.delete(self.provider.storage()).map_err(mls("delete group"))?;
+                    self.save()?;
+                    self.release_deferred(timeline_id);
+                    match other {
+                        Ok(ServerFrame::Error(e)) if matches!(e.code, ErrorCode::EpochConflict | ErrorCode::Internal) => {}
+                        Ok(f) => return Err(unexpected(f)),
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+        Err(ClientError::TooManyRetries(MAX_ATTEMPTS))
+    }
+
+    /// Process every frame the server sent before our `ping`.
+    pub async fn sync<T: Transport>(&mut self, io: &mut T) -> Result<(), ClientError> {
+        let rid = self.rid();
+        match self.request(io, ClientFrame::Ping { rid }).await? {
+            ServerFrame::Pong { .. } => self.flush_acks(io).await,
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn wait_for_seq<T: Transport>(
+        &mut self,
+        io: &mut T,
+        timeline_id: &str,
+        seq: u64,
+        timeout_ms: u64,
+    ) -> Result<(), ClientError> {
+        let deadline = io.now_ms() + timeout_ms;
+        loop {
+            if self.processed_seq(timeline_id).unwrap_or(0) >= seq {
+                return self.flush_acks(io).await;
+            }
+            let now = io.now_ms();
+            if now >= deadline || !self.pump_one(io, deadline - now).await? {
+                self.flush_acks(io).await?;
+                return Err(ClientError::Timeout);
+            }
+        }
+    }
+
+    pub async fn next_post<T: Transport>(
+        &mut self,
+        io: &mut T,
+        timeout_ms: u64,
+    ) -> Result<Option<(String, ReceivedPost)>, ClientError> {
+        let deadline = io.now_ms() + timeout_ms;
+        loop {
+            if let Some(p) = self.new_posts.pop_front() {
+                self.flush_acks(io).await?;
+                return Ok(Some(p));
+            }
+            let now = io.now_ms();
+            if now >= deadline || !self.pump_one(io, deadline - now).await? {
+                self.flush_acks(io).await?;
+                return Ok(None);
+            }
+        }
+    }
+}

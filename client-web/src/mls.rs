@@ -1,0 +1,163 @@
+//! OpenMLS glue: the provider whose storage we persist, the group
+//! configuration Tsunagu uses, and parsing of MLS wire messages.
+
+use openmls::prelude::tls_codec::Deserialize as _;
+#[allow(unused_imports)]
+use openmls::prelude::tls_codec;
+use openmls::messages::group_info::{GroupInfo, VerifiableGroupInfo};
+use openmls::prelude::*;
+use openmls_basic_credential::SignatureKeyPair;
+use openmls_memory_storage::MemoryStorage;
+use openmls_rust_crypto::RustCrypto;
+
+use crate::error::mls;
+use crate::ClientError;
+
+/// The only ciphersuite Tsunagu uses.
+pub const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
+/// Past epochs whose secrets are kept for late application messages.
+pub const MAX_PAST_EPOCHS: usize = 16;
+/// Exporter label used by `export_secret` (tests compare members with it).
+pub const EXPORTER_LABEL: &str = "tsunagu test";
+
+/// Crypto plus an in-memory storage that the client serializes as a whole.
+#[derive(Default, Debug)]
+pub struct Provider {
+    crypto: RustCrypto,
+    pub storage: MemoryStorage,
+}
+
+impl OpenMlsProvider for Provider {
+    type CryptoProvider = RustCrypto;
+    type RandProvider = RustCrypto;
+    type StorageProvider = MemoryStorage;
+
+    fn storage(&self) -> &MemoryStorage {
+        &self.storage
+    }
+    fn crypto(&self) -> &RustCrypto {
+        &self.crypto
+    }
+    fn rand(&self) -> &RustCrypto {
+        &self.crypto
+    }
+}
+
+impl Provider {
+    pub fn with_values(values: std::collections::HashMap<Vec<u8>, Vec<u8>>) -> Self {
+        Provider { crypto: RustCrypto::default(), storage: MemoryStorage { values: std::sync::RwLock::new(values) } }
+    }
+}
+
+/// Configuration for groups joined by Welcome or external commit.
+pub fn join_config() -> MlsGroupJoinConfig {
+    MlsGroupJoinConfig::builder()
+        .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
+        .use_ratchet_tree_extension(true)
+        .max_past_epochs(MAX_PAST_EPOCHS)
+        .build()
+}
+
+/// Configuration for groups this device creates.
+pub fn create_config() -> MlsGroupCreateConfig {
+    MlsGroupCreateConfig::builder()
+        .ciphersuite(CIPHERSUITE)
+        .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
+        .use_ratchet_tree_extension(true)
+        .max_past_epochs(MAX_PAST_EPOCHS)
+        .build()
+}
+
+/// The device's credential: a basic credential naming its device id.
+pub fn credential_with_key(device_id: &str, signer: &SignatureKeyPair) -> CredentialWithKey {
+    CredentialWithKey {
+        credential: BasicCredential::new(device_id.as_bytes().to_vec()).into(),
+        signature_key: signer.public().into(),
+    }
+}
+
+/// A fresh Ed25519 signature key pair for a new device.
+pub fn new_signer() -> Result<SignatureKeyPair, ClientError> {
+    SignatureKeyPair::new(CIPHERSUITE.signature_algorithm()).map_err(mls("signature key"))
+}
+
+/// The device id in a member credential (basic credential identity).
+pub fn credential_device_id(credential: &Credential) -> Option<String> {
+    let basic = BasicCredential::try_from(credential.clone()).ok()?;
+    String::from_utf8(basic.identity().to_vec()).ok()
+}
+
+pub fn group_id(timeline_id: &str) -> GroupId {
+    GroupId::from_slice(timeline_id.as_bytes())
+}
+
+pub fn to_bytes(m: &MlsMessageOut) -> Result<Vec<u8>, ClientError> {
+    m.to_bytes().map_err(mls("serialize"))
+}
+
+pub fn parse_body(bytes: &[u8]) -> Result<MlsMessageBodyIn, ClientError> {
+    let msg = MlsMessageIn::tls_deserialize_exact(bytes).map_err(mls("parse MLS message"))?;
+    Ok(msg.extract())
+}
+
+pub fn parse_protocol_message(bytes: &[u8]) -> Result<ProtocolMessage, ClientError> {
+    match parse_body(bytes)? {
+        MlsMessageBodyIn::PublicMessage(m) => Ok(m.into()),
+        MlsMessageBodyIn::PrivateMessage(m) => Ok(m.into()),
+        _ => Err(ClientError::Mls("not a public or private message".into())),
+    }
+}
+
+pub fn parse_welcome(bytes: &[u8]) -> Result<Welcome, ClientError> {
+    match parse_body(bytes)? {
+        MlsMessageBodyIn::Welcome(w) => Ok(w),
+        _ => Err(ClientError::Mls("not a welcome".into())),
+    }
+}
+
+pub fn parse_group_info(bytes: &[u8]) -> Result<VerifiableGroupInfo, ClientError> {
+    match parse_body(bytes)? {
+        MlsMessageBodyIn::GroupInfo(g) => Ok(g),
+        _ => Err(ClientError::Mls("not a group info".into())),
+    }
+}
+
+/// A claimed key package: an MLSMessage holding a KeyPackage, or (leniently)
+/// a bare TLS-serialized KeyPackage. The signature is verified.
+pub fn parse_key_package(provider: &Provider, bytes: &[u8]) -> Result<KeyPackage, ClientError> {
+    let kp_in = match MlsMessageIn::tls_deserialize_exact(bytes).map(|m| m.extract()) {
+        Ok(MlsMessageBodyIn::KeyPackage(kp)) => kp,
+        _ => KeyPackageIn::tls_deserialize_exact(bytes).map_err(mls("parse key package"))?,
+    };
+    kp_in.validate(provider.crypto(), ProtocolVersion::Mls10).map_err(mls("validate key package"))
+}
+
+/// Build and store (private parts in the provider's storage) a key package,
+/// returned as an MLSMessage.
+pub fn new_key_package(
+    provider: &Provider,
+    signer: &SignatureKeyPair,
+    cwk: CredentialWithKey,
+    last_resort: bool,
+) -> Result<Vec<u8>, ClientError> {
+    let mut builder = KeyPackage::builder();
+    if last_resort {
+        builder = builder.mark_as_last_resort();
+    }
+    let bundle = builder.build(CIPHERSUITE, provider, signer, cwk).map_err(mls("key package"))?;
+    let out: MlsMessageOut = bundle.key_package().clone().into();
+    to_bytes(&out)
+}
+
+pub fn group_info_bytes(gi: GroupInfo) -> Result<Vec<u8>, ClientError> {
+    let out: MlsMessageOut = gi.into();
+    to_bytes(&out)
+}
+
+pub fn signer_from_bytes(bytes: &[u8]) -> Result<SignatureKeyPair, ClientError> {
+    SignatureKeyPair::tls_deserialize_exact(bytes).map_err(mls("signature key pair"))
+}
+
+pub fn tls_bytes<T: tls_codec::Serialize>(t: &T) -> Result<Vec<u8>, ClientError> {
+    t.tls_serialize_detached().map_err(mls("serialize"))
+}

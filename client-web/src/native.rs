@@ -1,0 +1,355 @@
+//! Native transport (tokio-tungstenite websocket, reqwest enrolment) and the
+//! `Client` API used by the command-line client and the integration tests.
+
+use std::path::Path;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tsunagu_protocol::frames::{AccountInfo, EnrolRequest, EnrolResponse, ErrorFrame, HttpError, TimelineInfo};
+use tsunagu_protocol::{Bytes, ClientFrame, ErrorCode, ServerFrame};
+
+use crate::core::{new_msg_id, Core, Enrolment};
+use crate::store::{FileStore, StateStore};
+use crate::transport::Transport;
+use crate::{ClientError, ReceivedPost};
+
+/// A websocket connection to the server.
+pub struct WsTransport {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+fn disconnected<E: std::fmt::Display>(e: E) -> ClientError {
+    ClientError::Disconnected(e.to_string())
+}
+
+/// `http://host:port` → `ws://host:port/v1/ws`.
+pub fn ws_url(server_url: &str) -> Result<String, ClientError> {
+    let base = server_url.trim_end_matches('/');
+    let rest = if let Some(r) = base.strip_prefix("http://") {
+        format!("ws://{r}")
+    } else if let Some(r) = base.strip_prefix("https://") {
+        format!("wss://{r}")
+    } else if base.starts_with("ws://") || base.starts_with("wss://") {
+        base.to_string()
+    } else {
+        return Err(ClientError::Invalid(format!("server url must start with http:// or https://: {server_url}")));
+    };
+    Ok(format!("{rest}/v1/ws"))
+}
+
+impl WsTransport {
+    pub async fn connect(server_url: &str, token: &str) -> Result<WsTransport, ClientError> {
+        let mut req = ws_url(server_url)?.into_client_request().map_err(|e| ClientError::Invalid(e.to_string()))?;
+        req.headers_mut().insert(
+            "Authorization",
+            format!("Bearer {token}").parse().map_err(|_| ClientError::Invalid("bad token".into()))?,
+        );
+        match tokio_tungstenite::connect_async(req).await {
+            Ok((ws, _)) => Ok(WsTransport { ws }),
+            Err(tungstenite::Error::Http(resp)) => {
+                let status = resp.status().as_u16();
+                let body = resp.body().as_deref().unwrap_or_default();
+                match serde_json::from_slice::<HttpError>(body) {
+                    Ok(e) => Err(ClientError::Server(ErrorFrame {
+                        rid: None,
+                        code: e.code,
+                        message: e.message,
+                        current_epoch: None,
+                    })),
+                    Err(_) if status == 401 => Err(ClientError::Server(ErrorFrame {
+                        rid: None,
+                        code: ErrorCode::Unauthorized,
+                        message: "unauthorized".into(),
+                        current_epoch: None,
+                    })),
+                    Err(_) => Err(ClientError::Http { status, message: String::from_utf8_lossy(body).into() }),
+                }
+            }
+            Err(e) => Err(disconnected(e)),
+        }
+    }
+
+    pub async fn close(&mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}
+
+impl Transport for WsTransport {
+    async fn send_text(&mut self, text: String) -> Result<(), ClientError> {
+        self.ws.send(Message::Text(text.into())).await.map_err(disconnected)
+    }
+
+    async fn recv_text(&mut self, timeout_ms: u64) -> Result<Option<String>, ClientError> {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => return Ok(None),
+                Ok(None) => return Err(ClientError::Disconnected("connection closed".into())),
+                Ok(Some(Err(e))) => return Err(disconnected(e)),
+                Ok(Some(Ok(Message::Text(t)))) => return Ok(Some(t.as_str().to_owned())),
+                Ok(Some(Ok(Message::Close(f)))) => {
+                    return Err(ClientError::Disconnected(format!("closed by server: {f:?}")))
+                }
+                Ok(Some(Ok(_))) => continue,
+            }
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        now_ms()
+    }
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// POST /v1/enrol.
+pub async fn enrol_http(server_url: &str, body: &EnrolRequest) -> Result<EnrolResponse, ClientError> {
+    let url = format!("{}/v1/enrol", server_url.trim_end_matches('/'));
+    let resp = reqwest::Client::new().post(&url).json(body).send().await.map_err(disconnected)?;
+    let status = resp.status();
+    let bytes = resp.bytes().await.map_err(disconnected)?;
+    if status.is_success() {
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol(format!("enrol response: {e}")))
+    } else {
+        match serde_json::from_slice::<HttpError>(&bytes) {
+            Ok(e) => Err(ClientError::Server(ErrorFrame { rid: None, code: e.code, message: e.message, current_epoch: None })),
+            Err(_) => Err(ClientError::Http { status: status.as_u16(), message: String::from_utf8_lossy(&bytes).into() }),
+        }
+    }
+}
+
+/// A Tsunagu device: its saved state and, when connected, its websocket.
+pub struct Client {
+    core: Core,
+    conn: Option<WsTransport>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("core", &self.core).field("connected", &self.conn.is_some()).finish()
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis().min(u64::MAX as u128) as u64
+}
+
+impl Client {
+    /// Enrol a new device with an operator's code; the state goes to
+    /// `state_dir/state.bin`. Not connected yet.
+    pub async fn enrol(server_url: &str, code: &str, device_name: &str, state_dir: &Path) -> Result<Client, ClientError> {
+        let mut store = FileStore::new(state_dir);
+        if store.load()?.is_some() {
+            return Err(ClientError::Invalid(format!("{} already holds an enrolled device", store.path().display())));
+        }
+        let signer = crate::mls::new_signer()?;
+        let req = EnrolRequest {
+            code: code.into(),
+            device_name: device_name.into(),
+            signature_key: Bytes(signer.public().to_vec()),
+        };
+        let resp = enrol_http(server_url, &req).await?;
+        let enrolment = Enrolment {
+            server_url: server_url.trim_end_matches('/').to_string(),
+            account_id: resp.account_id,
+            account_name: resp.account_name,
+            device_id: resp.device_id,
+            device_token: resp.device_token,
+        };
+        let core = Core::new_enrolled(Box::new(store), enrolment, signer)?;
+        Ok(Client { core, conn: None })
+    }
+
+    /// Reopen a device from its state directory.
+    pub async fn open(state_dir: &Path) -> Result<Client, ClientError> {
+        let core = Core::open(Box::new(FileStore::new(state_dir)))?;
+        Ok(Client { core, conn: None })
+    }
+
+    pub fn core(&self) -> &Core {
+        &self.core
+    }
+    pub fn device_id(&self) -> &str {
+        self.core.device_id()
+    }
+    pub fn account_id(&self) -> &str {
+        self.core.account_id()
+    }
+    pub fn account_name(&self) -> &str {
+        &self.core.state().account_name
+    }
+    pub fn is_connected(&self) -> bool {
+        self.conn.is_some()
+    }
+
+    fn io(&mut self) -> Result<(&mut Core, &mut WsTransport), ClientError> {
+        match self.conn.as_mut() {
+            Some(c) => Ok((&mut self.core, c)),
+            None => Err(ClientError::NotConnected),
+        }
+    }
+
+    fn check<R>(&mut self, r: Result<R, ClientError>) -> Result<R, ClientError> {
+        if matches!(r, Err(ClientError::Disconnected(_))) {
+            self.conn = None;
+        }
+        r
+    }
+
+    /// Connect, wait for `ready`, top up key packages, subscribe, process
+    /// until `caught_up`, resend the outbox.
+    pub async fn connect(&mut self) -> Result<(), ClientError> {
+        self.disconnect().await;
+        let conn = WsTransport::connect(self.core.server_url(), self.core.device_token()).await?;
+        self.conn = Some(conn);
+        let (core, io) = self.io()?;
+        let r = core.on_connected(io).await;
+        if r.is_err() {
+            self.disconnect().await;
+        }
+        r
+    }
+
+    pub async fn disconnect(&mut self) {
+        if let Some(mut c) = self.conn.take() {
+            let _ = self.core.flush_acks(&mut c).await;
+            c.close().await;
+        }
+    }
+
+    pub async fn create_timeline(&mut self) -> Result<String, ClientError> {
+        let (core, io) = self.io()?;
+        let r = core.create_timeline(io).await;
+        self.check(r)
+    }
+
+    pub async fn add_person(&mut self, timeline_id: &str, account_id: &str) -> Result<u64, ClientError> {
+        let (core, io) = self.io()?;
+        let r = core.add_person(io, timeline_id, account_id).await;
+        self.check(r)
+    }
+
+    pub async fn remove_person(&mut self, timeline_id: &str, account_id: &str) -> Result<u64, ClientError> {
+        let (core, io) = self.io()?;
+        let r = core.remove_person(io, timeline_id, account_id).await;
+        self.check(r)
+    }
+
+    pub async fn post(&mut self, timeline_id: &str, text: &str) -> Result<u64, ClientError> {
+        self.post_with_id(timeline_id, &new_msg_id(), text).await
+    }
+
+    pub async fn post_with_id(&mut self, timeline_id: &str, msg_id: &str, text: &str) -> Result<u64, ClientError> {
+        self.post_reply(timeline_id, msg_id, text, None).await
+    }
+
+    /// A post with an optional `reply_to` seq.
+    pub async fn post_reply(
+        &mut self,
+        timeline_id: &str,
+        msg_id: &str,
+        text: &str,
+        reply_to: Option<u64>,
+    ) -> Result<u64, ClientError> {
+        let (core, io) = self.io()?;
+        let r = core.post(io, timeline_id, msg_id, text, reply_to).await;
+        self.check(r)
+    }
+
+    pub async fn sync(&mut self) -> Result<(), ClientError> {
+        let (core, io) = self.io()?;
+        let r = core.sync(io).await;
+        self.check(r)
+    }
+
+    pub async fn wait_for_seq(&mut self, timeline_id: &str, seq: u64, timeout: Duration) -> Result<(), ClientError> {
+        if self.core.processed_seq(timeline_id).unwrap_or(0) >= seq {
+            return Ok(());
+        }
+        let (core, io) = self.io()?;
+        let r = core.wait_for_seq(io, timeline_id, seq, ms(timeout)).await;
+        self.check(r)
+    }
+
+    pub fn posts(&self, timeline_id: &str) -> Vec<ReceivedPost> {
+        self.core.posts(timeline_id)
+    }
+
+    pub fn timelines(&self) -> Vec<String> {
+        self.core.timelines()
+    }
+
+    pub fn epoch(&self, timeline_id: &str) -> Option<u64> {
+        self.core.epoch(timeline_id)
+    }
+
+    pub fn processed_seq(&self, timeline_id: &str) -> Option<u64> {
+        self.core.processed_seq(timeline_id)
+    }
+
+    pub fn export_secret(&self, timeline_id: &str) -> Option<Vec<u8>> {
+        self.core.export_secret(timeline_id)
+    }
+
+    pub fn member_device_ids(&self, timeline_id: &str) -> Vec<String> {
+        self.core.member_device_ids(timeline_id)
+    }
+
+    /// Problems met while processing incoming messages (cleared by the call).
+    pub fn take_warnings(&mut self) -> Vec<String> {
+        self.core.take_warnings()
+    }
+
+    pub async fn forget_group(&mut self, timeline_id: &str) {
+        let _ = self.core.forget_group(timeline_id);
+    }
+
+    pub async fn rejoin(&mut self, timeline_id: &str) -> Result<u64, ClientError> {
+        let (core, io) = self.io()?;
+        let r = core.rejoin(io, timeline_id).await;
+        self.check(r)
+    }
+
+    pub async fn list_accounts(&mut self) -> Result<Vec<AccountInfo>, ClientError> {
+        let (core, io) = self.io()?;
+        let r = core.list_accounts(io).await;
+        self.check(r)
+    }
+
+    pub async fn list_timelines(&mut self) -> Result<Vec<TimelineInfo>, ClientError> {
+        let (core, io) = self.io()?;
+        let r = core.list_timelines(io).await;
+        self.check(r)
+    }
+
+    pub async fn next_post(&mut self, timeout: Duration) -> Result<Option<(String, ReceivedPost)>, ClientError> {
+        if let Some(p) = self.core.take_new_post() {
+            return Ok(Some(p));
+        }
+        let (core, io) = self.io()?;
+        let r = core.next_post(io, ms(timeout)).await;
+        self.check(r)
+    }
+
+    pub async fn raw_request(&mut self, frame: ClientFrame) -> Result<ServerFrame, ClientError> {
+        let (core, io) = self.io()?;
+        let r = core.request(io, frame).await;
+        self.check(r)
+    }
+
+    pub async fn encrypt_raw(&mut self, timeline_id: &str, text: &str) -> Result<Vec<u8>, ClientError> {
+        let post = tsunagu_protocol::Post {
+            kind: tsunagu_protocol::PostKind::Text,
+            text: text.into(),
+            reply_to: None,
+            sent_at: now_ms(),
+        };
+        self.core.encrypt(timeline_id, &tsunagu_protocol::Envelope::Post(post).encode())
+    }
+}
