@@ -23,3 +23,6 @@ pub use crate::store::FileStore;
 
 #[cfg(feature = "native")]
 pub use crate::native::Client;
+
+#[cfg(test)]
+mod tests;
