@@ -277,11 +277,16 @@ impl TestServer {
     }
 
     async fn http(&self, method: &str, path: &str, json: Option<&str>) -> (u16, String) {
-        let host = self.url.strip_prefix("http://").expect("http url");
-        let mut stream = tokio::time::timeout(Duration::from_secs(10), tokio::net::TcpStream::connect(host))
+        tokio::time::timeout(Duration::from_secs(20), self.try_http(method, path, json))
             .await
-            .expect("connect timed out")
-            .unwrap_or_else(|e| panic!("connect to {host}: {e}"));
+            .unwrap_or_else(|_| panic!("{method} {path}: no answer within 20 s"))
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    async fn try_http(&self, method: &str, path: &str, json: Option<&str>) -> Result<(u16, String), String> {
+        let host = self.url.strip_prefix("http://").ok_or("not an http:// url")?;
+        let mut stream =
+            tokio::net::TcpStream::connect(host).await.map_err(|e| format!("connect to {host}: {e}"))?;
         let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
         if let Some(body) = json {
             req.push_str(&format!(
@@ -291,12 +296,9 @@ impl TestServer {
         } else {
             req.push_str("\r\n");
         }
-        stream.write_all(req.as_bytes()).await.expect("send request");
+        stream.write_all(req.as_bytes()).await.map_err(|e| format!("send request: {e}"))?;
         let mut raw = Vec::new();
-        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
-            .await
-            .expect("response timed out")
-            .expect("read response");
+        stream.read_to_end(&mut raw).await.map_err(|e| format!("read response: {e}"))?;
         parse_http_response(&raw)
     }
 
@@ -391,6 +393,22 @@ impl TestServer {
             Ok(Ok(url)) => {
                 self.url = url.trim_end_matches('/').to_string();
                 self.child = Some(child);
+                // The line means the socket is bound; wait until it serves
+                // (the database is opened and migrated) before going on.
+                let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+                loop {
+                    match tokio::time::timeout_at(deadline, self.try_http("GET", "/healthz", None)).await {
+                        Ok(Ok((200, _))) => break,
+                        Ok(_) if !self.is_running() => {
+                            std::thread::sleep(Duration::from_millis(200));
+                            panic!("tsunagu-server exited after printing its listening line (server log below)");
+                        }
+                        Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                        Err(_) => panic!(
+                            "tsunagu-server did not answer GET /healthz with 200 within {START_TIMEOUT:?} (server log below)"
+                        ),
+                    }
+                }
             }
             Ok(Err(_)) => {
                 // stdout closed without the line: the server exited.
@@ -563,7 +581,7 @@ async fn pg_admin(admin_url: &str, sql: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn parse_http_response(raw: &[u8]) -> (u16, String) {
+fn parse_http_response(raw: &[u8]) -> Result<(u16, String), String> {
     let text = String::from_utf8_lossy(raw);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head
@@ -571,13 +589,13 @@ fn parse_http_response(raw: &[u8]) -> (u16, String) {
         .next()
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad HTTP response: {text:?}"));
+        .ok_or_else(|| format!("bad HTTP response: {text:?}"))?;
     let chunked = head.lines().any(|l| {
         let l = l.to_ascii_lowercase();
         l.starts_with("transfer-encoding:") && l.contains("chunked")
     });
     let body = if chunked { dechunk(body) } else { body.to_string() };
-    (status, body)
+    Ok((status, body))
 }
 
 fn dechunk(mut s: &str) -> String {
