@@ -133,20 +133,24 @@ pub fn parse_key_package(provider: &Provider, bytes: &[u8]) -> Result<KeyPackage
 }
 
 /// Build and store (private parts in the provider's storage) a key package,
-/// returned as an MLSMessage.
+/// returned TLS-serialized (a bare `KeyPackage`, as the server expects).
 pub fn new_key_package(
     provider: &Provider,
     signer: &SignatureKeyPair,
     cwk: CredentialWithKey,
     last_resort: bool,
 ) -> Result<Vec<u8>, ClientError> {
-    let mut builder = KeyPackage::builder();
+    // The last-resort extension must be announced in the leaf capabilities;
+    // every package carries the same capabilities.
+    let capabilities = Capabilities::builder().extensions(vec![ExtensionType::LastResort]).build();
+    let mut builder = KeyPackage::builder().leaf_node_capabilities(capabilities);
     if last_resort {
-        builder = builder.mark_as_last_resort();
+        // A leaf must declare every extension its key package carries.
+        let capabilities = Capabilities::builder().extensions(vec![ExtensionType::LastResort]).build();
+        builder = builder.mark_as_last_resort().leaf_node_capabilities(capabilities);
     }
     let bundle = builder.build(CIPHERSUITE, provider, signer, cwk).map_err(mls("key package"))?;
-    let out: MlsMessageOut = bundle.key_package().clone().into();
-    to_bytes(&out)
+    tls_bytes(bundle.key_package())
 }
 
 pub fn group_info_bytes(gi: GroupInfo) -> Result<Vec<u8>, ClientError> {
