@@ -59,6 +59,8 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # phase NAME COMMAND... : runs COMMAND, records its wall time, stops on failure.
+# (KEEP_GOING=1 phase ...: records the failure and goes on; the script still
+# exits non-zero at the end.)
 phase() {
     local name=$1
     shift
@@ -72,8 +74,10 @@ phase() {
         PHASES+=("$(printf '%-34s %9s  ok' "$name" "$(fmt_ms $dt)")")
     else
         PHASES+=("$(printf '%-34s %9s  FAILED (exit %d)' "$name" "$(fmt_ms $dt)" "$rc")")
-        FAILED=$name
-        exit "$rc"
+        FAILED="${FAILED:+$FAILED, }$name"
+        if [[ -z "${KEEP_GOING:-}" ]]; then
+            exit "$rc"
+        fi
     fi
 }
 
@@ -142,7 +146,7 @@ postgres_tests() {
     echo "PostgreSQL cluster: $TSUNAGU_TEST_POSTGRES (data in $TSUNAGU_TEST_POSTGRES_DATA)"
     local rc=0
     # Only the server package's integration tests (tests/*.rs) use the backend.
-    cargo test -p tsunagu-server --test '*' -- "$@" || rc=$?
+    cargo test --no-fail-fast -p tsunagu-server --test '*' -- "$@" || rc=$?
     "$ROOT/ops/pg-cluster.sh" stop "$PG_DIR" || true
     PG_DIR=""
     unset TSUNAGU_TEST_POSTGRES TSUNAGU_TEST_POSTGRES_DATA TSUNAGU_PG_CLUSTER_DIR
@@ -153,10 +157,13 @@ phase "install dependencies" install_deps
 phase "client builds for wasm32" \
     cargo build -p tsunagu-client --target wasm32-unknown-unknown --no-default-features --lib
 phase "build workspace (all targets)" cargo build --workspace --all-targets
-phase "tests (SQLite)" \
-    env -u TSUNAGU_TEST_POSTGRES -u TSUNAGU_TEST_POSTGRES_DATA cargo test --workspace -- "$@"
+# Both test phases run even if the first fails (--no-fail-fast: every test
+# binary runs); the script then exits non-zero.
+KEEP_GOING=1 phase "tests (SQLite)" \
+    env -u TSUNAGU_TEST_POSTGRES -u TSUNAGU_TEST_POSTGRES_DATA cargo test --no-fail-fast --workspace -- "$@"
 if [[ -n "${TSUNAGU_SKIP_POSTGRES:-}" ]]; then
     skipped "server tests (PostgreSQL)" "TSUNAGU_SKIP_POSTGRES"
 else
-    phase "server tests (PostgreSQL)" postgres_tests "$@"
+    KEEP_GOING=1 phase "server tests (PostgreSQL)" postgres_tests "$@"
 fi
+[[ -z "$FAILED" ]]

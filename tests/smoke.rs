@@ -68,8 +68,10 @@ async fn wrong_or_used_enrolment_code_is_refused() {
 async fn restart_keeps_accounts_and_devices() {
     let mut server = TestServer::start().await;
     let (account_id, code) = server.create_account("Dr. Sato");
+    let url = server.url().to_string();
     server.kill();
     server.restart().await;
+    assert_eq!(server.url(), url, "a restarted server listens on the same address");
     let (status, _) = server.http_get("/healthz").await;
     assert_eq!(status, 200);
     // The code issued before the restart is still valid.

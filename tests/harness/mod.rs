@@ -339,6 +339,28 @@ impl TestServer {
     }
 
     async fn spawn(&mut self) {
+        // On a restart the old address may still be busy for a moment (or, in
+        // rare cases, taken by another test's server): try again for a while.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.spawn_once().await {
+                Ok(()) => return,
+                Err(status) if self.url.is_empty() || attempts >= 25 => {
+                    // Drop prints the server log.
+                    panic!("tsunagu-server exited before listening (status {status}; server log below)");
+                }
+                Err(status) => {
+                    self.note(&format!("harness: server exited before listening ({status}); retrying on {}", self.url));
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+
+    /// Starts the server once; Err(exit status) if it exits before printing
+    /// its listening line.
+    async fn spawn_once(&mut self) -> Result<(), String> {
         self.runs += 1;
         let mut cmd = command();
         // A restart listens on the same address, so that clients (which keep
@@ -412,10 +434,12 @@ impl TestServer {
             }
             Ok(Err(_)) => {
                 // stdout closed without the line: the server exited.
-                let status = child.wait().ok();
+                let status = child.wait();
                 std::thread::sleep(Duration::from_millis(200)); // let stderr drain
-                // Drop prints the server log.
-                panic!("tsunagu-server exited before listening (status {status:?}; server log below)");
+                return Err(match status {
+                    Ok(s) => s.to_string(),
+                    Err(e) => e.to_string(),
+                });
             }
             Err(_) => {
                 let _ = child.kill();
@@ -426,6 +450,7 @@ impl TestServer {
                 );
             }
         }
+        Ok(())
     }
 
     fn note(&self, line: &str) {
