@@ -145,9 +145,7 @@ pub fn new_key_package(
     let capabilities = Capabilities::builder().extensions(vec![ExtensionType::LastResort]).build();
     let mut builder = KeyPackage::builder().leaf_node_capabilities(capabilities);
     if last_resort {
-        // A leaf must declare every extension its key package carries.
-        let capabilities = Capabilities::builder().extensions(vec![ExtensionType::LastResort]).build();
-        builder = builder.mark_as_last_resort().leaf_node_capabilities(capabilities);
+        builder = builder.mark_as_last_resort();
     }
     let bundle = builder.build(CIPHERSUITE, provider, signer, cwk).map_err(mls("key package"))?;
     tls_bytes(bundle.key_package())
