@@ -953,8 +953,12 @@ impl Core {
         if !tsunagu_protocol::ids::valid_msg_id(msg_id) {
             return Err(ClientError::Invalid(format!("bad msg_id {msg_id:?}")));
         }
-        if !self.groups.contains_key(timeline_id) {
-            return Err(ClientError::Invalid(format!("no group for timeline {timeline_id}")));
+        match self.groups.get(timeline_id) {
+            None => return Err(ClientError::Invalid(format!("no group for timeline {timeline_id}"))),
+            Some(g) if !g.is_active() => {
+                return Err(ClientError::Invalid("this device is no longer a member of the timeline".into()))
+            }
+            Some(_) => {}
         }
         if !self.state.outbox.iter().any(|e| e.msg_id == msg_id) {
             self.state.outbox.push(OutboxEntry {
@@ -977,6 +981,12 @@ impl Core {
                 return Err(ClientError::Invalid(format!("no outbox entry {msg_id}")));
             };
             let tid = entry.timeline_id.clone();
+            if self.groups.get(&tid).is_some_and(|g| !g.is_active()) {
+                // Removed from the timeline: this post can never be sent.
+                self.state.outbox.retain(|e| e.msg_id != msg_id);
+                self.save()?;
+                return Err(ClientError::Invalid("this device is no longer a member of the timeline".into()));
+            }
             let plaintext = Envelope::Post(entry.post.clone()).encode();
             let message = self.encrypt(&tid, &plaintext)?;
             let rid = self.rid();
