@@ -1,0 +1,93 @@
+//! The command-line client, used as an operator or a bot would: enrol with a
+//! code, create a timeline, add a colleague, post, read and follow, against the
+//! real server.
+
+mod harness;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use harness::TestServer;
+
+/// The `tsunagu` binary, built beside the server by `cargo build --workspace`.
+fn cli_bin() -> PathBuf {
+    let bin = Path::new(harness::SERVER_BIN).with_file_name("tsunagu");
+    assert!(bin.exists(), "{} is missing: build the command-line client first (cargo build -p tsunagu-client)", bin.display());
+    bin
+}
+
+/// Run `tsunagu --state-dir DIR ARGS…`; panics with its output on failure.
+fn tsunagu(state: &Path, args: &[&str]) -> String {
+    let out = Command::new(cli_bin()).arg("--state-dir").arg(state).args(args).output().expect("run tsunagu");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "tsunagu {args:?} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_doctor_and_a_nurse_use_the_command_line_client() {
+    let server = TestServer::start().await;
+    let (_, doctor_code) = server.create_account("Dr. Sato");
+    let (nurse_account, nurse_code) = server.create_account("Nurse Tanaka");
+    let (doctor, nurse) = (server.client_state_dir(), server.client_state_dir());
+
+    let enrolled = tsunagu(&doctor, &["enrol", "--server", server.url(), "--code", &doctor_code, "--name", "clinic laptop"]);
+    assert!(enrolled.contains("Dr. Sato"), "{enrolled}");
+    tsunagu(&nurse, &["enrol", "--server", server.url(), "--code", &nurse_code, "--name", "nurse tablet"]);
+    // A code works once.
+    let again = Command::new(cli_bin())
+        .arg("--state-dir")
+        .arg(server.client_state_dir())
+        .args(["enrol", "--server", server.url(), "--code", &nurse_code])
+        .output()
+        .unwrap();
+    assert!(!again.status.success(), "a used enrolment code must be refused");
+
+    let accounts = tsunagu(&doctor, &["accounts"]);
+    assert!(accounts.contains(&format!("{nurse_account}\tNurse Tanaka")), "{accounts}");
+
+    let timeline = tsunagu(&doctor, &["create"]).trim().to_owned();
+    assert_eq!(timeline.len(), 36, "a timeline id: {timeline:?}");
+    tsunagu(&doctor, &["add", &timeline, &nurse_account]);
+    let first = tsunagu(&doctor, &["post", &timeline, "Started morphine 5 mg, watch for nausea."]);
+    let first_seq = first.trim().trim_start_matches('#').to_owned();
+
+    let read = tsunagu(&nurse, &["read", &timeline]);
+    assert!(read.contains(&format!("#{first_seq} Dr. Sato")), "{read}");
+    assert!(read.contains("Started morphine 5 mg, watch for nausea."), "{read}");
+    let listed = tsunagu(&nurse, &["timelines"]);
+    assert!(listed.contains(&timeline) && listed.contains("Dr. Sato") && listed.contains("Nurse Tanaka"), "{listed}");
+
+    // The nurse follows the timeline live; the doctor's next post appears.
+    let mut follower = Command::new(cli_bin())
+        .arg("--state-dir")
+        .arg(&nurse)
+        .args(["follow", &timeline])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (lines_tx, lines) = mpsc::channel();
+    let stdout = follower.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    // The history comes first, so once it is printed the follower is connected.
+    let history = lines.recv_timeout(Duration::from_secs(30)).expect("follow prints the history");
+    assert!(history.contains("Started morphine"), "{history}");
+    tsunagu(&doctor, &["post", &timeline, "--reply-to", &first_seq, "Nausea settled by evening."]);
+    let live = loop {
+        let line = lines.recv_timeout(Duration::from_secs(30)).expect("the live post arrives");
+        if line.contains("Nausea settled") {
+            break line;
+        }
+    };
+    let _ = follower.kill();
+    let _ = follower.wait();
+    assert!(live.contains("Dr. Sato") && live.contains(&format!("(re #{first_seq})")), "{live}");
+}
