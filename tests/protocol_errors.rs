@@ -144,3 +144,30 @@ async fn replayed_message_ids_and_stale_epochs_are_answered_clearly() {
     nurse.wait_for_seq(&timeline, seq, Duration::from_secs(30)).await.unwrap();
     assert!(nurse.posts(&timeline).iter().any(|p| p.post.as_ref().is_some_and(|p| p.text == "All clear.")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_cannot_publish_another_devices_key_package() {
+    let server = TestServer::start().await;
+    let doctor = server.enrol("Dr. Sato").await;
+    let mut intruder = server.enrol("Intruder").await;
+
+    // The intruder claims one of the doctor's real key packages…
+    let claim = ClientFrame::ClaimKeyPackages { rid: 1, account_id: doctor.account_id().to_owned() };
+    let ServerFrame::KeyPackages { devices, .. } = intruder.raw_request(claim).await.unwrap() else { panic!("claim failed") };
+    assert_eq!(devices.len(), 1);
+    assert_eq!(devices[0].device_id, doctor.device_id());
+
+    // …and tries to pass it off as its own: refused, and nothing is stored.
+    let count = |rid| ClientFrame::KeyPackageCount { rid };
+    let before = intruder.raw_request(count(3)).await.unwrap();
+    let publish = ClientFrame::PublishKeyPackages { rid: 2, key_packages: vec![devices[0].key_package.clone()], last_resort: None };
+    match intruder.raw_request(publish).await {
+        Ok(ServerFrame::Error(e)) | Err(tsunagu_client::ClientError::Server(e)) => assert_eq!(e.code, ErrorCode::CredentialMismatch),
+        other => panic!("expected credential_mismatch, got {other:?}"),
+    }
+    let after = intruder.raw_request(count(4)).await.unwrap();
+    let (ServerFrame::KeyPackageCount { count: before, .. }, ServerFrame::KeyPackageCount { count: after, .. }) = (before, after) else {
+        panic!("expected counts")
+    };
+    assert_eq!(before, after, "the refused upload stored nothing");
+}
