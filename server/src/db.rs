@@ -8,7 +8,6 @@
 //! SQLite writes go through a single-connection pool so writers queue in
 //! process instead of polling the file lock.
 
-use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -535,15 +534,4 @@ fn message_from_row(r: &AnyRow) -> Result<StoredMessage> {
         stored_at: r.try_get(6)?,
         data: r.try_get(7)?,
     })
-}
-
-impl FromStr for Backend {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "sqlite" => Ok(Backend::Sqlite),
-            "postgres" => Ok(Backend::Postgres),
-            other => Err(format!("unknown backend {other}")),
-        }
-    }
 }

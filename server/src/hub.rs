@@ -32,8 +32,11 @@ pub struct Hub {
     conns: Mutex<HashMap<String, Vec<Conn>>>,
     /// Member devices per timeline, valid for one epoch (members only change
     /// with a commit, and a commit ends the epoch).
-    members: Mutex<HashMap<String, (i64, Arc<Vec<String>>)>>,
+    members: Mutex<HashMap<String, EpochMembers>>,
 }
+
+/// A timeline's member devices and the epoch they are valid for.
+type EpochMembers = (i64, Arc<Vec<String>>);
 
 /// A connection's registration; unregisters on drop.
 pub struct Subscription {
@@ -97,9 +100,5 @@ impl Hub {
                 }
             }
         }
-    }
-
-    pub fn connected_devices(&self) -> usize {
-        self.conns.lock().expect("hub lock").len()
     }
 }

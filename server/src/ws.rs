@@ -426,7 +426,7 @@ impl Connection {
     }
 
     async fn is_member(&self, tx: &mut crate::db::Tx, timeline_id: &str) -> Result<bool, ApiError> {
-        Ok(Db::member_devices_tx(tx, timeline_id).await?.iter().any(|d| *d == self.device.id))
+        Ok(Db::member_devices_tx(tx, timeline_id).await?.contains(&self.device.id))
     }
 
     /// A device may read the group info and join by external commit if it is
