@@ -22,6 +22,11 @@ set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$(pwd)
 
+# rustup installs into ~/.cargo/bin, which a non-login shell may not have on PATH.
+if ! command -v cargo >/dev/null 2>&1 && [[ -x "$HOME/.cargo/bin/cargo" ]]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+fi
+
 export RUST_BACKTRACE=${RUST_BACKTRACE:-1}
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 
@@ -128,7 +133,15 @@ install_deps() {
     else
         echo "C compiler and PostgreSQL ($(ls -d /usr/lib/postgresql/*/bin | tr '\n' ' ')) already present"
     fi
-    if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then
+    if ! command -v rustup >/dev/null 2>&1; then
+        if rustc --print target-libdir --target wasm32-unknown-unknown >/dev/null 2>&1 &&
+            [[ -d "$(rustc --print target-libdir --target wasm32-unknown-unknown)" ]]; then
+            echo "rustup not found, but the wasm32-unknown-unknown target is installed"
+        else
+            echo "rustup not found: install Rust with rustup (https://rustup.rs) so that the wasm32 target can be added" >&2
+            return 1
+        fi
+    elif ! rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then
         if [[ -n "${TSUNAGU_SKIP_INSTALL:-}" ]]; then
             echo "missing rust target wasm32-unknown-unknown (TSUNAGU_SKIP_INSTALL is set)" >&2
             return 1
