@@ -148,6 +148,22 @@ impl Client {
         if store.load()?.is_some() {
             return Err(ClientError::Invalid(format!("{} already holds an enrolled device", store.path().display())));
         }
+        Self::enrol_with_store(server_url, code, device_name, Box::new(store)).await
+    }
+
+    /// Enrol a new device like [`Client::enrol`], keeping its state in the
+    /// given store instead of `state_dir/state.bin` (e.g. a
+    /// [`crate::MemoryStore`] for benchmarks and tests: nothing survives the
+    /// process). The store must be empty. Not connected yet.
+    pub async fn enrol_with_store(
+        server_url: &str,
+        code: &str,
+        device_name: &str,
+        mut store: Box<dyn StateStore + Send>,
+    ) -> Result<Client, ClientError> {
+        if store.load()?.is_some() {
+            return Err(ClientError::Invalid("the store already holds an enrolled device".into()));
+        }
         let signer = crate::mls::new_signer()?;
         let req = EnrolRequest {
             code: code.into(),
@@ -162,7 +178,7 @@ impl Client {
             device_id: resp.device_id,
             device_token: resp.device_token,
         };
-        let core = Core::new_enrolled(Box::new(store), enrolment, signer)?;
+        let core = Core::new_enrolled(store, enrolment, signer)?;
         Ok(Client { core, conn: None })
     }
 
