@@ -28,21 +28,34 @@ pub struct AppState {
     pub config: Arc<ServeConfig>,
 }
 
-/// Serve until `shutdown` completes; connections are then closed and the
-/// database pools drained.
-pub async fn run(
-    listener: TcpListener,
-    config: ServeConfig,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let db = Db::connect(&config.storage).await?;
-    let state = AppState { db: db.clone(), hub: Arc::new(Hub::default()), config: Arc::new(config) };
-    let app = http::router(state);
-    tracing::info!(addr = %listener.local_addr()?, backend = db.backend_name(), "serving");
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
-    db.close().await;
-    tracing::info!("stopped");
-    Ok(())
+/// A server whose database is open and migrated, ready to accept connections.
+pub struct Server {
+    state: AppState,
+}
+
+impl Server {
+    /// Open (and migrate) the database. Nothing listens yet, so a client that
+    /// can connect can also be served.
+    pub async fn prepare(config: ServeConfig) -> anyhow::Result<Server> {
+        let db = Db::connect(&config.storage).await?;
+        Ok(Server { state: AppState { db, hub: Arc::new(Hub::default()), config: Arc::new(config) } })
+    }
+
+    /// Serve until `shutdown` completes; connections are then closed and the
+    /// database pools drained.
+    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let db = self.state.db.clone();
+        tracing::info!(addr = %listener.local_addr()?, backend = db.backend_name(), "serving");
+        axum::serve(listener, http::router(self.state)).with_graceful_shutdown(shutdown).await?;
+        db.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Prepare and serve on `listener` (for embedding and tests).
+pub async fn run(listener: TcpListener, config: ServeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    Server::prepare(config).await?.serve(listener, shutdown).await
 }
 
 /// Structured logs to stderr, filtered by `RUST_LOG` (default `info`). Log

@@ -10,10 +10,13 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Account(cmd)) => tsunagu_server::operator::run(&cli.serve.storage, cmd).await,
         None => {
-            let listener = tokio::net::TcpListener::bind(cli.serve.listen).await?;
-            // Scripts and tests read this line to learn the port.
+            let listen = cli.serve.listen;
+            let server = tsunagu_server::Server::prepare(cli.serve).await?;
+            let listener = tokio::net::TcpListener::bind(listen).await?;
+            // Scripts and tests read this line to learn the port; it comes
+            // once the database is ready.
             println!("tsunagu listening on http://{}", listener.local_addr()?);
-            tsunagu_server::run(listener, cli.serve, tsunagu_server::shutdown_signal()).await
+            server.serve(listener, tsunagu_server::shutdown_signal()).await
         }
     }
 }
