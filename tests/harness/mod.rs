@@ -66,8 +66,9 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    /// Starts a server with a fresh database; waits (at most 30 s) until it
-    /// prints its `tsunagu listening on http://ADDR` line.
+    /// Starts a server with a fresh database on an ephemeral port; waits (at
+    /// most 30 s each) until it prints its `tsunagu listening on http://ADDR`
+    /// line and until it answers `GET /healthz` with 200.
     pub async fn start() -> TestServer {
         Self::start_with_args(&[]).await
     }
