@@ -129,6 +129,10 @@ impl Db {
         Ok(())
     }
 
+    pub fn is_postgres(&self) -> bool {
+        self.backend == Backend::Postgres
+    }
+
     pub fn backend_name(&self) -> &'static str {
         match self.backend {
             Backend::Sqlite => "sqlite",
@@ -379,6 +383,25 @@ impl Db {
         row.map(|r| Ok(Existing { timeline_id: r.try_get(0)?, seq: r.try_get(1)?, epoch: r.try_get(2)? })).transpose()
     }
 
+    pub async fn existing_message_tx(tx: &mut Tx, device_id: &str, msg_id: &str) -> Result<Option<Existing>> {
+        let row = sqlx::query("SELECT timeline_id, seq, epoch FROM messages WHERE sender_device_id = $1 AND msg_id = $2")
+            .bind(device_id)
+            .bind(msg_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+        row.map(|r| Ok(Existing { timeline_id: r.try_get(0)?, seq: r.try_get(1)?, epoch: r.try_get(2)? })).transpose()
+    }
+
+    /// Whether a device is currently in a timeline.
+    pub async fn is_member_tx(tx: &mut Tx, timeline_id: &str, device_id: &str) -> Result<bool> {
+        let row = sqlx::query("SELECT 1 FROM memberships WHERE timeline_id = $1 AND device_id = $2 AND left_seq IS NULL")
+            .bind(timeline_id)
+            .bind(device_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+        Ok(row.is_some())
+    }
+
     /// Messages of a timeline with `after < seq <= until`, in order, at most `limit`.
     pub async fn messages_after(&self, timeline_id: &str, after: i64, until: i64, limit: i64) -> Result<Vec<StoredMessage>> {
         let rows = sqlx::query(
@@ -495,6 +518,25 @@ impl Db {
             .fetch_one(&mut **tx)
             .await?;
         Ok(row.try_get(0)?)
+    }
+
+    /// The devices that receive message `seq` of a timeline: those that
+    /// joined before it and had not left before it.
+    pub async fn recipients_at(&self, timeline_id: &str, seq: i64) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT device_id FROM memberships WHERE timeline_id = $1 AND joined_seq < $2 AND (left_seq IS NULL OR left_seq >= $3)",
+        )
+        .bind(timeline_id)
+        .bind(seq)
+        .bind(seq)
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+    }
+
+    pub async fn welcome(&self, id: i64) -> Result<Option<PendingWelcome>> {
+        let row = sqlx::query("SELECT id, timeline_id, seq, data FROM welcomes WHERE id = $1").bind(id).fetch_optional(&self.read).await?;
+        row.map(|r| Ok(PendingWelcome { id: r.try_get(0)?, timeline_id: r.try_get(1)?, seq: r.try_get(2)?, data: r.try_get(3)? })).transpose()
     }
 
     pub async fn pending_welcomes(&self, device_id: &str) -> Result<Vec<PendingWelcome>> {

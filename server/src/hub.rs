@@ -10,6 +10,10 @@ use std::sync::{Arc, Mutex};
 
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::mpsc;
+use tsunagu_protocol::frames::{Delivered, MessageKind};
+use tsunagu_protocol::{Bytes, ServerFrame};
+
+use crate::db::StoredMessage;
 
 /// What a connection receives from the hub.
 #[derive(Debug, Clone)]
@@ -18,6 +22,15 @@ pub enum Push {
     Message { timeline_id: Arc<str>, seq: i64, frame: Utf8Bytes },
     /// A `welcome` frame for this device.
     Welcome { timeline_id: Arc<str>, seq: i64, frame: Utf8Bytes },
+    /// Something may have been missed: catch up from the database.
+    Resync,
+}
+
+impl Push {
+    pub fn welcome(welcome_id: i64, timeline_id: &str, seq: i64, data: Vec<u8>) -> Push {
+        let frame = ServerFrame::Welcome { welcome_id: welcome_id as u64, timeline_id: timeline_id.to_owned(), seq: seq as u64, welcome: Bytes(data) };
+        Push::Welcome { timeline_id: timeline_id.into(), seq, frame: serde_json::to_string(&frame).expect("frames serialize").into() }
+    }
 }
 
 struct Conn {
@@ -91,6 +104,22 @@ impl Hub {
         devices
     }
 
+    /// Push a stored timeline message to its recipients' connections.
+    pub fn publish_message(&self, recipients: &[String], message: &StoredMessage) {
+        let push = Push::Message { timeline_id: message.timeline_id.as_str().into(), seq: message.seq, frame: message_frame(message) };
+        self.publish(recipients, &push);
+    }
+
+    /// Tell every connection of this node to catch up from the database.
+    pub fn resync_all(&self) {
+        let conns = self.conns.lock().expect("hub lock");
+        for conn in conns.values().flatten() {
+            if conn.tx.try_send(Push::Resync).is_err() {
+                conn.lagged.store(true, Ordering::Release);
+            }
+        }
+    }
+
     pub fn publish(&self, recipients: &[String], push: &Push) {
         let conns = self.conns.lock().expect("hub lock");
         for device in recipients {
@@ -101,4 +130,19 @@ impl Hub {
             }
         }
     }
+}
+
+/// A stored message as a `message` frame, serialized once for all recipients.
+pub fn message_frame(m: &StoredMessage) -> Utf8Bytes {
+    let frame = ServerFrame::Message(Delivered {
+        timeline_id: m.timeline_id.clone(),
+        seq: m.seq as u64,
+        epoch: m.epoch as u64,
+        kind: MessageKind::parse(&m.kind).unwrap_or(MessageKind::Application),
+        sender_device_id: m.sender_device_id.clone(),
+        msg_id: m.msg_id.clone(),
+        stored_at: m.stored_at as u64,
+        data: Bytes(m.data.clone()),
+    });
+    serde_json::to_string(&frame).expect("frames serialize").into()
 }

@@ -2,6 +2,7 @@
 //! ciphertext per patient timeline and validates commits against the groups'
 //! public state. `main.rs` and the tests call [`run`].
 
+pub mod cluster;
 pub mod config;
 pub mod db;
 pub mod error;
@@ -9,6 +10,7 @@ pub mod hub;
 pub mod http;
 pub mod mls;
 pub mod operator;
+pub mod writer;
 pub mod ws;
 
 use std::future::Future;
@@ -25,6 +27,8 @@ use crate::hub::Hub;
 pub struct AppState {
     pub db: Db,
     pub hub: Arc<Hub>,
+    pub writer: writer::Writer,
+    pub cluster: cluster::Cluster,
     pub config: Arc<ServeConfig>,
 }
 
@@ -38,7 +42,13 @@ impl Server {
     /// can connect can also be served.
     pub async fn prepare(config: ServeConfig) -> anyhow::Result<Server> {
         let db = Db::connect(&config.storage).await?;
-        Ok(Server { state: AppState { db, hub: Arc::new(Hub::default()), config: Arc::new(config) } })
+        let hub = Arc::new(Hub::default());
+        let cluster = cluster::Cluster::new(&db);
+        if let Some(url) = &config.storage.database_url {
+            cluster.spawn_listener(url, db.clone(), hub.clone());
+        }
+        let writer = writer::Writer::start(db.clone(), hub.clone(), cluster.clone());
+        Ok(Server { state: AppState { db, hub, writer, cluster, config: Arc::new(config) } })
     }
 
     /// Serve until `shutdown` completes; connections are then closed and the
@@ -63,7 +73,9 @@ pub async fn run(listener: TcpListener, config: ServeConfig, shutdown: impl Futu
 pub fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    // Colours only on a terminal: log files and journald get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -4,20 +4,23 @@
 //! from the database). The delivery and commit rules are in PROTOCOL.md.
 
 use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
-use futures_util::stream::SplitSink;
+use futures_util::stream::{FuturesUnordered, SplitSink};
 use futures_util::{SinkExt, StreamExt};
-use tsunagu_protocol::frames::{AccountInfo, Delivered, DeviceKeyPackage, MessageKind, TimelineInfo};
+use tsunagu_protocol::frames::{AccountInfo, DeviceKeyPackage, MessageKind, TimelineInfo};
 use tsunagu_protocol::ids::{valid_msg_id, valid_uuid};
 use tsunagu_protocol::{Bytes, ClientFrame, ErrorCode, ServerFrame, PROTOCOL_VERSION};
 
 use crate::db::{Db, Device, StoredMessage};
 use crate::error::ApiError;
-use crate::hub::{Push, Subscription};
+use crate::hub::{message_frame, Push, Subscription};
 use crate::mls::{self, PublicState};
+use crate::writer::{Outcome, SendRequest};
 use crate::{now_ms, AppState};
 
 /// Messages read from the database per query during catch-up.
@@ -26,6 +29,10 @@ const PAGE: i64 = 256;
 const MAX_KEY_PACKAGES: usize = 500;
 /// How often acknowledged cursors are written.
 const CURSOR_FLUSH: Duration = Duration::from_secs(1);
+/// Sends a connection may have waiting for storage before it stops reading.
+const MAX_IN_FLIGHT: usize = 64;
+/// Live pushes written before one flush of the socket.
+const PUSH_BURST: usize = 128;
 
 type Sink = SplitSink<WebSocket, Message>;
 
@@ -41,11 +48,24 @@ struct Connection {
     last_sent: HashMap<String, i64>,
     /// Cursors acknowledged but not yet written.
     acks: HashMap<String, i64>,
+    /// Replies to sends that are waiting for their transaction.
+    in_flight: FuturesUnordered<Pin<Box<dyn Future<Output = ServerFrame> + Send + Sync>>>,
+    /// Frames written to the socket buffer but not yet flushed.
+    unflushed: bool,
 }
 
 pub async fn serve(socket: WebSocket, state: AppState, device: Device) {
     let (sink, mut stream) = socket.split();
-    let mut conn = Connection { state, device, sink, sub: None, last_sent: HashMap::new(), acks: HashMap::new() };
+    let mut conn = Connection {
+        state,
+        device,
+        sink,
+        sub: None,
+        last_sent: HashMap::new(),
+        acks: HashMap::new(),
+        in_flight: FuturesUnordered::new(),
+        unflushed: false,
+    };
     tracing::info!(device = %conn.device.id, "connected");
     let ready = ServerFrame::Ready {
         protocol: PROTOCOL_VERSION,
@@ -56,7 +76,7 @@ pub async fn serve(socket: WebSocket, state: AppState, device: Device) {
     let mut result = conn.send(&ready).await;
     while result.is_ok() {
         result = tokio::select! {
-            incoming = stream.next() => match incoming {
+            incoming = stream.next(), if conn.in_flight.len() < MAX_IN_FLIGHT => match incoming {
                 Some(Ok(Message::Text(text))) => conn.on_text(text.as_str()).await,
                 Some(Ok(Message::Binary(_))) => conn.send_error(None, ApiError::new(ErrorCode::MalformedFrame, "frames are JSON text messages")).await,
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
@@ -66,9 +86,13 @@ pub async fn serve(socket: WebSocket, state: AppState, device: Device) {
                     break;
                 }
             },
+            Some(reply) = conn.in_flight.next(), if !conn.in_flight.is_empty() => conn.send(&reply).await,
             Some(push) = next_push(&mut conn.sub) => conn.on_push(push).await,
             _ = flush.tick() => { conn.flush_acks().await; Ok(()) }
         };
+        if result.is_ok() {
+            result = conn.flush().await;
+        }
     }
     conn.flush_acks().await;
     tracing::info!(device = %conn.device.id, "disconnected");
@@ -145,20 +169,6 @@ fn check_msg_id(id: &str) -> Result<(), ApiError> {
     }
 }
 
-fn delivered_frame(m: &StoredMessage) -> Utf8Bytes {
-    let frame = ServerFrame::Message(Delivered {
-        timeline_id: m.timeline_id.clone(),
-        seq: m.seq as u64,
-        epoch: m.epoch as u64,
-        kind: MessageKind::parse(&m.kind).unwrap_or(MessageKind::Application),
-        sender_device_id: m.sender_device_id.clone(),
-        msg_id: m.msg_id.clone(),
-        stored_at: m.stored_at as u64,
-        data: Bytes(m.data.clone()),
-    });
-    serde_json::to_string(&frame).expect("frames serialize").into()
-}
-
 impl Connection {
     fn db(&self) -> &Db {
         &self.state.db
@@ -169,8 +179,17 @@ impl Connection {
         self.send_text(text.into()).await
     }
 
+    /// Write a frame to the socket's buffer; [`Self::flush`] sends it.
     async fn send_text(&mut self, text: Utf8Bytes) -> Result<(), Closed> {
-        self.sink.send(Message::Text(text)).await.map_err(|_| Closed)
+        self.unflushed = true;
+        self.sink.feed(Message::Text(text)).await.map_err(|_| Closed)
+    }
+
+    async fn flush(&mut self) -> Result<(), Closed> {
+        if !std::mem::take(&mut self.unflushed) {
+            return Ok(());
+        }
+        self.sink.flush().await.map_err(|_| Closed)
     }
 
     async fn send_error(&mut self, rid: Option<u64>, err: ApiError) -> Result<(), Closed> {
@@ -232,7 +251,10 @@ impl Connection {
             F::Commit { rid, timeline_id, msg_id, commit, welcome, group_info } => {
                 self.commit(rid, timeline_id, msg_id, commit, welcome, group_info).await?
             }
-            F::Send { rid, timeline_id, msg_id, message } => self.send_message(rid, timeline_id, msg_id, message).await?,
+            F::Send { rid, timeline_id, msg_id, message } => {
+                self.send_message(rid, timeline_id, msg_id, message).await?;
+                return Ok(None);
+            }
             F::GetGroupInfo { rid, timeline_id } => {
                 check_timeline_id(&timeline_id)?;
                 if !self.may_join(&timeline_id).await? {
@@ -273,7 +295,7 @@ impl Connection {
         loop {
             let page = self.db().messages_after(timeline_id, after, until, PAGE).await.map_err(ApiError::from)?;
             for m in &page {
-                self.send_text(delivered_frame(m)).await?;
+                self.send_text(message_frame(m)).await?;
                 after = m.seq;
             }
             self.last_sent.insert(timeline_id.to_owned(), after);
@@ -284,7 +306,14 @@ impl Connection {
     }
 
     async fn on_push(&mut self, push: Push) -> Result<(), Closed> {
-        let result = self.deliver(push).await;
+        let mut result = self.deliver(push).await;
+        for _ in 0..PUSH_BURST {
+            let Some(next) = self.sub.as_mut().and_then(|s| s.rx.try_recv().ok()) else { break };
+            if result.is_err() {
+                break;
+            }
+            result = self.deliver(next).await;
+        }
         let lagged = self.sub.as_ref().is_some_and(|s| s.lagged.swap(false, Ordering::AcqRel));
         let result = match result {
             Ok(()) if lagged => self.catch_up().await,
@@ -306,6 +335,7 @@ impl Connection {
                 self.send_text(frame).await?;
                 self.last_sent.insert(timeline_id.to_string(), seq);
             }
+            Push::Resync => self.catch_up().await?,
             Push::Message { timeline_id, seq, frame } => {
                 let last = match self.last_sent.get(&*timeline_id) {
                     Some(&last) => last,
@@ -425,10 +455,6 @@ impl Connection {
         Ok(Some(ServerFrame::Accepted { rid, timeline_id: existing.timeline_id, seq: existing.seq as u64, epoch, duplicate: true }))
     }
 
-    async fn is_member(&self, tx: &mut crate::db::Tx, timeline_id: &str) -> Result<bool, ApiError> {
-        Ok(Db::member_devices_tx(tx, timeline_id).await?.contains(&self.device.id))
-    }
-
     /// A device may read the group info and join by external commit if it is
     /// a member, or if another device of its account is.
     async fn may_join(&self, timeline_id: &str) -> Result<bool, ApiError> {
@@ -436,55 +462,26 @@ impl Connection {
         Ok(accounts.contains(&self.device.account_id))
     }
 
-    async fn send_message(&mut self, rid: u64, timeline_id: String, msg_id: String, message: Bytes) -> Result<ServerFrame, Handled> {
+    /// Queue a send for the writer; its reply is sent when it is durable,
+    /// while this connection goes on reading (up to [`MAX_IN_FLIGHT`]).
+    async fn send_message(&mut self, rid: u64, timeline_id: String, msg_id: String, message: Bytes) -> Result<(), Handled> {
         check_timeline_id(&timeline_id)?;
         check_msg_id(&msg_id)?;
         let epoch = mls::application_epoch(message.as_slice(), &timeline_id)? as i64;
-        if let Some(dup) = self.duplicate(rid, &timeline_id, &msg_id).await? {
-            return Ok(dup);
-        }
-        let mut tx = self.db().begin().await.map_err(ApiError::from)?;
-        if !self.is_member(&mut tx, &timeline_id).await? {
-            return Err(not_member_or_unknown(self.db(), &timeline_id).await.into());
-        }
-        let seq = match Db::next_seq_at_epoch(&mut tx, &timeline_id, epoch).await.map_err(ApiError::from)? {
-            None => return Err(unknown_timeline().into()),
-            Some(Err(current)) => {
-                return Err(ApiError::epoch(ErrorCode::StaleEpoch, format!("the timeline is at epoch {current}; catch up and encrypt again"), current as u64).into())
-            }
-            Some(Ok(seq)) => seq,
-        };
-        let recipients = match self.state.hub.members_at(&timeline_id, epoch) {
-            Some(m) => m,
-            None => {
-                let devices = Db::member_devices_tx(&mut tx, &timeline_id).await.map_err(ApiError::from)?;
-                self.state.hub.set_members(&timeline_id, epoch, devices)
-            }
-        };
-        let stored = StoredMessage {
-            timeline_id: timeline_id.clone(),
-            seq,
-            epoch,
-            kind: MessageKind::Application.as_str().to_owned(),
-            sender_device_id: self.device.id.clone(),
-            msg_id: msg_id.clone(),
-            stored_at: now_ms(),
-            data: message.into_vec(),
-        };
-        if let Err(e) = Db::insert_message(&mut tx, &stored).await {
-            drop(tx);
-            if e.is_unique_violation() {
-                if let Some(dup) = self.duplicate(rid, &timeline_id, &msg_id).await? {
-                    return Ok(dup);
+        let request = SendRequest { timeline_id, epoch, device_id: self.device.id.clone(), msg_id, data: message.into_vec() };
+        let stored = self.state.writer.enqueue(request).await;
+        self.in_flight.push(Box::pin(async move {
+            match stored.await {
+                Ok(Outcome::Stored { message: m, .. }) => {
+                    ServerFrame::Accepted { rid, timeline_id: m.timeline_id, seq: m.seq as u64, epoch: m.epoch as u64, duplicate: false }
                 }
+                Ok(Outcome::Duplicate(e)) => {
+                    ServerFrame::Accepted { rid, timeline_id: e.timeline_id, seq: e.seq as u64, epoch: e.epoch as u64, duplicate: true }
+                }
+                Err(e) => ServerFrame::Error(e.into_frame(Some(rid))),
             }
-            return Err(ApiError::from(e).into());
-        }
-        tx.commit().await.map_err(|e| ApiError::from(crate::error::StoreError::from(e)))?;
-        let push = Push::Message { timeline_id: timeline_id.as_str().into(), seq, frame: delivered_frame(&stored) };
-        self.state.hub.publish(&recipients, &push);
-        tracing::debug!(device = %self.device.id, timeline = %timeline_id, seq, bytes = stored.data.len(), "stored application message");
-        Ok(ServerFrame::Accepted { rid, timeline_id, seq: seq as u64, epoch: epoch as u64, duplicate: false })
+        }));
+        Ok(())
     }
 
     async fn commit(
@@ -553,6 +550,7 @@ impl Connection {
             stored_at: now_ms(),
             data: commit.into_vec(),
         };
+        let cluster = &self.state.cluster;
         let written: Result<Vec<(String, i64)>, crate::error::StoreError> = async {
             Db::insert_message(&mut tx, &stored).await?;
             Db::advance_timeline(&mut tx, &timeline_id, new_epoch, seq, &new_state.encode(), group_info.as_slice()).await?;
@@ -568,9 +566,12 @@ impl Connection {
             for d in &added {
                 Db::join(&mut tx, &timeline_id, d, seq).await?;
                 if let Some(w) = welcome {
-                    welcomes.push((d.clone(), Db::insert_welcome(&mut tx, d, &timeline_id, seq, w).await?));
+                    let id = Db::insert_welcome(&mut tx, d, &timeline_id, seq, w).await?;
+                    cluster.welcome_stored(&mut tx, id, d).await?;
+                    welcomes.push((d.clone(), id));
                 }
             }
+            cluster.messages_stored(&mut tx, &timeline_id, seq, seq).await?;
             Ok(welcomes)
         }
         .await;
@@ -591,16 +592,9 @@ impl Connection {
         let hub = &self.state.hub;
         hub.set_members(&timeline_id, new_epoch, new_members.iter().cloned().collect());
         let recipients: Vec<String> = old_members.into_iter().collect();
-        hub.publish(&recipients, &Push::Message { timeline_id: timeline_id.as_str().into(), seq, frame: delivered_frame(&stored) });
+        hub.publish(&recipients, &Push::Message { timeline_id: timeline_id.as_str().into(), seq, frame: message_frame(&stored) });
         for (device, welcome_id) in welcome_ids {
-            let frame = ServerFrame::Welcome {
-                welcome_id: welcome_id as u64,
-                timeline_id: timeline_id.clone(),
-                seq: seq as u64,
-                welcome: Bytes(welcome.unwrap_or_default().to_vec()),
-            };
-            let frame: Utf8Bytes = serde_json::to_string(&frame).expect("frames serialize").into();
-            hub.publish(&[device], &Push::Welcome { timeline_id: timeline_id.as_str().into(), seq, frame });
+            hub.publish(&[device], &Push::welcome(welcome_id, &timeline_id, seq, welcome.unwrap_or_default().to_vec()));
         }
         if !is_member {
             // An external join on this connection: deliver from the join on.
@@ -613,13 +607,6 @@ impl Connection {
 
 fn unknown_timeline() -> ApiError {
     ApiError::new(ErrorCode::UnknownTimeline, "no such timeline")
-}
-
-async fn not_member_or_unknown(db: &Db, timeline_id: &str) -> ApiError {
-    match db.timeline_summary(timeline_id).await {
-        Ok(None) => unknown_timeline(),
-        _ => ApiError::new(ErrorCode::NotMember, "this device is not a member of the timeline"),
-    }
 }
 
 /// Why a request did not produce a reply frame.

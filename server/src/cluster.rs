@@ -1,0 +1,124 @@
+//! Several server nodes on one PostgreSQL. A transaction that stores
+//! messages or welcomes also queues a `NOTIFY` (PostgreSQL delivers it only if
+//! the transaction commits); every node `LISTEN`s, reads the notified rows and
+//! pushes them to its own connections. The database stays the source of
+//! truth: when the listening connection drops, every local connection catches
+//! up from the database. On SQLite there is one node and this is all a no-op.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sqlx::postgres::PgListener;
+
+use crate::db::{Db, Tx};
+use crate::error::StoreError;
+use crate::hub::{Hub, Push};
+
+const CHANNEL: &str = "tsunagu_events";
+
+/// What one notification says. Field names are short: a payload is limited
+/// to 8000 bytes and there is one per transaction and timeline.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "k")]
+enum Event {
+    /// Messages `from..=to` of timeline `t` were stored by node `n`.
+    #[serde(rename = "m")]
+    Messages { n: String, t: String, from: i64, to: i64 },
+    /// Welcome `id` for device `d` was stored by node `n`.
+    #[serde(rename = "w")]
+    Welcome { n: String, id: i64, d: String },
+}
+
+/// This node's side of the cluster.
+#[derive(Clone)]
+pub struct Cluster {
+    node_id: Arc<str>,
+    enabled: bool,
+}
+
+impl Cluster {
+    /// A node of a cluster when the database is PostgreSQL, else a lone node.
+    pub fn new(db: &Db) -> Cluster {
+        Cluster { node_id: uuid::Uuid::new_v4().to_string().into(), enabled: db.is_postgres() }
+    }
+
+    pub async fn messages_stored(&self, tx: &mut Tx, timeline_id: &str, from: i64, to: i64) -> Result<(), StoreError> {
+        self.notify(tx, &Event::Messages { n: self.node_id.to_string(), t: timeline_id.to_owned(), from, to }).await
+    }
+
+    pub async fn welcome_stored(&self, tx: &mut Tx, welcome_id: i64, device_id: &str) -> Result<(), StoreError> {
+        self.notify(tx, &Event::Welcome { n: self.node_id.to_string(), id: welcome_id, d: device_id.to_owned() }).await
+    }
+
+    async fn notify(&self, tx: &mut Tx, event: &Event) -> Result<(), StoreError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let payload = serde_json::to_string(event).expect("events serialize");
+        sqlx::query("SELECT pg_notify($1, $2)").bind(CHANNEL).bind(payload).execute(&mut **tx).await?;
+        Ok(())
+    }
+
+    /// Listen for the other nodes' notifications until the process ends.
+    pub fn spawn_listener(&self, database_url: &str, db: Db, hub: Arc<Hub>) {
+        if !self.enabled {
+            return;
+        }
+        let (url, node_id) = (database_url.to_owned(), self.node_id.clone());
+        tokio::spawn(async move {
+            loop {
+                match listen(&url, &node_id, &db, &hub).await {
+                    Ok(()) => return,
+                    Err(e) => tracing::warn!(error = %e, "cluster listener failed; reconnecting"),
+                }
+                // Whatever was notified meanwhile is in the database.
+                hub.resync_all();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
+}
+
+async fn listen(url: &str, node_id: &str, db: &Db, hub: &Hub) -> Result<(), sqlx::Error> {
+    let mut listener = PgListener::connect(url).await?;
+    listener.listen(CHANNEL).await?;
+    tracing::info!(node = node_id, "listening for other nodes");
+    loop {
+        let Some(notification) = listener.try_recv().await? else {
+            tracing::warn!("cluster listener lost its connection; local connections catch up");
+            hub.resync_all();
+            continue;
+        };
+        let event: Event = match serde_json::from_str(notification.payload()) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "unreadable cluster notification");
+                continue;
+            }
+        };
+        if let Err(e) = relay(event, node_id, db, hub).await {
+            tracing::warn!(error = %e, "cluster notification not relayed; local connections catch up");
+            hub.resync_all();
+        }
+    }
+}
+
+/// Push what another node stored to this node's connections.
+async fn relay(event: Event, node_id: &str, db: &Db, hub: &Hub) -> Result<(), StoreError> {
+    match event {
+        Event::Messages { n, .. } | Event::Welcome { n, .. } if n == node_id => {}
+        Event::Messages { t, from, to, .. } => {
+            for message in db.messages_after(&t, from - 1, to, to - from + 1).await? {
+                let recipients = db.recipients_at(&t, message.seq).await?;
+                hub.publish_message(&recipients, &message);
+            }
+        }
+        Event::Welcome { id, d, .. } => {
+            if let Some(w) = db.welcome(id).await? {
+                hub.publish(&[d], &Push::welcome(id, &w.timeline_id, w.seq, w.data));
+            }
+        }
+    }
+    Ok(())
+}
