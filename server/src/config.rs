@@ -20,6 +20,32 @@ pub enum Command {
     /// Operator commands for accounts (people, bots and command-line devices).
     #[command(subcommand)]
     Account(AccountCommand),
+    /// Write a consistent backup of the database to a new file; safe while the
+    /// server runs (SQLite: `VACUUM INTO`; PostgreSQL: `pg_dump --format=custom`).
+    Backup(BackupArgs),
+    /// Restore a backup made by `backup` into a data directory without a
+    /// database (SQLite) or an empty database (PostgreSQL).
+    Restore(RestoreArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// The backup file to write; must not exist yet.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Print `{"path": …, "bytes": …, …}` instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The backup file to restore (made by `tsunagu-server backup`).
+    #[arg(long)]
+    pub from: PathBuf,
+    /// Print `{"path": …, "messages": …, …}` instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -3,12 +3,18 @@
 use clap::Parser;
 use tsunagu_server::config::{Cli, Command};
 
+// The backup and restore commands (binary only: the server library does not
+// need them).
+mod backup;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tsunagu_server::init_logging();
     match cli.command {
         Some(Command::Account(cmd)) => tsunagu_server::operator::run(&cli.serve.storage, cmd).await,
+        Some(Command::Backup(args)) => backup::backup(&cli.serve.storage, args).await,
+        Some(Command::Restore(args)) => backup::restore(&cli.serve.storage, args).await,
         None => {
             let listen = cli.serve.listen;
             let server = tsunagu_server::Server::prepare(cli.serve).await?;

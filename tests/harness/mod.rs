@@ -76,6 +76,55 @@ impl TestServer {
     /// Like `start`, with extra server flags (e.g. `["--max-frame-bytes", "4096"]`),
     /// which `restart` passes again.
     pub async fn start_with_args(extra_args: &[&str]) -> TestServer {
+        let mut server = Self::unstarted_with_args(extra_args).await;
+        server.spawn().await;
+        server
+    }
+
+    /// A `TestServer` with a fresh, empty data dir (and, on PostgreSQL, a
+    /// fresh empty database) whose server is not started yet: e.g. to restore
+    /// a backup into it with `run_operator`, then `start_at`.
+    pub async fn unstarted() -> TestServer {
+        Self::unstarted_with_args(&[]).await
+    }
+
+    /// Starts the server of an `unstarted` `TestServer` listening on the
+    /// address of `url` (`http://127.0.0.1:PORT`, e.g. another, stopped
+    /// server's `url()`, so that its clients reconnect here); waits as
+    /// `start` does.
+    pub async fn start_at(&mut self, url: &str) {
+        assert!(self.child.is_none(), "start_at: the server already runs");
+        self.url = url.trim_end_matches('/').to_string();
+        self.spawn().await;
+    }
+
+    /// The storage flags of this server (`--data-dir DIR`, plus
+    /// `--database-url URL` on PostgreSQL).
+    pub fn storage_args(&self) -> Vec<String> {
+        self.backend_args()
+    }
+
+    /// Runs `tsunagu-server ARGS <storage flags>` (an operator command on this
+    /// server's data) and returns its output whatever its exit status; the
+    /// command and its stderr go to the server log.
+    pub fn run_operator(&self, args: &[&str]) -> std::process::Output {
+        let mut cmd = command();
+        cmd.args(args)
+            .args(self.backend_args())
+            .current_dir(&self.work_dir)
+            .env("RUST_LOG", "info")
+            .env_remove("RUST_BACKTRACE")
+            .stdin(Stdio::null());
+        let out = cmd.output().unwrap_or_else(|e| panic!("run {SERVER_BIN}: {e}"));
+        self.note(&format!("harness: ran tsunagu-server {} -> {}", args.join(" "), out.status));
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        if !stderr.is_empty() {
+            self.append_log(&stderr);
+        }
+        out
+    }
+
+    async fn unstarted_with_args(extra_args: &[&str]) -> TestServer {
         let root = tempfile::Builder::new()
             .prefix("tsunagu-test-")
             .tempdir()
@@ -110,7 +159,7 @@ impl TestServer {
             _ => Backend::Sqlite,
         };
 
-        let mut server = TestServer {
+        let server = TestServer {
             child: None,
             url: String::new(),
             backend,
@@ -123,7 +172,6 @@ impl TestServer {
             runs: 0,
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
         };
-        server.spawn().await;
         server
     }
 

@@ -1,0 +1,221 @@
+//! Backups: `tsunagu-server backup` while the server runs and takes posts,
+//! `restore` into a fresh data dir (SQLite) or a fresh database (PostgreSQL,
+//! with TSUNAGU_TEST_POSTGRES), and a device enrolled before the backup finds
+//! every post acknowledged before it, in order and without gaps.
+
+mod harness;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use harness::TestServer;
+use tsunagu_client::{Client, PostStatus};
+
+const WAIT: Duration = Duration::from_secs(60);
+const PRE_BACKUP_POSTS: usize = 50;
+
+fn json_out(out: &std::process::Output, what: &str) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "`{what}` failed ({}):\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str::<serde_json::Value>(l.trim()).ok().filter(|v| v.is_object()))
+        .unwrap_or_else(|| panic!("`{what}` printed no JSON object:\n{stdout}"))
+}
+
+/// Posts `tag post 0`, `tag post 1`, … until `stop` is set (or a post fails),
+/// recording each acknowledged (text, seq).
+async fn post_until_stopped(
+    mut client: Client,
+    timeline: String,
+    tag: &'static str,
+    acked: Arc<Mutex<Vec<(String, u64)>>>,
+    stop: Arc<AtomicBool>,
+) -> Client {
+    let mut i = 0;
+    while !stop.load(Ordering::SeqCst) {
+        let text = format!("{tag} post {i}");
+        let seq = tokio::time::timeout(WAIT, client.post_with_id(&timeline, &format!("{tag}-{i}"), &text))
+            .await
+            .unwrap_or_else(|_| panic!("{tag}: post {i} not acknowledged within {WAIT:?}"))
+            .unwrap_or_else(|e| panic!("{tag}: post {i} failed: {e:?}"));
+        acked.lock().unwrap().push((text, seq));
+        i += 1;
+    }
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_taken_under_load_restores_every_post_acknowledged_before_it() {
+    let t0 = Instant::now();
+    let mut server = TestServer::start().await;
+    let mut doctor = server.enrol("Dr. Sato").await;
+    let mut nurse = server.enrol("Nurse Tanaka").await;
+    let mut reader = server.enrol("Care manager Mori").await;
+    let timeline = doctor.create_timeline().await.unwrap();
+    let c1 = doctor.add_person(&timeline, nurse.account_id()).await.unwrap();
+    let c2 = doctor.add_person(&timeline, reader.account_id()).await.unwrap();
+    nurse.wait_for_seq(&timeline, c2, WAIT).await.unwrap();
+    // The reader joined; its client state (keys, group, cursor) is kept, but
+    // it stays offline until the server runs on the restored data.
+    reader.wait_for_seq(&timeline, c2, WAIT).await.unwrap();
+    reader.disconnect().await;
+
+    // 1. A care team's posts, all acknowledged.
+    let mut before: Vec<(String, u64)> = Vec::new();
+    for i in 0..PRE_BACKUP_POSTS {
+        let (who, client) = if i % 2 == 0 { ("doctor", &mut doctor) } else { ("nurse", &mut nurse) };
+        let text = format!("{who} vitals {i}");
+        let seq = client.post(&timeline, &text).await.unwrap();
+        before.push((text, seq));
+    }
+
+    // 2. The backup, while the server runs and two members keep posting.
+    let during = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let d = tokio::spawn(post_until_stopped(doctor, timeline.clone(), "doctor-live", during.clone(), stop.clone()));
+    let n = tokio::spawn(post_until_stopped(nurse, timeline.clone(), "nurse-live", during.clone(), stop.clone()));
+    // Let the load start before the backup.
+    let deadline = Instant::now() + WAIT;
+    while during.lock().unwrap().len() < 5 {
+        assert!(Instant::now() < deadline, "no live post acknowledged within {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Everything acknowledged before the backup starts must be in it.
+    let acked_before_backup: Vec<(String, u64)> =
+        before.iter().cloned().chain(during.lock().unwrap().iter().cloned()).collect();
+    let backup_dir = tempfile::tempdir().unwrap();
+    let backup_file = backup_dir.path().join(if server.backend() == "sqlite" { "tsunagu.db" } else { "tsunagu.dump" });
+    let out = {
+        let file = backup_file.display().to_string();
+        let started = Instant::now();
+        // The operator command blocks: run it off the runtime's workers so
+        // the posters keep going.
+        let out = tokio::task::block_in_place(|| server.run_operator(&["backup", "--out", &file, "--json"]));
+        eprintln!("backup ({}) took {:?}", server.backend(), started.elapsed());
+        out
+    };
+    let report = json_out(&out, "backup");
+    let bytes = report["bytes"].as_u64().expect("bytes");
+    assert!(bytes > 0 && bytes == std::fs::metadata(&backup_file).unwrap().len(), "backup report: {report}");
+    // Posts continue after the backup; they are not expected after the restore.
+    let after_backup = during.lock().unwrap().len();
+    let deadline = Instant::now() + WAIT;
+    while during.lock().unwrap().len() < after_backup + 20 {
+        assert!(Instant::now() < deadline, "posting stalled after the backup");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    let doctor = d.await.unwrap();
+    let nurse = n.await.unwrap();
+    let during = during.lock().unwrap().clone();
+    let head_at_stop = during.iter().map(|(_, s)| *s).max().unwrap();
+    if server.backend() == "sqlite" {
+        let messages = report["messages"].as_u64().expect("messages");
+        assert!(
+            messages >= acked_before_backup.iter().map(|(_, s)| *s).max().unwrap() && messages < head_at_stop,
+            "the backup holds {messages} messages; posts acknowledged before it reach seq {}, the timeline reached {head_at_stop}",
+            acked_before_backup.iter().map(|(_, s)| *s).max().unwrap()
+        );
+    }
+
+    // A backup never replaces an existing file.
+    let again = server.run_operator(&["backup", "--out", &backup_file.display().to_string()]);
+    assert!(!again.status.success(), "a second backup to the same file must fail");
+    assert_eq!(std::fs::metadata(&backup_file).unwrap().len(), bytes, "the backup file was changed");
+
+    // 3. The server is gone; restore into fresh storage.
+    server.kill();
+    drop((doctor, nurse));
+    let mut restored = TestServer::unstarted().await;
+    let out = restored.run_operator(&["restore", "--from", &backup_file.display().to_string(), "--json"]);
+    let restore_report = json_out(&out, "restore");
+    // Restoring again over the restored data is refused.
+    let again = restored.run_operator(&["restore", "--from", &backup_file.display().to_string()]);
+    assert!(!again.status.success(), "a restore over existing data must fail");
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(stderr.contains("refusing"), "the refusal says why: {stderr}");
+
+    // 4. A server on the restored data, at the old address; the reader
+    //    reconnects with the state it kept.
+    restored.start_at(server.url()).await;
+    reader.connect().await.unwrap();
+    let info = reader.list_timelines().await.unwrap();
+    let head = info.iter().find(|t| t.timeline_id == timeline).expect("the reader is still a member").head_seq;
+    assert_eq!(Some(head as i64), restore_report["messages"].as_i64(), "one timeline: its head is the message count");
+    reader.wait_for_seq(&timeline, head, WAIT).await.unwrap();
+    let posts = reader.posts(&timeline);
+    let mut by_seq: HashMap<u64, String> = HashMap::new();
+    for p in &posts {
+        assert_eq!(p.status, PostStatus::Ok, "post #{} did not decrypt after the restore", p.seq);
+        let text = p.post.clone().expect("decrypted").text;
+        assert!(by_seq.insert(p.seq, text).is_none(), "seq {} delivered twice", p.seq);
+    }
+    // Every post acknowledged before the backup, at its seq.
+    for (text, seq) in &acked_before_backup {
+        assert_eq!(by_seq.get(seq), Some(text), "post acknowledged before the backup missing at seq {seq}");
+    }
+    // In order, without gaps: seqs 1..=head are the two commits and posts.
+    let seqs: Vec<u64> = posts.iter().map(|p| p.seq).collect();
+    assert!(seqs.windows(2).all(|w| w[1] > w[0]), "posts are in order");
+    let mut all: Vec<u64> = seqs.iter().copied().chain([c1, c2]).collect();
+    all.sort();
+    assert_eq!(all, (1..=head).collect::<Vec<_>>(), "the restored timeline has a gap");
+    // Everything restored was posted (and acknowledged) before the server stopped.
+    let acked: HashMap<u64, &String> =
+        before.iter().chain(during.iter()).map(|(t, s)| (*s, t)).collect();
+    for (seq, text) in &by_seq {
+        assert_eq!(acked.get(seq).copied(), Some(text), "restored seq {seq} is not what was acknowledged there");
+    }
+    assert!(head >= 2 + (PRE_BACKUP_POSTS as u64) + 5, "head {head}");
+    assert!(head < head_at_stop, "posts after the backup cannot be in it");
+
+    // The restored server takes new posts after the restored head.
+    let seq = reader.post(&timeline, "after the restore").await.unwrap();
+    assert_eq!(seq, head + 1);
+    eprintln!(
+        "backup/restore on {}: {} posts acknowledged before the backup, restored head {head} (timeline reached {head_at_stop}), {bytes} bytes, {:?}",
+        restored.backend(),
+        acked_before_backup.len(),
+        t0.elapsed()
+    );
+    drop(reader);
+    drop(restored);
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_refuses_live_data_and_foreign_files() {
+    let server = TestServer::start().await;
+    let _doctor = server.enrol("Dr. Sato").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("b");
+    let out = server.run_operator(&["backup", "--out", &file.display().to_string(), "--json"]);
+    let report = json_out(&out, "backup");
+    if server.backend() == "sqlite" {
+        assert_eq!(report["accounts"], 1, "{report}");
+    }
+    // Into the live data: refused, and the server still serves.
+    let out = server.run_operator(&["restore", "--from", &file.display().to_string()]);
+    assert!(!out.status.success(), "restore over live data must fail");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refusing"));
+    assert_eq!(server.http_get("/healthz").await.0, 200);
+    // Not a backup: refused, and nothing is left behind.
+    let junk = dir.path().join("junk");
+    std::fs::write(&junk, b"not a backup at all, just some bytes").unwrap();
+    let fresh = TestServer::unstarted().await;
+    let out = fresh.run_operator(&["restore", "--from", &junk.display().to_string()]);
+    assert!(!out.status.success(), "restoring junk must fail");
+    let left: Vec<_> = std::fs::read_dir(fresh.data_dir()).unwrap().flatten().map(|e| e.file_name()).collect();
+    if fresh.backend() == "sqlite" {
+        assert!(left.is_empty(), "a failed restore left {left:?}");
+    }
+}
