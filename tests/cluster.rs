@@ -1,0 +1,79 @@
+//! Several server nodes sharing one PostgreSQL serve together: what one node
+//! accepts reaches devices connected to another at once (PostgreSQL
+//! NOTIFY/LISTEN; nothing polls, so a message that arrives came that way).
+
+mod harness;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use harness::TestServer;
+use tsunagu_client::Client;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A second server process on the first one's database.
+struct Node {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Node {
+    fn start(database_url: &str) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(harness::SERVER_BIN)
+            .args(["--listen", "127.0.0.1:0", "--database-url", database_url, "--data-dir"])
+            .arg(dir.path())
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the second node");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let url = line.trim().strip_prefix("tsunagu listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}")).to_owned();
+        Node { child, url, _dir: dir }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn text_at(client: &Client, timeline: &str, seq: u64) -> Option<String> {
+    client.posts(timeline).into_iter().find(|p| p.seq == seq).and_then(|p| p.post).map(|p| p.text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_accepted_by_one_node_reaches_a_device_on_another() {
+    let node1 = TestServer::start().await;
+    let Some(database_url) = node1.database_url().map(str::to_owned) else {
+        eprintln!("a_post_accepted_by_one_node_reaches_a_device_on_another: several nodes need PostgreSQL; ops/test.sh runs this test again on a PostgreSQL cluster");
+        return;
+    };
+    let node2 = Node::start(&database_url);
+
+    // The doctor's clinic uses node 1; the visiting-nurse station, node 2.
+    let mut doctor = node1.enrol("Dr. Sato").await;
+    let (nurse_account, code) = node1.create_account("Nurse Tanaka");
+    let mut nurse = Client::enrol(&node2.url, &code, "station tablet", &node1.client_state_dir()).await.unwrap();
+    nurse.connect().await.unwrap();
+
+    let timeline = doctor.create_timeline().await.unwrap();
+    let added = doctor.add_person(&timeline, &nurse_account).await.unwrap();
+    nurse.wait_for_seq(&timeline, added, WAIT).await.expect("the welcome crossed from node 1 to node 2");
+
+    let seq = doctor.post(&timeline, "Fever 38.5 tonight, please visit first thing.").await.unwrap();
+    nurse.wait_for_seq(&timeline, seq, WAIT).await.expect("the post crossed from node 1 to node 2");
+    assert_eq!(text_at(&nurse, &timeline, seq).as_deref(), Some("Fever 38.5 tonight, please visit first thing."));
+
+    let reply = nurse.post(&timeline, "Will be there at 8:30.").await.unwrap();
+    doctor.wait_for_seq(&timeline, reply, WAIT).await.expect("the reply crossed from node 2 to node 1");
+    assert_eq!(text_at(&doctor, &timeline, reply).as_deref(), Some("Will be there at 8:30."));
+    assert_eq!(doctor.export_secret(&timeline), nurse.export_secret(&timeline));
+}
