@@ -55,6 +55,10 @@ pub enum AccountCommand {
         /// The person's display name.
         #[arg(long)]
         name: String,
+        /// Create this many accounts, named NAME-1 … NAME-N (one code each;
+        /// with --json one line per account). 1: just NAME.
+        #[arg(long, default_value_t = 1)]
+        count: u32,
         #[command(flatten)]
         code: CodeOptions,
     },
@@ -102,4 +106,71 @@ pub struct ServeConfig {
     /// Live frames queued per connection before it falls back to catching up from the database.
     #[arg(long, env = "TSUNAGU_CONNECTION_QUEUE", default_value_t = 1024)]
     pub connection_queue: usize,
+    /// Seconds a shutdown waits for connections to finish their in-flight work.
+    #[arg(long, env = "TSUNAGU_DRAIN_SECONDS", default_value_t = 10)]
+    pub drain_seconds: u64,
+    /// Log format on stderr: `text` or `json` (one JSON object per line).
+    #[arg(long, env = "TSUNAGU_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+    /// A TOML file with any of the settings above (keys as the flags, with
+    /// `_` for `-`). Flags and environment variables override it.
+    #[arg(long, env = "TSUNAGU_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The config file: every key optional.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    database_url: Option<String>,
+    max_frame_bytes: Option<usize>,
+    connection_queue: Option<usize>,
+    drain_seconds: Option<u64>,
+    log_format: Option<LogFormat>,
+}
+
+impl Cli {
+    /// Parse the command line, then fill every setting that was neither a
+    /// flag nor an environment variable from the config file, if one is named.
+    pub fn load() -> anyhow::Result<Cli> {
+        use clap::{CommandFactory, FromArgMatches};
+        let matches = Cli::command().get_matches();
+        let mut cli = Cli::from_arg_matches(&matches)?;
+        let Some(path) = cli.serve.config.clone() else { return Ok(cli) };
+        let text = std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
+        let file: FileConfig = toml::from_str(&text).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?;
+        let unset = |id: &str| !matches!(matches.value_source(id), Some(clap::parser::ValueSource::CommandLine | clap::parser::ValueSource::EnvVariable));
+        let serve = &mut cli.serve;
+        if let (Some(v), true) = (file.listen, unset("listen")) {
+            serve.listen = v;
+        }
+        if let (Some(v), true) = (file.data_dir, unset("data_dir")) {
+            serve.storage.data_dir = v;
+        }
+        if let (Some(v), true) = (file.database_url, unset("database_url")) {
+            serve.storage.database_url = Some(v);
+        }
+        if let (Some(v), true) = (file.max_frame_bytes, unset("max_frame_bytes")) {
+            serve.max_frame_bytes = v;
+        }
+        if let (Some(v), true) = (file.connection_queue, unset("connection_queue")) {
+            serve.connection_queue = v;
+        }
+        if let (Some(v), true) = (file.drain_seconds, unset("drain_seconds")) {
+            serve.drain_seconds = v;
+        }
+        if let (Some(v), true) = (file.log_format, unset("log_format")) {
+            serve.log_format = v;
+        }
+        Ok(cli)
+    }
 }

@@ -145,6 +145,12 @@ impl Db {
         self.write.close().await;
     }
 
+    /// A trivial query, for readiness checks.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.read).await?;
+        Ok(())
+    }
+
     pub async fn begin(&self) -> Result<Tx> {
         Ok(self.write.begin().await?)
     }

@@ -23,6 +23,8 @@ const WS_HARD_LIMIT: usize = 16 * 1024 * 1024;
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
         .route("/v1/enrol", post(enrol))
         .route("/v1/ws", get(websocket))
         .with_state(state)
@@ -93,5 +95,26 @@ async fn websocket(State(state): State<AppState>, headers: HeaderMap, upgrade: W
         .write_buffer_size(8 * 1024)
         .max_message_size(WS_HARD_LIMIT)
         .max_frame_size(WS_HARD_LIMIT)
-        .on_upgrade(move |socket| ws::serve(socket, state, device)))
+        .on_upgrade(move |socket| {
+            let connections = state.connections.clone();
+            connections.track_future(ws::serve(socket, state, device))
+        }))
+}
+
+/// Ready to serve: not shutting down, and the database answers.
+async fn ready(State(state): State<AppState>) -> (StatusCode, &'static str) {
+    if state.shutdown.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining");
+    }
+    match state.db.ping().await {
+        Ok(()) => (StatusCode::OK, "ready"),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness check: database unavailable");
+            (StatusCode::SERVICE_UNAVAILABLE, "database unavailable")
+        }
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.render())
 }

@@ -19,7 +19,7 @@ use crate::db::StoredMessage;
 #[derive(Debug, Clone)]
 pub enum Push {
     /// A stored timeline message, already serialized as a `message` frame.
-    Message { timeline_id: Arc<str>, seq: i64, frame: Utf8Bytes },
+    Message { timeline_id: Arc<str>, seq: i64, frame: Utf8Bytes, stored: std::time::Instant },
     /// A `welcome` frame for this device.
     Welcome { timeline_id: Arc<str>, seq: i64, frame: Utf8Bytes },
     /// Something may have been missed: catch up from the database.
@@ -106,7 +106,12 @@ impl Hub {
 
     /// Push a stored timeline message to its recipients' connections.
     pub fn publish_message(&self, recipients: &[String], message: &StoredMessage) {
-        let push = Push::Message { timeline_id: message.timeline_id.as_str().into(), seq: message.seq, frame: message_frame(message) };
+        let push = Push::Message {
+            timeline_id: message.timeline_id.as_str().into(),
+            seq: message.seq,
+            frame: message_frame(message),
+            stored: std::time::Instant::now(),
+        };
         self.publish(recipients, &push);
     }
 

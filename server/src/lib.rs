@@ -8,6 +8,7 @@ pub mod db;
 pub mod error;
 pub mod hub;
 pub mod http;
+pub mod metrics;
 pub mod mls;
 pub mod operator;
 pub mod writer;
@@ -17,6 +18,8 @@ use std::future::Future;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::ServeConfig;
 use crate::db::Db;
@@ -30,6 +33,11 @@ pub struct AppState {
     pub writer: writer::Writer,
     pub cluster: cluster::Cluster,
     pub config: Arc<ServeConfig>,
+    pub metrics: Arc<metrics::Metrics>,
+    /// Cancelled when the server starts to shut down.
+    pub shutdown: CancellationToken,
+    /// Every websocket connection, so a shutdown can wait for them.
+    pub connections: TaskTracker,
 }
 
 /// A server whose database is open and migrated, ready to accept connections.
@@ -43,20 +51,45 @@ impl Server {
     pub async fn prepare(config: ServeConfig) -> anyhow::Result<Server> {
         let db = Db::connect(&config.storage).await?;
         let hub = Arc::new(Hub::default());
+        let metrics = Arc::new(metrics::Metrics::default());
         let cluster = cluster::Cluster::new(&db);
         if let Some(url) = &config.storage.database_url {
             cluster.spawn_listener(url, db.clone(), hub.clone());
         }
-        let writer = writer::Writer::start(db.clone(), hub.clone(), cluster.clone());
-        Ok(Server { state: AppState { db, hub, writer, cluster, config: Arc::new(config) } })
+        let writer = writer::Writer::start(db.clone(), hub.clone(), cluster.clone(), metrics.clone());
+        let state = AppState {
+            db,
+            hub,
+            writer,
+            cluster,
+            config: Arc::new(config),
+            metrics,
+            shutdown: CancellationToken::new(),
+            connections: TaskTracker::new(),
+        };
+        Ok(Server { state })
     }
 
-    /// Serve until `shutdown` completes; connections are then closed and the
-    /// database pools drained.
+    /// Serve until `shutdown` completes, then drain: stop accepting, let every
+    /// connection answer the sends it has in flight, write its cursors and
+    /// close with "going away" (at most `drain_seconds`), and close the
+    /// database.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let db = self.state.db.clone();
+        let AppState { db, shutdown: token, connections, config, .. } = self.state.clone();
         tracing::info!(addr = %listener.local_addr()?, backend = db.backend_name(), "serving");
-        axum::serve(listener, http::router(self.state)).with_graceful_shutdown(shutdown).await?;
+        let signal = {
+            let token = token.clone();
+            async move {
+                tokio::select! { _ = shutdown => {}, _ = token.cancelled() => {} }
+                token.cancel();
+            }
+        };
+        axum::serve(listener, http::router(self.state)).with_graceful_shutdown(signal).await?;
+        connections.close();
+        tracing::info!(connections = connections.len(), "draining connections");
+        if tokio::time::timeout(std::time::Duration::from_secs(config.drain_seconds), connections.wait()).await.is_err() {
+            tracing::warn!(connections = connections.len(), "drain timed out; closing anyway");
+        }
         db.close().await;
         tracing::info!("stopped");
         Ok(())
@@ -70,12 +103,15 @@ pub async fn run(listener: TcpListener, config: ServeConfig, shutdown: impl Futu
 
 /// Structured logs to stderr, filtered by `RUST_LOG` (default `info`). Log
 /// lines carry ids, sequence numbers and sizes, never message content.
-pub fn init_logging() {
+pub fn init_logging(format: config::LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    // Colours only on a terminal: log files and journald get plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        config::LogFormat::Json => builder.json().try_init(),
+        // Colours only on a terminal: log files and journald get plain text.
+        config::LogFormat::Text => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).try_init(),
+    };
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -1,6 +1,5 @@
 //! The `tsunagu-server` binary: parses the command line and hands over to the library.
 
-use clap::Parser;
 use tsunagu_server::config::{Cli, Command};
 
 // The backup and restore commands (binary only: the server library does not
@@ -9,8 +8,8 @@ mod backup;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    tsunagu_server::init_logging();
+    let cli = Cli::load()?;
+    tsunagu_server::init_logging(cli.serve.log_format);
     match cli.command {
         Some(Command::Account(cmd)) => tsunagu_server::operator::run(&cli.serve.storage, cmd).await,
         Some(Command::Backup(args)) => backup::backup(&cli.serve.storage, args).await,

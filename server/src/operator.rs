@@ -27,7 +27,24 @@ pub fn normalize_code(code: &str) -> String {
 pub async fn run(storage: &StorageConfig, cmd: AccountCommand) -> anyhow::Result<()> {
     let db = Db::connect(storage).await?;
     let (account_id, options) = match cmd {
-        AccountCommand::Create { name, code } => {
+        AccountCommand::Create { name, count, code } if count != 1 => {
+            let name = name.trim();
+            anyhow::ensure!(!name.is_empty(), "the account needs a name");
+            anyhow::ensure!(count >= 1, "--count must be at least 1");
+            for i in 1..=count {
+                let id = uuid::Uuid::new_v4().to_string();
+                db.create_account(&id, &format!("{name}-{i}"), now_ms()).await?;
+                let c = issue_code(&db, &id, &code).await?;
+                if code.json {
+                    println!("{}", serde_json::json!({ "account_id": id, "code": c }));
+                } else {
+                    println!("account: {id}\nenrolment code: {c}\n(valid for {} hours, once)", code.ttl_hours);
+                }
+            }
+            db.close().await;
+            return Ok(());
+        }
+        AccountCommand::Create { name, code, .. } => {
             let name = name.trim();
             anyhow::ensure!(!name.is_empty(), "the account needs a name");
             let id = uuid::Uuid::new_v4().to_string();

@@ -16,6 +16,7 @@ use crate::cluster::Cluster;
 use crate::db::{Db, Existing, StoredMessage, Tx};
 use crate::error::{ApiError, StoreError};
 use crate::hub::Hub;
+use crate::metrics::{KindLabel, Metrics};
 use crate::now_ms;
 
 /// Most sends stored in one transaction.
@@ -48,9 +49,9 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn start(db: Db, hub: Arc<Hub>, cluster: Cluster) -> Writer {
+    pub fn start(db: Db, hub: Arc<Hub>, cluster: Cluster, metrics: Arc<Metrics>) -> Writer {
         let (queue, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(db, hub, cluster, rx));
+        tokio::spawn(run(db, hub, cluster, metrics, rx));
         Writer { queue }
     }
 
@@ -69,7 +70,7 @@ impl Writer {
     }
 }
 
-async fn run(db: Db, hub: Arc<Hub>, cluster: Cluster, mut rx: mpsc::Receiver<(SendRequest, Reply)>) {
+async fn run(db: Db, hub: Arc<Hub>, cluster: Cluster, metrics: Arc<Metrics>, mut rx: mpsc::Receiver<(SendRequest, Reply)>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let jobs = std::mem::take(&mut batch);
@@ -77,6 +78,9 @@ async fn run(db: Db, hub: Arc<Hub>, cluster: Cluster, mut rx: mpsc::Receiver<(Se
         let count = jobs.len();
         match store_batch(&db, &hub, &cluster, &jobs).await {
             Ok(outcomes) => {
+                let stored = outcomes.iter().filter(|o| matches!(o, Ok(Outcome::Stored { .. }))).count();
+                metrics.messages_stored.get_or_create(&KindLabel { kind: "application" }).inc_by(stored as u64);
+                metrics.batch_size.observe(count as f64);
                 for ((_, reply), outcome) in jobs.into_iter().zip(outcomes) {
                     let _ = reply.send(outcome);
                 }
@@ -96,7 +100,7 @@ async fn run(db: Db, hub: Arc<Hub>, cluster: Cluster, mut rx: mpsc::Receiver<(Se
                 }
             }
         }
-        tracing::trace!(count, elapsed_us = started.elapsed().as_micros() as u64, "stored batch");
+        metrics.observe_db("send_batch", started.elapsed());
     }
 }
 

@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::{FuturesUnordered, SplitSink};
 use futures_util::{SinkExt, StreamExt};
 use tsunagu_protocol::frames::{AccountInfo, DeviceKeyPackage, MessageKind, TimelineInfo};
@@ -19,6 +19,7 @@ use tsunagu_protocol::{Bytes, ClientFrame, ErrorCode, ServerFrame, PROTOCOL_VERS
 use crate::db::{Db, Device, StoredMessage};
 use crate::error::ApiError;
 use crate::hub::{message_frame, Push, Subscription};
+use crate::metrics::{CodeLabel, KindLabel};
 use crate::mls::{self, PublicState};
 use crate::writer::{Outcome, SendRequest};
 use crate::{now_ms, AppState};
@@ -67,6 +68,8 @@ pub async fn serve(socket: WebSocket, state: AppState, device: Device) {
         unflushed: false,
     };
     tracing::info!(device = %conn.device.id, "connected");
+    conn.state.metrics.connections.inc();
+    let shutdown = conn.state.shutdown.clone();
     let ready = ServerFrame::Ready {
         protocol: PROTOCOL_VERSION,
         account_id: conn.device.account_id.clone(),
@@ -89,12 +92,17 @@ pub async fn serve(socket: WebSocket, state: AppState, device: Device) {
             Some(reply) = conn.in_flight.next(), if !conn.in_flight.is_empty() => conn.send(&reply).await,
             Some(push) = next_push(&mut conn.sub) => conn.on_push(push).await,
             _ = flush.tick() => { conn.flush_acks().await; Ok(()) }
+            _ = shutdown.cancelled() => {
+                conn.drain().await;
+                break;
+            }
         };
         if result.is_ok() {
             result = conn.flush().await;
         }
     }
     conn.flush_acks().await;
+    conn.state.metrics.connections.dec();
     tracing::info!(device = %conn.device.id, "disconnected");
 }
 
@@ -194,6 +202,7 @@ impl Connection {
 
     async fn send_error(&mut self, rid: Option<u64>, err: ApiError) -> Result<(), Closed> {
         tracing::info!(device = %self.device.id, code = err.code.as_str(), "request refused");
+        self.state.metrics.refused.get_or_create(&CodeLabel { code: err.code.as_str() }).inc();
         self.send(&ServerFrame::Error(err.into_frame(rid))).await
     }
 
@@ -298,6 +307,7 @@ impl Connection {
                 self.send_text(message_frame(m)).await?;
                 after = m.seq;
             }
+            self.state.metrics.messages_delivered.inc_by(page.len() as u64);
             self.last_sent.insert(timeline_id.to_owned(), after);
             if (page.len() as i64) < PAGE {
                 return Ok(());
@@ -336,7 +346,7 @@ impl Connection {
                 self.last_sent.insert(timeline_id.to_string(), seq);
             }
             Push::Resync => self.catch_up().await?,
-            Push::Message { timeline_id, seq, frame } => {
+            Push::Message { timeline_id, seq, frame, stored } => {
                 let last = match self.last_sent.get(&*timeline_id) {
                     Some(&last) => last,
                     // Not yet known on this connection: start from the stored cursor.
@@ -351,6 +361,8 @@ impl Connection {
                 if seq == last + 1 {
                     self.send_text(frame).await?;
                     self.last_sent.insert(timeline_id.to_string(), seq);
+                    self.state.metrics.messages_delivered.inc();
+                    self.state.metrics.delivery_seconds.observe(stored.elapsed().as_secs_f64());
                 } else {
                     // A gap: an earlier push was dropped or is still on its way.
                     self.send_range(&timeline_id, last, seq).await?;
@@ -358,6 +370,19 @@ impl Connection {
             }
         }
         Ok(())
+    }
+
+    /// The server is shutting down: answer every send already queued (each
+    /// is stored or refused by now or soon), then say goodbye.
+    async fn drain(&mut self) {
+        while let Some(reply) = self.in_flight.next().await {
+            if self.send(&reply).await.is_err() {
+                return;
+            }
+        }
+        let close = CloseFrame { code: 1001, reason: "server restarting; reconnect".into() };
+        let _ = self.flush().await;
+        let _ = self.sink.send(Message::Close(Some(close))).await;
     }
 
     async fn flush_acks(&mut self) {
@@ -499,6 +524,7 @@ impl Connection {
         if let Some(dup) = self.duplicate(rid, &timeline_id, &msg_id).await? {
             return Ok(dup);
         }
+        let started = std::time::Instant::now();
         let mut tx = self.db().begin().await.map_err(ApiError::from)?;
         let locked = Db::lock_timeline(&mut tx, &timeline_id).await.map_err(ApiError::from)?.ok_or_else(unknown_timeline)?;
         let old_members: BTreeSet<String> = Db::member_devices_tx(&mut tx, &timeline_id).await.map_err(ApiError::from)?.into_iter().collect();
@@ -588,11 +614,13 @@ impl Connection {
             }
         };
         tx.commit().await.map_err(|e| ApiError::from(crate::error::StoreError::from(e)))?;
+        self.state.metrics.observe_db("commit", started.elapsed());
+        self.state.metrics.messages_stored.get_or_create(&KindLabel { kind: "commit" }).inc();
 
         let hub = &self.state.hub;
         hub.set_members(&timeline_id, new_epoch, new_members.iter().cloned().collect());
         let recipients: Vec<String> = old_members.into_iter().collect();
-        hub.publish(&recipients, &Push::Message { timeline_id: timeline_id.as_str().into(), seq, frame: message_frame(&stored) });
+        hub.publish_message(&recipients, &stored);
         for (device, welcome_id) in welcome_ids {
             hub.publish(&[device], &Push::welcome(welcome_id, &timeline_id, seq, welcome.unwrap_or_default().to_vec()));
         }

@@ -201,6 +201,25 @@ impl TestServer {
         }
     }
 
+    /// Asks the server to shut down (SIGTERM) and waits for it to exit, at
+    /// most `timeout`; returns its exit status (`None`: it did not exit).
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        // SAFETY: kill(2) with a pid we own; no memory is involved.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.note(&format!("harness: server (pid {}) exited after SIGTERM: {status}", child.id()));
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
     /// Starts the server again on the same database and data dir (killing it
     /// first if it still runs), on the same address so clients reconnect.
     pub async fn restart(&mut self) {

@@ -1,0 +1,87 @@
+//! Prometheus metrics, served at `/metrics`: counts and durations only, never
+//! ids or content.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    pub code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabel {
+    pub op: &'static str,
+}
+
+fn seconds_histogram() -> Histogram {
+    // 100 µs to ~3.3 s.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    /// Open websocket connections.
+    pub connections: Gauge,
+    /// Messages stored, by kind (`application`, `commit`).
+    pub messages_stored: Family<KindLabel, Counter>,
+    /// Messages written to connections (live and catch-up).
+    pub messages_delivered: Counter,
+    /// Requests refused, by error code.
+    pub refused: Family<CodeLabel, Counter>,
+    /// From durable storage to the recipient's socket, for live deliveries.
+    pub delivery_seconds: Histogram,
+    /// Database transactions, by operation.
+    pub db_seconds: Family<OpLabel, Histogram, fn() -> Histogram>,
+    /// Messages per group-commit transaction.
+    pub batch_size: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("tsunagu");
+        let m = Metrics {
+            connections: Gauge::default(),
+            messages_stored: Family::default(),
+            messages_delivered: Counter::default(),
+            refused: Family::default(),
+            delivery_seconds: seconds_histogram(),
+            db_seconds: Family::new_with_constructor(seconds_histogram),
+            batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
+            registry: Registry::default(),
+        };
+        registry.register("connections", "Open websocket connections", m.connections.clone());
+        registry.register("messages_stored", "Timeline messages durably stored", m.messages_stored.clone());
+        registry.register("messages_delivered", "Timeline messages written to device connections", m.messages_delivered.clone());
+        registry.register("requests_refused", "Requests answered with an error frame", m.refused.clone());
+        registry.register("delivery_latency_seconds", "Time from durable storage to a live recipient's socket", m.delivery_seconds.clone());
+        registry.register("db_transaction_seconds", "Duration of database write transactions", m.db_seconds.clone());
+        registry.register("group_commit_batch_size", "Messages stored per group-commit transaction", m.batch_size.clone());
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    pub fn observe_db(&self, op: &'static str, elapsed: Duration) {
+        self.db_seconds.get_or_create(&OpLabel { op }).observe(elapsed.as_secs_f64());
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
