@@ -6,6 +6,11 @@
 #   ops/bench.sh --quick         N=100 (smoke run)
 #   ops/bench.sh --help          every flag (--posts, --posters, --members,
 #                                --database-url, --memory-state, --file-state, ...)
+#   ops/bench.sh suite           the benchmark suite: durable fan-out, idle memory
+#                                per connection, reconnect storm, MLS costs; one
+#                                table, every figure next to a baseline
+#   ops/bench.sh suite --help    its flags (--timelines, --idle-conns,
+#                                --storm-devices, --only fanout,idle,storm,mls, ...)
 #
 # See ops/README.md, "Benchmarks". Progress goes to stderr, the table to stdout.
 set -euo pipefail

@@ -27,10 +27,15 @@ use tokio::sync::{mpsc, Barrier};
 use tokio_tungstenite::tungstenite::Message;
 use tsunagu_client::{Client, MemoryStore, PostStatus};
 
+mod bare;
+mod mlscost;
+mod suite;
+
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "tsunagu-bench",
-    about = "Loopback benchmark: one timeline with M member devices (real tsunagu-server) vs a bare websocket broadcast relay"
+    about = "Loopback benchmark: one timeline with M member devices (real tsunagu-server) vs a bare websocket broadcast relay",
+    after_help = "The whole suite (durable fan-out, idle memory, reconnect storm, MLS costs; one table): tsunagu-bench suite --help"
 )]
 struct Args {
     /// Total posts N (spread over the posters).
@@ -267,8 +272,18 @@ struct Server {
 
 impl Server {
     async fn start(args: &Args, data_dir: &Path, log_path: &Path) -> Result<Server> {
+        Server::start_with(&args.server_bin, args.database_url.as_deref(), data_dir, log_path).await
+    }
+
+    /// Start `server_bin` on 127.0.0.1:0 and wait until GET /healthz answers.
+    async fn start_with(
+        server_bin: &Path,
+        database_url: Option<&str>,
+        data_dir: &Path,
+        log_path: &Path,
+    ) -> Result<Server> {
         let log = std::fs::File::create(log_path).context("create server log")?;
-        let mut cmd = tokio::process::Command::new(&args.server_bin);
+        let mut cmd = tokio::process::Command::new(server_bin);
         cmd.arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--data-dir")
@@ -276,7 +291,7 @@ impl Server {
         cmd.env_remove("TSUNAGU_DATABASE_URL")
             .env_remove("TSUNAGU_LISTEN")
             .env_remove("TSUNAGU_DATA_DIR");
-        if let Some(url) = &args.database_url {
+        if let Some(url) = database_url {
             cmd.arg("--database-url").arg(url);
         }
         cmd.stdin(Stdio::null())
@@ -285,7 +300,7 @@ impl Server {
             .kill_on_drop(true);
         let mut child = cmd
             .spawn()
-            .with_context(|| format!("start {}", args.server_bin.display()))?;
+            .with_context(|| format!("start {}", server_bin.display()))?;
         let stdout = child.stdout.take().expect("piped stdout");
         let mut lines = BufReader::new(stdout).lines();
         let prefix = "tsunagu listening on ";
@@ -343,6 +358,19 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Ok(server)
+    }
+
+    /// The server's process id.
+    fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// The address the server listens on.
+    fn addr(&self) -> SocketAddr {
+        self.url
+            .strip_prefix("http://")
+            .and_then(|a| a.parse().ok())
+            .expect("checked at start")
     }
 
     /// The last lines of the server's log (the temp dir is deleted at exit).
@@ -1118,6 +1146,13 @@ async fn run(args: Args) -> Result<()> {
 }
 
 fn main() {
+    // `tsunagu-bench suite …` and the hidden `tsunagu-bench bare-server`.
+    let argv: Vec<String> = std::env::args().collect();
+    match argv.get(1).map(String::as_str) {
+        Some("suite") => std::process::exit(suite::main(&argv)),
+        Some("bare-server") => std::process::exit(bare::main()),
+        _ => {}
+    }
     let mut args = Args::parse();
     if args.quick {
         args.posts = 100;
