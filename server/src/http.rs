@@ -89,9 +89,10 @@ async fn websocket(State(state): State<AppState>, headers: HeaderMap, upgrade: W
         _ => return Err(ApiError::new(ErrorCode::Unauthorized, "unknown or revoked device token")),
     };
     // Small buffers: an idle connection should cost kilobytes, not the
-    // library's default of 128 KiB.
+    // library's default of 128 KiB. Larger frames still arrive whole; the
+    // buffer is only the read chunk.
     Ok(upgrade
-        .read_buffer_size(8 * 1024)
+        .read_buffer_size(4 * 1024)
         .write_buffer_size(8 * 1024)
         .max_message_size(WS_HARD_LIMIT)
         .max_frame_size(WS_HARD_LIMIT)

@@ -76,11 +76,17 @@ pub async fn serve(socket: WebSocket, state: AppState, device: Device) {
         device_id: conn.device.id.clone(),
     };
     let mut flush = tokio::time::interval(CURSOR_FLUSH);
-    let mut result = conn.send(&ready).await;
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut result = match conn.send(&ready).await {
+        Ok(()) => conn.flush().await,
+        closed => closed,
+    };
     while result.is_ok() {
         result = tokio::select! {
             incoming = stream.next(), if conn.in_flight.len() < MAX_IN_FLIGHT => match incoming {
-                Some(Ok(Message::Text(text))) => conn.on_text(text.as_str()).await,
+                // Boxed: the request handlers' futures are large, and an idle
+                // connection should not carry their space while it waits.
+                Some(Ok(Message::Text(text))) => Box::pin(conn.on_text(text.as_str())).await,
                 Some(Ok(Message::Binary(_))) => conn.send_error(None, ApiError::new(ErrorCode::MalformedFrame, "frames are JSON text messages")).await,
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
                 Some(Ok(Message::Close(_))) | None => break,
@@ -90,10 +96,11 @@ pub async fn serve(socket: WebSocket, state: AppState, device: Device) {
                 }
             },
             Some(reply) = conn.in_flight.next(), if !conn.in_flight.is_empty() => conn.send(&reply).await,
-            Some(push) = next_push(&mut conn.sub) => conn.on_push(push).await,
-            _ = flush.tick() => { conn.flush_acks().await; Ok(()) }
+            Some(push) = next_push(&mut conn.sub) => Box::pin(conn.on_push(push)).await,
+            // Ticks only matter while acknowledgements wait to be written.
+            _ = flush.tick(), if !conn.acks.is_empty() => { Box::pin(conn.flush_acks()).await; Ok(()) }
             _ = shutdown.cancelled() => {
-                conn.drain().await;
+                Box::pin(conn.drain()).await;
                 break;
             }
         };
@@ -101,7 +108,7 @@ pub async fn serve(socket: WebSocket, state: AppState, device: Device) {
             result = conn.flush().await;
         }
     }
-    conn.flush_acks().await;
+    Box::pin(conn.flush_acks()).await;
     conn.state.metrics.connections.dec();
     tracing::info!(device = %conn.device.id, "disconnected");
 }
