@@ -1,9 +1,19 @@
 //! The client core: MLS state, incoming-frame processing and the request
 //! workflows (create, add, remove, post, rejoin) with their retry rules. It
-//! does no IO of its own: workflows drive any [`Transport`], and every change
-//! is saved through a [`StateStore`].
+//! does no IO of its own: workflows drive any [`Transport`], and changes are
+//! saved through a [`StateStore`].
+//!
+//! Persistence is incremental and batched: a change marks only the keys it
+//! touches (a timeline's meta record, one post, one outbox entry, the MLS
+//! storage keys openmls wrote), and [`Core::save`] commits them in one
+//! durable write. `save` runs before anything leaves for the server (so the
+//! server never learns of a state we could lose: an `ack`ed seq, an
+//! `ack_welcome`, a ciphertext whose ratchet state or outbox entry is not on
+//! disk), after a workflow's result (an `accepted` post or commit) and at
+//! the end of every drain (`sync`, `wait_for_seq`, `next_post`, catch-up).
+//! A crash in between loses only work the server will deliver again.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use openmls::prelude::*;
 use openmls_basic_credential::SignatureKeyPair;
@@ -12,8 +22,8 @@ use tsunagu_protocol::{Bytes, ClientFrame, Envelope, ErrorCode, Post, PostKind, 
 
 use crate::error::mls;
 use crate::mls::{self as m, Provider};
-use crate::state::{self, AppState, OutboxEntry, PostStatus, ReceivedPost};
-use crate::store::StateStore;
+use crate::state::{self, keys, AppState, OutboxEntry, PostStatus, ReceivedPost, TimelineState};
+use crate::store::{Change as StoreChange, StateStore};
 use crate::transport::Transport;
 use crate::ClientError;
 
@@ -58,6 +68,12 @@ pub struct Core {
     signer: SignatureKeyPair,
     groups: HashMap<String, MlsGroup>,
     store: BoxedStore,
+    // Changes not yet committed to the store (besides the MLS storage's own
+    // record of changed keys).
+    dirty_device: bool,
+    dirty_meta: BTreeSet<String>,
+    pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    next_outbox_order: u64,
     // Per connection, not persisted.
     next_rid: u64,
     deferred: HashSet<String>,
@@ -148,17 +164,17 @@ impl Core {
         };
         let provider = Provider::default();
         let mut core = Core::assemble(state, provider, signer, store);
+        core.dirty_device = true;
         core.save()?;
         Ok(core)
     }
 
     /// Load a saved client.
     pub fn open(mut store: BoxedStore) -> Result<Core, ClientError> {
-        let bytes = store
-            .load()?
+        let loaded = state::decode(store.load_all()?)?
             .ok_or_else(|| ClientError::Invalid("no saved state: enrol first".into()))?;
-        let (mut state, values) = state::decode(&bytes)?;
-        let provider = Provider::with_values(values);
+        let mut state = loaded.state;
+        let provider = Provider::with_values(loaded.mls);
         let signer = m::signer_from_bytes(state.signature_key_pair.as_slice())?;
         let mut groups = HashMap::new();
         for (tid, tl) in state.timelines.iter_mut() {
@@ -174,6 +190,7 @@ impl Core {
         }
         let mut core = Core::assemble(state, provider, signer, store);
         core.groups = groups;
+        core.next_outbox_order = loaded.next_outbox_order;
         Ok(core)
     }
 
@@ -184,6 +201,10 @@ impl Core {
             signer,
             groups: HashMap::new(),
             store,
+            dirty_device: false,
+            dirty_meta: BTreeSet::new(),
+            pending: BTreeMap::new(),
+            next_outbox_order: 0,
             next_rid: 1,
             deferred: HashSet::new(),
             held: VecDeque::new(),
@@ -194,13 +215,66 @@ impl Core {
         }
     }
 
-    /// Write the whole state to the store.
+    /// Commit every change since the last save in one durable write (none if
+    /// nothing changed). On failure the changes stay pending.
     pub fn save(&mut self) -> Result<(), ClientError> {
-        let bytes = {
-            let values = self.provider.storage.values.read().map_err(|_| ClientError::Io("storage lock".into()))?;
-            state::encode(&self.state, &values)
-        };
-        self.store.save(&bytes)
+        let mut changes = std::mem::take(&mut self.pending);
+        if std::mem::take(&mut self.dirty_device) {
+            changes.insert(keys::DEVICE.to_vec(), Some(self.state.device_record()));
+        }
+        for tid in std::mem::take(&mut self.dirty_meta) {
+            let value = self.state.timelines.get(&tid).map(TimelineState::meta_record);
+            changes.insert(keys::meta(&tid), value);
+        }
+        for (k, v) in self.provider.storage.take_changes() {
+            changes.insert(keys::mls(&k), v);
+        }
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let list: Vec<StoreChange> = changes.into_iter().collect();
+        match self.store.commit(&list) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                // Keep them for the next attempt (nothing newer exists yet).
+                self.pending = list.into_iter().collect();
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether changes are waiting for [`Core::save`].
+    pub fn has_unsaved_changes(&self) -> bool {
+        self.dirty_device || !self.dirty_meta.is_empty() || !self.pending.is_empty() || self.provider.storage.has_changes()
+    }
+
+    /// A timeline's state, for changing it (its meta record is saved next).
+    fn tl_mut(&mut self, timeline_id: &str) -> &mut TimelineState {
+        if !self.dirty_meta.contains(timeline_id) {
+            self.dirty_meta.insert(timeline_id.to_string());
+        }
+        self.state.timelines.entry(timeline_id.to_string()).or_default()
+    }
+
+    fn outbox_push(&mut self, entry: OutboxEntry) {
+        let order = self.next_outbox_order;
+        self.next_outbox_order += 1;
+        self.pending.insert(keys::outbox(&entry.msg_id), Some(state::outbox_record(order, &entry)));
+        self.state.outbox.push(entry);
+    }
+
+    /// Remove an outbox entry; `sent_seq` records it as accepted at that seq.
+    fn outbox_remove(&mut self, msg_id: &str, sent_seq: Option<u64>) -> Option<OutboxEntry> {
+        let pos = self.state.outbox.iter().position(|e| e.msg_id == msg_id);
+        let entry = pos.map(|p| self.state.outbox.remove(p));
+        if entry.is_some() {
+            self.pending.insert(keys::outbox(msg_id), None);
+        }
+        if let Some(seq) = sent_seq {
+            self.state.sent.insert(msg_id.to_string(), seq);
+            self.pending.insert(keys::sent(msg_id), Some(seq.to_be_bytes().to_vec()));
+        }
+        entry
     }
 
     // ----- read-only views ---------------------------------------------------------------
@@ -275,8 +349,8 @@ impl Core {
         if let Some(mut g) = self.groups.remove(timeline_id) {
             g.delete(self.provider.storage()).map_err(mls("delete group"))?;
         }
-        if let Some(tl) = self.state.timelines.get_mut(timeline_id) {
-            tl.has_group = false;
+        if self.state.timelines.contains_key(timeline_id) {
+            self.tl_mut(timeline_id).has_group = false;
         }
         self.save()
     }
@@ -299,16 +373,23 @@ impl Core {
             .ok_or_else(|| ClientError::Invalid(format!("no group for timeline {timeline_id}")))
     }
 
-    /// An MLS application message with `plaintext` at the current epoch.
+    /// An MLS application message with `plaintext` at the current epoch. The
+    /// ratchet state it used is saved before it is returned.
     pub fn encrypt(&mut self, timeline_id: &str, plaintext: &[u8]) -> Result<Vec<u8>, ClientError> {
+        let bytes = self.encrypt_unsaved(timeline_id, plaintext)?;
+        self.save()?;
+        Ok(bytes)
+    }
+
+    /// Like [`Core::encrypt`], leaving the save to the caller (before the
+    /// message is sent).
+    fn encrypt_unsaved(&mut self, timeline_id: &str, plaintext: &[u8]) -> Result<Vec<u8>, ClientError> {
         let group = self
             .groups
             .get_mut(timeline_id)
             .ok_or_else(|| ClientError::Invalid(format!("no group for timeline {timeline_id}")))?;
         let out = group.create_message(&self.provider, &self.signer, plaintext).map_err(mls("create message"))?;
-        let bytes = m::to_bytes(&out)?;
-        self.save()?;
-        Ok(bytes)
+        m::to_bytes(&out)
     }
 
     /// Build `count` key packages (plus a last-resort one) and store their
@@ -327,14 +408,28 @@ impl Core {
         } else {
             None
         };
-        self.save()?;
         Ok((kps, lr))
     }
 
     // ----- incoming frames ----------------------------------------------------------------
 
-    /// Process one unsolicited server frame; returns frames to send back.
+    /// Process one unsolicited server frame and save; returns frames to send
+    /// back (none if the save failed: a warning says why, and the frame's
+    /// message will be delivered again).
     pub fn handle_frame(&mut self, frame: ServerFrame) -> Vec<ClientFrame> {
+        let out = self.process_frame(frame);
+        match self.save() {
+            Ok(()) => out,
+            Err(e) => {
+                self.warn(format!("save failed: {e}"));
+                Vec::new()
+            }
+        }
+    }
+
+    /// Process one unsolicited server frame without saving; the frames it
+    /// returns must only be sent after a save.
+    fn process_frame(&mut self, frame: ServerFrame) -> Vec<ClientFrame> {
         match frame {
             ServerFrame::Message(d) => {
                 if self.deferred.contains(&d.timeline_id) {
@@ -360,7 +455,7 @@ impl Core {
 
     /// Move `processed_seq` to `seq` and over any own seqs right after it.
     fn advance(&mut self, timeline_id: &str, seq: u64) {
-        let tl = self.state.timelines.entry(timeline_id.to_string()).or_default();
+        let tl = self.tl_mut(timeline_id);
         if seq > tl.processed_seq {
             tl.processed_seq = seq;
         }
@@ -375,7 +470,10 @@ impl Core {
 
     /// Our own message was stored at `seq`.
     fn mark_own_seq(&mut self, timeline_id: &str, seq: u64) {
-        let tl = self.state.timelines.entry(timeline_id.to_string()).or_default();
+        if seq <= self.processed_seq(timeline_id).unwrap_or(0) {
+            return;
+        }
+        let tl = self.tl_mut(timeline_id);
         if seq <= tl.processed_seq {
             return;
         }
@@ -387,8 +485,15 @@ impl Core {
     }
 
     fn record_post(&mut self, timeline_id: &str, post: ReceivedPost, notify: bool) {
-        let tl = self.state.timelines.entry(timeline_id.to_string()).or_default();
-        tl.posts.insert(post.seq, post.clone());
+        if !self.state.timelines.contains_key(timeline_id) {
+            self.tl_mut(timeline_id);
+        }
+        let tl = self.state.timelines.get_mut(timeline_id).expect("just inserted");
+        let key = keys::post(timeline_id, post.seq);
+        if tl.posts.get(&post.seq) != Some(&post) {
+            self.pending.insert(key, Some(state::post_record(&post)));
+            tl.posts.insert(post.seq, post.clone());
+        }
         if notify && self.new_posts.len() < MAX_QUEUED_POSTS {
             self.new_posts.push_back((timeline_id.to_string(), post));
         }
@@ -397,21 +502,30 @@ impl Core {
     fn process_delivered(&mut self, d: Delivered) {
         let tid = d.timeline_id.clone();
         {
-            let tl = self.state.timelines.entry(tid.clone()).or_default();
+            let Some(tl) = self.state.timelines.get(&tid) else {
+                // Not a timeline we know: nothing to skip.
+                return self.process_new(d);
+            };
             if d.seq <= tl.processed_seq {
                 return;
             }
             if tl.own_seqs.contains(&d.seq) {
                 self.advance(&tid, d.seq);
-                let _ = self.save();
                 return;
             }
         }
+        self.process_new(d)
+    }
+
+    fn process_new(&mut self, d: Delivered) {
+        let tid = d.timeline_id.clone();
         // Our own post, delivered before (or instead of) its `accepted`.
-        if d.sender_device_id == self.state.device_id && d.kind == MessageKind::Application {
-            if let Some(pos) = self.state.outbox.iter().position(|e| e.msg_id == d.msg_id && e.timeline_id == tid) {
-                let e = self.state.outbox.remove(pos);
-                self.state.sent.insert(e.msg_id.clone(), d.seq);
+        if d.sender_device_id == self.state.device_id
+            && d.kind == MessageKind::Application
+            && self.state.outbox.iter().any(|e| e.msg_id == d.msg_id && e.timeline_id == tid)
+        {
+            {
+                let e = self.outbox_remove(&d.msg_id, Some(d.seq)).expect("present");
                 let post = ReceivedPost {
                     seq: d.seq,
                     sender_device_id: self.state.device_id.clone(),
@@ -420,7 +534,6 @@ impl Core {
                 };
                 self.record_post(&tid, post, false);
                 self.advance(&tid, d.seq);
-                let _ = self.save();
                 return;
             }
         }
@@ -496,9 +609,6 @@ impl Core {
             self.record_post(&tid, p, true);
         }
         self.advance(&tid, d.seq);
-        if let Err(e) = self.save() {
-            self.warn(format!("save failed: {e}"));
-        }
     }
 
     fn process_welcome(&mut self, timeline_id: &str, seq: u64, bytes: &[u8]) {
@@ -518,7 +628,7 @@ impl Core {
         match joined {
             Ok(group) => {
                 self.groups.insert(timeline_id.to_string(), group);
-                let tl = self.state.timelines.entry(timeline_id.to_string()).or_default();
+                let tl = self.tl_mut(timeline_id);
                 tl.has_group = true;
                 if seq > tl.processed_seq {
                     tl.processed_seq = seq;
@@ -527,14 +637,11 @@ impl Core {
                 tl.own_seqs.retain(|s| *s > p);
             }
             Err(e) => {
-                if let Some(tl) = self.state.timelines.get_mut(timeline_id) {
-                    tl.has_group = false;
+                if self.state.timelines.contains_key(timeline_id) {
+                    self.tl_mut(timeline_id).has_group = false;
                 }
                 self.warn(format!("{timeline_id}: welcome at #{seq} failed: {e}"));
             }
-        }
-        if let Err(e) = self.save() {
-            self.warn(format!("save failed: {e}"));
         }
     }
 
@@ -550,13 +657,17 @@ impl Core {
 
     // ----- IO helpers ---------------------------------------------------------------------
 
+    /// Send a frame, after saving: nothing leaves for the server before the
+    /// state it depends on is durable.
     async fn send<T: Transport>(&mut self, io: &mut T, frame: &ClientFrame) -> Result<(), ClientError> {
+        self.save()?;
         let text = serde_json::to_string(frame).map_err(|e| ClientError::Protocol(e.to_string()))?;
         io.send_text(text).await
     }
 
-    /// Send the coalesced acks.
+    /// Save, then send the coalesced acks. The end of every drain.
     pub async fn flush_acks<T: Transport>(&mut self, io: &mut T) -> Result<(), ClientError> {
+        self.save()?;
         let acks = std::mem::take(&mut self.pending_acks);
         self.unacked = 0;
         for (timeline_id, seq) in acks {
@@ -582,7 +693,7 @@ impl Core {
 
     /// Handle an unsolicited frame and send what it calls for.
     async fn dispatch<T: Transport>(&mut self, io: &mut T, frame: ServerFrame) -> Result<(), ClientError> {
-        for out in self.handle_frame(frame) {
+        for out in self.process_frame(frame) {
             self.send(io, &out).await?;
         }
         if self.unacked >= ACK_EVERY {
@@ -710,6 +821,7 @@ impl Core {
             ServerFrame::KeyPackagesStored { .. } => {
                 if with_last_resort {
                     self.state.last_resort_published = true;
+                    self.dirty_device = true;
                     self.save()?;
                 }
                 Ok(())
@@ -749,8 +861,7 @@ impl Core {
         match reply {
             Ok(ServerFrame::Created { .. }) => {
                 self.groups.insert(timeline_id.clone(), group);
-                let tl = self.state.timelines.entry(timeline_id.clone()).or_default();
-                tl.has_group = true;
+                self.tl_mut(&timeline_id).has_group = true;
                 self.save()?;
                 Ok(timeline_id)
             }
@@ -961,12 +1072,12 @@ impl Core {
             Some(_) => {}
         }
         if !self.state.outbox.iter().any(|e| e.msg_id == msg_id) {
-            self.state.outbox.push(OutboxEntry {
+            // Saved together with the ratchet state, before the send.
+            self.outbox_push(OutboxEntry {
                 timeline_id: timeline_id.into(),
                 msg_id: msg_id.into(),
                 post: Post { kind: PostKind::Text, text: text.into(), reply_to, sent_at: io.now_ms() },
             });
-            self.save()?;
         }
         self.send_outbox_entry(io, msg_id).await
     }
@@ -983,19 +1094,19 @@ impl Core {
             let tid = entry.timeline_id.clone();
             if self.groups.get(&tid).is_some_and(|g| !g.is_active()) {
                 // Removed from the timeline: this post can never be sent.
-                self.state.outbox.retain(|e| e.msg_id != msg_id);
+                self.outbox_remove(msg_id, None);
                 self.save()?;
                 return Err(ClientError::Invalid("this device is no longer a member of the timeline".into()));
             }
             let plaintext = Envelope::Post(entry.post.clone()).encode();
-            let message = self.encrypt(&tid, &plaintext)?;
+            // `send` saves the outbox entry and the ratchet state first.
+            let message = self.encrypt_unsaved(&tid, &plaintext)?;
             let rid = self.rid();
             let frame =
                 ClientFrame::Send { rid, timeline_id: tid.clone(), msg_id: msg_id.into(), message: Bytes(message) };
             match self.request(io, frame).await? {
                 ServerFrame::Accepted { seq, .. } => {
-                    self.state.outbox.retain(|e| e.msg_id != msg_id);
-                    self.state.sent.insert(msg_id.to_string(), seq);
+                    self.outbox_remove(msg_id, Some(seq));
                     let post = ReceivedPost {
                         seq,
                         sender_device_id: self.state.device_id.clone(),
@@ -1015,7 +1126,7 @@ impl Core {
                 ServerFrame::Error(e) if e.code == ErrorCode::Internal => {}
                 other => {
                     // Will never be accepted: drop it from the outbox.
-                    self.state.outbox.retain(|e| e.msg_id != msg_id);
+                    self.outbox_remove(msg_id, None);
                     self.save()?;
                     return Err(unexpected(other));
                 }
@@ -1072,8 +1183,7 @@ impl Core {
             match reply {
                 Ok(ServerFrame::Accepted { seq, .. }) => {
                     self.groups.insert(timeline_id.to_string(), group);
-                    let tl = self.state.timelines.entry(timeline_id.to_string()).or_default();
-                    tl.has_group = true;
+                    self.tl_mut(timeline_id).has_group = true;
                     self.advance(timeline_id, seq);
                     self.save()?;
                     self.release_deferred(timeline_id);

@@ -7,10 +7,10 @@ use openmls::prelude::tls_codec;
 use openmls::messages::group_info::{GroupInfo, VerifiableGroupInfo};
 use openmls::prelude::*;
 use openmls_basic_credential::SignatureKeyPair;
-use openmls_memory_storage::MemoryStorage;
 use openmls_rust_crypto::RustCrypto;
 
 use crate::error::mls;
+use crate::mls_storage::TrackedStorage;
 use crate::ClientError;
 
 /// The only ciphersuite Tsunagu uses.
@@ -20,19 +20,20 @@ pub const MAX_PAST_EPOCHS: usize = 16;
 /// Exporter label used by `export_secret` (tests compare members with it).
 pub const EXPORTER_LABEL: &str = "tsunagu test";
 
-/// Crypto plus an in-memory storage that the client serializes as a whole.
+/// Crypto plus an in-memory storage that records which keys changed, so the
+/// client persists only those.
 #[derive(Default, Debug)]
 pub struct Provider {
     crypto: RustCrypto,
-    pub storage: MemoryStorage,
+    pub storage: TrackedStorage,
 }
 
 impl OpenMlsProvider for Provider {
     type CryptoProvider = RustCrypto;
     type RandProvider = RustCrypto;
-    type StorageProvider = MemoryStorage;
+    type StorageProvider = TrackedStorage;
 
-    fn storage(&self) -> &MemoryStorage {
+    fn storage(&self) -> &TrackedStorage {
         &self.storage
     }
     fn crypto(&self) -> &RustCrypto {
@@ -45,7 +46,7 @@ impl OpenMlsProvider for Provider {
 
 impl Provider {
     pub fn with_values(values: std::collections::HashMap<Vec<u8>, Vec<u8>>) -> Self {
-        Provider { crypto: RustCrypto::default(), storage: MemoryStorage { values: std::sync::RwLock::new(values) } }
+        Provider { crypto: RustCrypto::default(), storage: TrackedStorage::from_map(values) }
     }
 }
 

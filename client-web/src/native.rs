@@ -142,17 +142,17 @@ fn ms(d: Duration) -> u64 {
 
 impl Client {
     /// Enrol a new device with an operator's code; the state goes to
-    /// `state_dir/state.bin`. Not connected yet.
+    /// `state_dir/state.sqlite3` ([`FileStore`]). Not connected yet.
     pub async fn enrol(server_url: &str, code: &str, device_name: &str, state_dir: &Path) -> Result<Client, ClientError> {
         let mut store = FileStore::new(state_dir);
-        if store.load()?.is_some() {
+        if !store.load_all()?.is_empty() {
             return Err(ClientError::Invalid(format!("{} already holds an enrolled device", store.path().display())));
         }
         Self::enrol_with_store(server_url, code, device_name, Box::new(store)).await
     }
 
     /// Enrol a new device like [`Client::enrol`], keeping its state in the
-    /// given store instead of `state_dir/state.bin` (e.g. a
+    /// given store instead of `state_dir/state.sqlite3` (e.g. a
     /// [`crate::MemoryStore`] for benchmarks and tests: nothing survives the
     /// process). The store must be empty. Not connected yet.
     pub async fn enrol_with_store(
@@ -161,7 +161,7 @@ impl Client {
         device_name: &str,
         mut store: Box<dyn StateStore + Send>,
     ) -> Result<Client, ClientError> {
-        if store.load()?.is_some() {
+        if !store.load_all()?.is_empty() {
             return Err(ClientError::Invalid("the store already holds an enrolled device".into()));
         }
         let signer = crate::mls::new_signer()?;
@@ -184,7 +184,11 @@ impl Client {
 
     /// Reopen a device from its state directory.
     pub async fn open(state_dir: &Path) -> Result<Client, ClientError> {
-        let core = Core::open(Box::new(FileStore::new(state_dir)))?;
+        let store = FileStore::new(state_dir);
+        if !store.exists() {
+            return Err(ClientError::Invalid(format!("no saved state in {}: enrol first", state_dir.display())));
+        }
+        let core = Core::open(Box::new(store))?;
         Ok(Client { core, conn: None })
     }
 

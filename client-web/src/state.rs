@@ -1,5 +1,6 @@
-//! The persisted application state and the binary format of the state blob
-//! (application state as JSON plus every key/value of the MLS storage).
+//! The client's application state and how it is laid out in the key/value
+//! [`crate::StateStore`]: one small record per key, so that processing a
+//! message rewrites only what it changed (see [`keys`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -36,8 +37,9 @@ pub struct OutboxEntry {
     pub post: Post,
 }
 
-/// Per timeline bookkeeping.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// Per timeline bookkeeping (in memory; `posts` are stored one key each, the
+/// rest as the timeline's meta record).
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct TimelineState {
     /// Highest seq processed (or skipped); lower or equal seqs are ignored.
     pub processed_seq: u64,
@@ -48,8 +50,9 @@ pub struct TimelineState {
     pub posts: BTreeMap<u64, ReceivedPost>,
 }
 
-/// Everything the client keeps besides the MLS storage.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Everything the client keeps besides the MLS storage (in memory; see
+/// [`keys`] for how it is stored).
+#[derive(Debug, Clone, PartialEq)]
 pub struct AppState {
     pub server_url: String,
     pub account_id: String,
@@ -60,75 +63,195 @@ pub struct AppState {
     pub signature_key_pair: Bytes,
     pub last_resort_published: bool,
     pub timelines: BTreeMap<String, TimelineState>,
+    /// In the order the posts were queued.
     pub outbox: Vec<OutboxEntry>,
     /// msg_id → seq of our accepted posts.
-    #[serde(default)]
     pub sent: BTreeMap<String, u64>,
 }
 
-const MAGIC: &[u8; 8] = b"TSUNAGU1";
+/// The keys of the state store. Every value is small and written only when
+/// it changes:
+///
+/// | key | value |
+/// |---|---|
+/// | `app/device` | [`DeviceRecord`] (JSON) |
+/// | `tl/<timeline>/meta` | [`TimelineMeta`] (JSON) |
+/// | `tl/<timeline>/post/<seq: u64 big-endian>` | [`ReceivedPost`] (JSON), written once |
+/// | `outbox/<msg_id>` | [`OutboxRecord`] (JSON) |
+/// | `sent/<msg_id>` | seq (u64 big-endian) |
+/// | `mls/<openmls storage key>` | the openmls storage value |
+pub mod keys {
+    pub const DEVICE: &[u8] = b"app/device";
+    pub const TIMELINE: &[u8] = b"tl/";
+    pub const META_SUFFIX: &[u8] = b"/meta";
+    pub const POST_INFIX: &[u8] = b"/post/";
+    pub const OUTBOX: &[u8] = b"outbox/";
+    pub const SENT: &[u8] = b"sent/";
+    pub const MLS: &[u8] = b"mls/";
 
-/// `MAGIC | u32 json_len | json | u32 count | (u32 klen | k | u32 vlen | v)*`,
-/// integers big-endian.
-pub fn encode(state: &AppState, storage: &HashMap<Vec<u8>, Vec<u8>>) -> Vec<u8> {
-    let json = serde_json::to_vec(state).expect("state serializes");
-    let mut out = Vec::with_capacity(json.len() + 64 + storage.len() * 128);
-    out.extend_from_slice(MAGIC);
-    put(&mut out, &json);
-    out.extend_from_slice(&(storage.len() as u32).to_be_bytes());
-    // Sorted keys: the same state gives the same bytes.
-    let mut keys: Vec<&Vec<u8>> = storage.keys().collect();
-    keys.sort();
-    for k in keys {
-        put(&mut out, k);
-        put(&mut out, &storage[k]);
+    fn cat(parts: &[&[u8]]) -> Vec<u8> {
+        parts.concat()
     }
-    out
+    pub fn meta(timeline_id: &str) -> Vec<u8> {
+        cat(&[TIMELINE, timeline_id.as_bytes(), META_SUFFIX])
+    }
+    pub fn post(timeline_id: &str, seq: u64) -> Vec<u8> {
+        cat(&[TIMELINE, timeline_id.as_bytes(), POST_INFIX, &seq.to_be_bytes()])
+    }
+    pub fn outbox(msg_id: &str) -> Vec<u8> {
+        cat(&[OUTBOX, msg_id.as_bytes()])
+    }
+    pub fn sent(msg_id: &str) -> Vec<u8> {
+        cat(&[SENT, msg_id.as_bytes()])
+    }
+    pub fn mls(key: &[u8]) -> Vec<u8> {
+        cat(&[MLS, key])
+    }
 }
 
-pub fn decode(bytes: &[u8]) -> Result<(AppState, HashMap<Vec<u8>, Vec<u8>>), ClientError> {
-    let bad = |m: &str| ClientError::CorruptState(m.to_string());
-    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
-        return Err(bad("bad magic"));
-    }
-    let mut r = &bytes[MAGIC.len()..];
-    let json = take(&mut r).ok_or_else(|| bad("truncated state"))?;
-    let state: AppState = serde_json::from_slice(json).map_err(|e| bad(&e.to_string()))?;
-    let count = take_u32(&mut r).ok_or_else(|| bad("truncated storage"))?;
-    let mut map = HashMap::with_capacity(count as usize);
-    for _ in 0..count {
-        let k = take(&mut r).ok_or_else(|| bad("truncated key"))?;
-        let v = take(&mut r).ok_or_else(|| bad("truncated value"))?;
-        map.insert(k.to_vec(), v.to_vec());
-    }
-    if !r.is_empty() {
-        return Err(bad("trailing bytes"));
-    }
-    Ok((state, map))
+/// The device's identity (`app/device`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    pub server_url: String,
+    pub account_id: String,
+    pub account_name: String,
+    pub device_id: String,
+    pub device_token: String,
+    pub signature_key_pair: Bytes,
+    pub last_resort_published: bool,
 }
 
-fn put(out: &mut Vec<u8>, b: &[u8]) {
-    out.extend_from_slice(&(b.len() as u32).to_be_bytes());
-    out.extend_from_slice(b);
+/// A timeline's bookkeeping without its posts (`tl/<timeline>/meta`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TimelineMeta {
+    pub processed_seq: u64,
+    pub has_group: bool,
+    pub own_seqs: BTreeSet<u64>,
 }
 
-fn take_u32(r: &mut &[u8]) -> Option<u32> {
-    if r.len() < 4 {
-        return None;
-    }
-    let (h, t) = r.split_at(4);
-    *r = t;
-    Some(u32::from_be_bytes(h.try_into().ok()?))
+/// An outbox entry with its position in the queue (`outbox/<msg_id>`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutboxRecord {
+    pub order: u64,
+    #[serde(flatten)]
+    pub entry: OutboxEntry,
 }
 
-fn take<'a>(r: &mut &'a [u8]) -> Option<&'a [u8]> {
-    let n = take_u32(r)? as usize;
-    if r.len() < n {
-        return None;
+fn json<T: Serialize>(t: &T) -> Vec<u8> {
+    serde_json::to_vec(t).expect("state record serializes")
+}
+
+impl AppState {
+    pub fn device_record(&self) -> Vec<u8> {
+        json(&DeviceRecord {
+            server_url: self.server_url.clone(),
+            account_id: self.account_id.clone(),
+            account_name: self.account_name.clone(),
+            device_id: self.device_id.clone(),
+            device_token: self.device_token.clone(),
+            signature_key_pair: self.signature_key_pair.clone(),
+            last_resort_published: self.last_resort_published,
+        })
     }
-    let (h, t) = r.split_at(n);
-    *r = t;
-    Some(h)
+}
+
+impl TimelineState {
+    pub fn meta_record(&self) -> Vec<u8> {
+        json(&TimelineMeta {
+            processed_seq: self.processed_seq,
+            has_group: self.has_group,
+            own_seqs: self.own_seqs.clone(),
+        })
+    }
+}
+
+pub fn post_record(post: &ReceivedPost) -> Vec<u8> {
+    json(post)
+}
+
+pub fn outbox_record(order: u64, entry: &OutboxEntry) -> Vec<u8> {
+    json(&OutboxRecord { order, entry: entry.clone() })
+}
+
+/// What a store holds, decoded.
+#[derive(Debug)]
+pub struct Loaded {
+    pub state: AppState,
+    /// The openmls storage (keys without the `mls/` prefix).
+    pub mls: HashMap<Vec<u8>, Vec<u8>>,
+    /// One more than the highest outbox order.
+    pub next_outbox_order: u64,
+}
+
+/// Decode every key/value of a store; `None` for an empty store.
+pub fn decode(pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Option<Loaded>, ClientError> {
+    fn bad(m: String) -> ClientError {
+        ClientError::CorruptState(m)
+    }
+    fn parse<'a, T: Deserialize<'a>>(key: &[u8], v: &'a [u8]) -> Result<T, ClientError> {
+        serde_json::from_slice(v).map_err(|e| bad(format!("{}: {e}", String::from_utf8_lossy(key))))
+    }
+    fn utf8(b: &[u8]) -> Result<String, ClientError> {
+        String::from_utf8(b.to_vec()).map_err(|_| bad("key is not UTF-8".into()))
+    }
+    if pairs.is_empty() {
+        return Ok(None);
+    }
+    let mut device: Option<DeviceRecord> = None;
+    let mut timelines: BTreeMap<String, TimelineState> = BTreeMap::new();
+    let mut outbox: Vec<OutboxRecord> = Vec::new();
+    let mut sent = BTreeMap::new();
+    let mut mls = HashMap::new();
+    for (k, v) in pairs {
+        if k == keys::DEVICE {
+            device = Some(parse(&k, &v)?);
+        } else if let Some(rest) = k.strip_prefix(keys::MLS) {
+            mls.insert(rest.to_vec(), v);
+        } else if let Some(rest) = k.strip_prefix(keys::TIMELINE) {
+            if let Some(tid) = rest.strip_suffix(keys::META_SUFFIX) {
+                let meta: TimelineMeta = parse(&k, &v)?;
+                let tl = timelines.entry(utf8(tid)?).or_default();
+                tl.processed_seq = meta.processed_seq;
+                tl.has_group = meta.has_group;
+                tl.own_seqs = meta.own_seqs;
+            } else if rest.len() >= 8 + keys::POST_INFIX.len()
+                && &rest[rest.len() - 8 - keys::POST_INFIX.len()..rest.len() - 8] == keys::POST_INFIX
+            {
+                let tid = &rest[..rest.len() - 8 - keys::POST_INFIX.len()];
+                let seq = u64::from_be_bytes(rest[rest.len() - 8..].try_into().expect("8 bytes"));
+                let post: ReceivedPost = parse(&k, &v)?;
+                if post.seq != seq {
+                    return Err(bad(format!("post {seq} holds seq {}", post.seq)));
+                }
+                timelines.entry(utf8(tid)?).or_default().posts.insert(seq, post);
+            } else {
+                return Err(bad(format!("unknown key {}", String::from_utf8_lossy(&k))));
+            }
+        } else if k.starts_with(keys::OUTBOX) {
+            outbox.push(parse(&k, &v)?);
+        } else if let Some(msg_id) = k.strip_prefix(keys::SENT) {
+            let seq: [u8; 8] = v.as_slice().try_into().map_err(|_| bad("bad sent seq".into()))?;
+            sent.insert(utf8(msg_id)?, u64::from_be_bytes(seq));
+        } else {
+            return Err(bad(format!("unknown key {}", String::from_utf8_lossy(&k))));
+        }
+    }
+    let device = device.ok_or_else(|| bad("no device record".into()))?;
+    outbox.sort_by_key(|r| r.order);
+    let next_outbox_order = outbox.last().map(|r| r.order + 1).unwrap_or(0);
+    let state = AppState {
+        server_url: device.server_url,
+        account_id: device.account_id,
+        account_name: device.account_name,
+        device_id: device.device_id,
+        device_token: device.device_token,
+        signature_key_pair: device.signature_key_pair,
+        last_resort_published: device.last_resort_published,
+        timelines,
+        outbox: outbox.into_iter().map(|r| r.entry).collect(),
+        sent,
+    };
+    Ok(Some(Loaded { state, mls, next_outbox_order }))
 }
 
 #[cfg(test)]
@@ -137,14 +260,20 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let mut timelines = BTreeMap::new();
         let mut tl = TimelineState { processed_seq: 7, has_group: true, ..Default::default() };
         tl.own_seqs.insert(9);
-        tl.posts.insert(
-            3,
-            ReceivedPost { seq: 3, sender_device_id: "d".into(), post: None, status: PostStatus::Undecryptable },
-        );
-        timelines.insert("t".to_string(), tl);
+        // A seq whose big-endian bytes contain '/'.
+        for seq in [3u64, 0x2f2f, u64::MAX] {
+            tl.posts.insert(
+                seq,
+                ReceivedPost { seq, sender_device_id: "d".into(), post: None, status: PostStatus::Undecryptable },
+            );
+        }
+        let entry = |id: &str| OutboxEntry {
+            timeline_id: "t".into(),
+            msg_id: id.into(),
+            post: Post { kind: tsunagu_protocol::PostKind::Text, text: "x".into(), reply_to: None, sent_at: 1 },
+        };
         let state = AppState {
             server_url: "http://x".into(),
             account_id: "a".into(),
@@ -153,17 +282,37 @@ mod tests {
             device_token: "tok".into(),
             signature_key_pair: Bytes(vec![1; 70]),
             last_resort_published: true,
-            timelines,
-            outbox: vec![],
-            sent: BTreeMap::new(),
+            timelines: [("t".to_string(), tl.clone())].into(),
+            outbox: vec![entry("z"), entry("a")],
+            sent: [("m".to_string(), 5)].into(),
         };
-        let mut storage = HashMap::new();
-        storage.insert(b"k1".to_vec(), b"v1".to_vec());
-        storage.insert(vec![], vec![0; 1000]);
-        let bytes = encode(&state, &storage);
-        let (s2, m2) = decode(&bytes).unwrap();
-        assert_eq!(s2, state);
-        assert_eq!(m2, storage);
-        assert!(decode(&bytes[..bytes.len() - 1]).is_err());
+        let mut pairs = vec![
+            (keys::DEVICE.to_vec(), state.device_record()),
+            (keys::meta("t"), tl.meta_record()),
+            (keys::outbox("a"), outbox_record(8, &state.outbox[1])),
+            (keys::outbox("z"), outbox_record(2, &state.outbox[0])),
+            (keys::sent("m"), 5u64.to_be_bytes().to_vec()),
+            (keys::mls(b"k1"), b"v1".to_vec()),
+            (keys::mls(b""), vec![0; 1000]),
+        ];
+        for p in tl.posts.values() {
+            pairs.push((keys::post("t", p.seq), post_record(p)));
+        }
+        pairs.reverse();
+        let loaded = decode(pairs.clone()).unwrap().unwrap();
+        assert_eq!(loaded.state, state);
+        assert_eq!(loaded.next_outbox_order, 9);
+        let mls: HashMap<Vec<u8>, Vec<u8>> = [(b"k1".to_vec(), b"v1".to_vec()), (vec![], vec![0; 1000])].into();
+        assert_eq!(loaded.mls, mls);
+        assert!(decode(Vec::new()).unwrap().is_none());
+        // No device record, an unknown key, a corrupt record: errors.
+        let without_device: Vec<_> = pairs.iter().filter(|(k, _)| k != keys::DEVICE).cloned().collect();
+        assert!(decode(without_device).is_err());
+        let mut unknown = pairs.clone();
+        unknown.push((b"what".to_vec(), vec![]));
+        assert!(decode(unknown).is_err());
+        let mut corrupt = pairs;
+        corrupt.push((keys::meta("u"), b"{".to_vec()));
+        assert!(decode(corrupt).is_err());
     }
 }

@@ -9,11 +9,12 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
 use tsunagu_protocol::frames::{AccountInfo, Delivered, DeviceKeyPackage, ErrorFrame, MessageKind};
-use tsunagu_protocol::{Bytes, ClientFrame, ErrorCode, ServerFrame};
+use tsunagu_protocol::{Bytes, ClientFrame, Envelope, ErrorCode, Post, PostKind, ServerFrame};
 
 use crate::core::{Core, Enrolment};
 use crate::mls as m;
-use crate::store::StateStore;
+use crate::state::keys;
+use crate::store::{Change, MemoryStore, StateStore};
 use crate::transport::Transport;
 use crate::{ClientError, PostStatus};
 
@@ -223,17 +224,53 @@ impl Transport for Conn {
     }
 }
 
+/// Every commit's changes and the store's contents after it.
+type CommitLog = Vec<(Vec<Change>, MemoryStore)>;
+
+/// A memory store shared with the test, keeping a [`CommitLog`].
 #[derive(Clone, Default)]
-struct SharedStore(Arc<Mutex<Option<Vec<u8>>>>);
+struct SharedStore(Arc<Mutex<(MemoryStore, CommitLog)>>);
+
+impl SharedStore {
+    fn commits(&self) -> usize {
+        self.0.lock().unwrap().1.len()
+    }
+    /// The commits since the `from`-th: their changes and the store after each.
+    fn log_since(&self, from: usize) -> CommitLog {
+        self.0.lock().unwrap().1[from..].to_vec()
+    }
+    fn from_snapshot(m: MemoryStore) -> Self {
+        SharedStore(Arc::new(Mutex::new((m, Vec::new()))))
+    }
+}
 
 impl StateStore for SharedStore {
-    fn load(&mut self) -> Result<Option<Vec<u8>>, ClientError> {
-        Ok(self.0.lock().unwrap().clone())
+    fn load_all(&mut self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ClientError> {
+        self.0.lock().unwrap().0.load_all()
     }
-    fn save(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
-        *self.0.lock().unwrap() = Some(bytes.to_vec());
+    fn commit(&mut self, changes: &[Change]) -> Result<(), ClientError> {
+        let mut g = self.0.lock().unwrap();
+        g.0.commit(changes)?;
+        let after = g.0.clone();
+        g.1.push((changes.to_vec(), after));
         Ok(())
     }
+}
+
+fn text_post(text: &str) -> Post {
+    Post { kind: PostKind::Text, text: text.into(), reply_to: None, sent_at: 1 }
+}
+
+fn has_put(changes: &[Change], key: &[u8]) -> bool {
+    changes.iter().any(|(k, v)| k == key && v.is_some())
+}
+
+fn has_delete(changes: &[Change], key: &[u8]) -> bool {
+    changes.iter().any(|(k, v)| k == key && v.is_none())
+}
+
+fn count_prefix(changes: &[Change], prefix: &[u8]) -> usize {
+    changes.iter().filter(|(k, _)| k.starts_with(prefix)).count()
 }
 
 struct Dev {
@@ -480,4 +517,122 @@ fn unknown_envelope_version_is_unsupported() {
     let t = texts(&d[1], &tid);
     assert_eq!(t, vec![(2, None, PostStatus::Unsupported), (3, None, PostStatus::Undecryptable)]);
     assert!(!d[1].core.take_warnings().is_empty());
+}
+
+#[test]
+fn a_post_is_one_write_before_sending_and_one_after() {
+    let (hub, mut d) = setup(2);
+    let tid = call!(d[0], create_timeline()).unwrap();
+    let b = account(&d[1]);
+    call!(d[0], add_person(&tid, &b)).unwrap();
+    sync(&mut d[1]);
+    for i in 0..5 {
+        call!(d[0], post(&tid, &format!("warm{i}"), "x", None)).unwrap();
+    }
+    sync(&mut d[0]);
+    let start = d[0].store.commits();
+    let seq = call!(d[0], post(&tid, "m1", "hello", None)).unwrap();
+    let log = d[0].store.log_since(start);
+    assert_eq!(log.len(), 2, "one durable write before the send, one after accepted");
+    // Before sending: the outbox entry and the ratchet state, together.
+    let before = &log[0].0;
+    assert!(has_put(before, &keys::outbox("m1")));
+    assert!(count_prefix(before, keys::MLS) > 0);
+    assert_eq!(count_prefix(before, keys::TIMELINE), 0);
+    // After accepted: the post (only this one), the cursor, the outbox.
+    let after = &log[1].0;
+    assert!(has_delete(after, &keys::outbox("m1")));
+    assert!(has_put(after, &keys::sent("m1")));
+    assert!(has_put(after, &keys::post(&tid, seq)));
+    assert!(has_put(after, &keys::meta(&tid)));
+    assert_eq!(after.iter().filter(|(k, _)| k.windows(6).any(|w| w == b"/post/")).count(), 1);
+
+    // A crash right after the send: restart from the first write. The
+    // ratchet generation the post used is not used again (B could not
+    // decrypt a second message with it), and the post is still in the outbox
+    // and is resent with the same msg_id (the server says duplicate).
+    let crashed = SharedStore::from_snapshot(log[0].1.clone());
+    d[0].core = Core::open(Box::new(crashed.clone())).unwrap();
+    d[0].store = crashed;
+    assert_eq!(d[0].core.outbox().len(), 1);
+    let raw = d[0].core.encrypt(&tid, &Envelope::Post(text_post("fresh")).encode()).unwrap();
+    let f = ClientFrame::Send { rid: 99, timeline_id: tid.clone(), msg_id: "raw".into(), message: Bytes(raw) };
+    let Ok(ServerFrame::Accepted { seq: s_raw, .. }) = call!(d[0], request(f)) else { panic!("not accepted") };
+    let ready = ServerFrame::Ready { protocol: 1, account_id: account(&d[0]), device_id: d[0].id() };
+    hub.borrow_mut().push(&d[0].id(), &ready);
+    let dv = &mut d[0];
+    block_on(dv.core.on_connected(&mut dv.io)).unwrap();
+    assert!(d[0].core.outbox().is_empty());
+    let mine = d[0].core.posts(&tid).into_iter().find(|p| p.seq == seq).unwrap();
+    assert_eq!(mine.post.map(|p| p.text).as_deref(), Some("hello"));
+    let s2 = call!(d[0], post(&tid, "m2", "after the crash", None)).unwrap();
+    sync(&mut d[1]);
+    let t = texts(&d[1], &tid);
+    assert_eq!(t[t.len() - 3], (seq, Some("hello".into()), PostStatus::Ok));
+    assert_eq!(t[t.len() - 2], (s_raw, Some("fresh".into()), PostStatus::Ok));
+    assert_eq!(t[t.len() - 1], (s2, Some("after the crash".into()), PostStatus::Ok));
+    assert!(d[1].core.take_warnings().is_empty());
+}
+
+#[test]
+fn receiving_writes_only_what_changed_once_per_drain() {
+    let (_hub, mut d) = setup(2);
+    let tid = call!(d[0], create_timeline()).unwrap();
+    let b = account(&d[1]);
+    call!(d[0], add_person(&tid, &b)).unwrap();
+    sync(&mut d[1]);
+    for round in 0..3 {
+        let mut seqs = Vec::new();
+        for i in 0..5 {
+            seqs.push(call!(d[0], post(&tid, &format!("r{round}p{i}"), "x", None)).unwrap());
+        }
+        let start = d[1].store.commits();
+        sync(&mut d[1]);
+        let log = d[1].store.log_since(start);
+        assert_eq!(log.len(), 1, "one durable write for the whole drain");
+        let changes = &log[0].0;
+        let posts: Vec<&Vec<u8>> = changes.iter().map(|(k, _)| k).filter(|k| k.windows(6).any(|w| w == b"/post/")).collect();
+        assert_eq!(posts.len(), 5, "only the new posts");
+        for s in &seqs {
+            assert!(has_put(changes, &keys::post(&tid, *s)));
+        }
+        assert!(has_put(changes, &keys::meta(&tid)));
+        assert!(!changes.iter().any(|(k, _)| k == keys::DEVICE));
+    }
+    assert_eq!(d[1].core.posts(&tid).len(), 15);
+}
+
+#[test]
+fn every_commit_point_reopens() {
+    let (_hub, mut d) = setup(3);
+    let start = d[1].store.commits();
+    let tid = call!(d[0], create_timeline()).unwrap();
+    let b = account(&d[1]);
+    call!(d[0], add_person(&tid, &b)).unwrap();
+    sync(&mut d[1]);
+    call!(d[0], post(&tid, "a1", "one", None)).unwrap();
+    call!(d[1], post(&tid, "b1", "two", None)).unwrap();
+    let c = account(&d[2]);
+    call!(d[1], add_person(&tid, &c)).unwrap();
+    sync(&mut d[0]);
+    call!(d[0], post(&tid, "a2", "three", None)).unwrap();
+    sync(&mut d[1]);
+    let log = d[1].store.log_since(start);
+    assert!(log.len() >= 4);
+    let mut last_seq = 0;
+    for (_, snapshot) in log {
+        let core = Core::open(Box::new(SharedStore::from_snapshot(snapshot))).unwrap();
+        let seq = core.processed_seq(&tid).unwrap_or(0);
+        assert!(seq >= last_seq);
+        last_seq = seq;
+        // The posts on disk are exactly those up to the cursor.
+        assert!(core.posts(&tid).iter().all(|p| p.seq <= seq));
+        if core.processed_seq(&tid).is_some_and(|s| s >= 1) {
+            assert!(core.epoch(&tid).is_some());
+        }
+    }
+    assert_eq!(last_seq, d[1].core.processed_seq(&tid).unwrap());
+    let reopened = Core::open(Box::new(d[1].store.clone())).unwrap();
+    assert_eq!(reopened.posts(&tid), d[1].core.posts(&tid));
+    assert_eq!(reopened.export_secret(&tid), d[1].core.export_secret(&tid));
 }
