@@ -78,6 +78,7 @@ async fn sigterm_drains_connections_and_loses_nothing() {
     // A bare device connection, to see how the server says goodbye.
     let mut watcher = raw_socket(&server).await;
     watcher.send(Message::text(r#"{"type":"subscribe","rid":1}"#)).await.unwrap();
+    while next_text(&mut watcher).await["type"] != "caught_up" {}
 
     let status = server.terminate(WAIT).expect("the server exits after SIGTERM");
     assert!(status.success(), "a graceful shutdown exits 0, got {status}");

@@ -226,7 +226,7 @@ impl Core {
             let value = self.state.timelines.get(&tid).map(TimelineState::meta_record);
             changes.insert(keys::meta(&tid), value);
         }
-        for (k, v) in self.provider.storage.take_changes() {
+        for (k, v) in self.provider.take_changes() {
             changes.insert(keys::mls(&k), v);
         }
         if changes.is_empty() {
@@ -245,7 +245,7 @@ impl Core {
 
     /// Whether changes are waiting for [`Core::save`].
     pub fn has_unsaved_changes(&self) -> bool {
-        self.dirty_device || !self.dirty_meta.is_empty() || !self.pending.is_empty() || self.provider.storage.has_changes()
+        self.dirty_device || !self.dirty_meta.is_empty() || !self.pending.is_empty() || self.provider.has_changes()
     }
 
     /// A timeline's state, for changing it (its meta record is saved next).

@@ -5,7 +5,6 @@
 pub mod core;
 pub mod error;
 pub mod mls;
-pub mod mls_storage;
 pub mod state;
 pub mod store;
 pub mod transport;

@@ -9,8 +9,11 @@ use openmls::prelude::*;
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_rust_crypto::RustCrypto;
 
+use std::collections::HashMap;
+
+use openmls_memory_storage::MemoryStorage;
+
 use crate::error::mls;
-use crate::mls_storage::TrackedStorage;
 use crate::ClientError;
 
 /// The only ciphersuite Tsunagu uses.
@@ -20,20 +23,25 @@ pub const MAX_PAST_EPOCHS: usize = 16;
 /// Exporter label used by `export_secret` (tests compare members with it).
 pub const EXPORTER_LABEL: &str = "tsunagu test";
 
-/// Crypto plus an in-memory storage that records which keys changed, so the
-/// client persists only those.
-#[derive(Default, Debug)]
+/// Crypto plus openmls's in-memory storage, and a copy of what was last
+/// persisted so that a save writes only the entries that changed.
+///
+/// The MLS state of a device is small (a few KiB per group), so comparing
+/// every entry with its persisted copy at each save costs microseconds and
+/// keeps openmls's own storage code in charge of the format.
+#[derive(Default)]
 pub struct Provider {
     crypto: RustCrypto,
-    pub storage: TrackedStorage,
+    storage: MemoryStorage,
+    persisted: HashMap<Vec<u8>, Vec<u8>>,
 }
 
 impl OpenMlsProvider for Provider {
     type CryptoProvider = RustCrypto;
     type RandProvider = RustCrypto;
-    type StorageProvider = TrackedStorage;
+    type StorageProvider = MemoryStorage;
 
-    fn storage(&self) -> &TrackedStorage {
+    fn storage(&self) -> &MemoryStorage {
         &self.storage
     }
     fn crypto(&self) -> &RustCrypto {
@@ -45,8 +53,41 @@ impl OpenMlsProvider for Provider {
 }
 
 impl Provider {
-    pub fn with_values(values: std::collections::HashMap<Vec<u8>, Vec<u8>>) -> Self {
-        Provider { crypto: RustCrypto::default(), storage: TrackedStorage::from_map(values) }
+    /// A provider whose storage holds `values`, all of them persisted already.
+    pub fn with_values(values: HashMap<Vec<u8>, Vec<u8>>) -> Self {
+        let storage = MemoryStorage::default();
+        *storage.values.write().expect("storage lock") = values.clone();
+        Provider { crypto: RustCrypto::default(), storage, persisted: values }
+    }
+
+    /// Entries written (`Some`) or deleted (`None`) since the last call; they
+    /// count as persisted from now on.
+    pub fn take_changes(&mut self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        let values = self.storage.values.read().expect("storage lock");
+        let mut changes: Vec<(Vec<u8>, Option<Vec<u8>>)> = values
+            .iter()
+            .filter(|(k, v)| self.persisted.get(*k) != Some(*v))
+            .map(|(k, v)| (k.clone(), Some(v.clone())))
+            .collect();
+        changes.extend(self.persisted.keys().filter(|k| !values.contains_key(*k)).map(|k| (k.clone(), None)));
+        for (k, v) in &changes {
+            match v {
+                Some(v) => self.persisted.insert(k.clone(), v.clone()),
+                None => self.persisted.remove(k),
+            };
+        }
+        changes
+    }
+
+    pub fn has_changes(&self) -> bool {
+        let values = self.storage.values.read().expect("storage lock");
+        values.len() != self.persisted.len() || values.iter().any(|(k, v)| self.persisted.get(k) != Some(v))
+    }
+}
+
+impl std::fmt::Debug for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Provider({} MLS entries)", self.persisted.len())
     }
 }
 

@@ -8,6 +8,7 @@
 //! SQLite writes go through a single-connection pool so writers queue in
 //! process instead of polling the file lock.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -335,6 +336,21 @@ impl Db {
         row.map(|r| Ok(LockedTimeline { epoch: r.try_get(0)?, head_seq: r.try_get(1)?, public_state: r.try_get(2)? })).transpose()
     }
 
+    /// Lock a timeline for appending (see the module comment): its epoch and
+    /// highest seq, or `None` if there is no such timeline.
+    pub async fn lock_head(tx: &mut Tx, id: &str) -> Result<Option<(i64, i64)>> {
+        let row = sqlx::query("UPDATE timelines SET head_seq = head_seq WHERE id = $1 RETURNING epoch, head_seq")
+            .bind(id)
+            .fetch_optional(&mut **tx)
+            .await?;
+        row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).transpose()
+    }
+
+    pub async fn set_head(tx: &mut Tx, id: &str, head_seq: i64) -> Result<()> {
+        sqlx::query("UPDATE timelines SET head_seq = $1 WHERE id = $2").bind(head_seq).bind(id).execute(&mut **tx).await?;
+        Ok(())
+    }
+
     /// Take the next sequence number of a timeline if it is at `epoch`;
     /// `Err(current epoch)` otherwise, `None` if there is no such timeline.
     pub async fn next_seq_at_epoch(tx: &mut Tx, id: &str, epoch: i64) -> Result<Option<std::result::Result<i64, i64>>> {
@@ -387,6 +403,48 @@ impl Db {
             .fetch_optional(&self.read)
             .await?;
         row.map(|r| Ok(Existing { timeline_id: r.try_get(0)?, seq: r.try_get(1)?, epoch: r.try_get(2)? })).transpose()
+    }
+
+    /// Insert many messages with multi-row statements.
+    pub async fn insert_messages(tx: &mut Tx, messages: &[StoredMessage]) -> Result<()> {
+        // 8 parameters a row; 400 rows stay far below every backend's limit.
+        for chunk in messages.chunks(400) {
+            let mut sql = String::from("INSERT INTO messages (timeline_id, seq, epoch, kind, sender_device_id, msg_id, stored_at, data) VALUES ");
+            for i in 0..chunk.len() {
+                let b = i * 8;
+                let sep = if i == 0 { "" } else { ", " };
+                sql.push_str(&format!("{sep}(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7, b + 8));
+            }
+            // Only generated placeholders are spliced in; every value is bound.
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for m in chunk {
+                query = query.bind(&m.timeline_id).bind(m.seq).bind(m.epoch).bind(&m.kind).bind(&m.sender_device_id).bind(&m.msg_id).bind(m.stored_at).bind(&m.data);
+            }
+            query.execute(&mut **tx).await?;
+        }
+        Ok(())
+    }
+
+    /// Which of these `(device, msg_id)` pairs are already stored.
+    pub async fn existing_messages_tx(tx: &mut Tx, pairs: &[(&str, &str)]) -> Result<HashMap<(String, String), Existing>> {
+        let mut found = HashMap::new();
+        for chunk in pairs.chunks(400) {
+            let values: Vec<String> = (0..chunk.len()).map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2)).collect();
+            let sql = format!(
+                "SELECT sender_device_id, msg_id, timeline_id, seq, epoch FROM messages WHERE (sender_device_id, msg_id) IN (VALUES {})",
+                values.join(", ")
+            );
+            // Only generated placeholders are spliced in; every value is bound.
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (device, msg_id) in chunk {
+                query = query.bind(*device).bind(*msg_id);
+            }
+            for r in query.fetch_all(&mut **tx).await? {
+                let key = (r.try_get(0)?, r.try_get(1)?);
+                found.insert(key, Existing { timeline_id: r.try_get(2)?, seq: r.try_get(3)?, epoch: r.try_get(4)? });
+            }
+        }
+        Ok(found)
     }
 
     pub async fn existing_message_tx(tx: &mut Tx, device_id: &str, msg_id: &str) -> Result<Option<Existing>> {

@@ -5,7 +5,7 @@
 //! durable. Commits (MLS handshakes) do not come through here: they are rare
 //! and each is its own transaction in `ws.rs`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
@@ -13,7 +13,7 @@ use tsunagu_protocol::frames::MessageKind;
 use tsunagu_protocol::ErrorCode;
 
 use crate::cluster::Cluster;
-use crate::db::{Db, Existing, StoredMessage, Tx};
+use crate::db::{Db, Existing, StoredMessage};
 use crate::error::{ApiError, StoreError};
 use crate::hub::Hub;
 use crate::metrics::{KindLabel, Metrics};
@@ -106,37 +106,97 @@ async fn run(db: Db, hub: Arc<Hub>, cluster: Cluster, metrics: Arc<Metrics>, mut
 
 /// Store every request of a batch in one transaction and publish the stored
 /// ones after the commit. Per-request refusals are outcomes, not errors.
+///
+/// The statements scale with the timelines in the batch, not its messages:
+/// one query finds retried `msg_id`s; each timeline is locked once (in id
+/// order, so nodes lock in the same order and cannot deadlock), its member set
+/// read once (usually from the hub's per-epoch cache) and its head moved once;
+/// then one multi-row insert stores every message.
 async fn store_batch(db: &Db, hub: &Hub, cluster: &Cluster, jobs: &[(SendRequest, Reply)]) -> Result<Vec<Result<Outcome, ApiError>>, StoreError> {
     let mut tx = db.begin().await?;
-    let mut outcomes = Vec::with_capacity(jobs.len());
-    // A msg_id sent twice within one batch: the second is the first's duplicate.
-    let mut in_batch: HashMap<(&str, &str), usize> = HashMap::new();
     let now = now_ms();
+    let pairs: Vec<(&str, &str)> = jobs.iter().map(|(r, _)| (r.device_id.as_str(), r.msg_id.as_str())).collect();
+    let existing = Db::existing_messages_tx(&mut tx, &pairs).await?;
+
+    let mut outcomes: Vec<Option<Result<Outcome, Pending>>> = jobs.iter().map(|_| None).collect();
+    let mut first_seen: HashMap<(&str, &str), usize> = HashMap::new();
+    let mut by_timeline: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (i, (req, _)) in jobs.iter().enumerate() {
-        if let Some(&first) = in_batch.get(&(req.device_id.as_str(), req.msg_id.as_str())) {
-            outcomes.push(Err(Pending::DuplicateOf(first)));
+        let key = (req.device_id.as_str(), req.msg_id.as_str());
+        if let Some(e) = existing.get(&(req.device_id.clone(), req.msg_id.clone())) {
+            outcomes[i] = Some(if e.timeline_id == req.timeline_id {
+                Ok(Outcome::Duplicate(e.clone()))
+            } else {
+                Err(Pending::Refused(ApiError::new(ErrorCode::MsgIdReused, "this msg_id was used in another timeline")))
+            });
+        } else if let Some(&first) = first_seen.get(&key) {
+            outcomes[i] = Some(Err(Pending::DuplicateOf(first)));
+        } else {
+            first_seen.insert(key, i);
+            by_timeline.entry(req.timeline_id.as_str()).or_default().push(i);
+        }
+    }
+
+    let mut rows: Vec<StoredMessage> = Vec::new();
+    let mut stored_at: Vec<(usize, usize, Arc<Vec<String>>)> = Vec::new();
+    for (timeline_id, indexes) in by_timeline {
+        let not_member = || Err(Pending::Refused(ApiError::new(ErrorCode::NotMember, "this device is not a member of the timeline")));
+        let Some((epoch, head)) = Db::lock_head(&mut tx, timeline_id).await? else {
+            for i in indexes {
+                outcomes[i] = Some(not_member());
+            }
             continue;
+        };
+        let members = match hub.members_at(timeline_id, epoch) {
+            Some(m) => m,
+            None => hub.set_members(timeline_id, epoch, Db::member_devices_tx(&mut tx, timeline_id).await?),
+        };
+        let mut seq = head;
+        for i in indexes {
+            let req = &jobs[i].0;
+            outcomes[i] = Some(if !members.contains(&req.device_id) {
+                not_member()
+            } else if req.epoch != epoch {
+                let msg = format!("the timeline is at epoch {epoch}; catch up and encrypt again");
+                Err(Pending::Refused(ApiError::epoch(ErrorCode::StaleEpoch, msg, epoch as u64)))
+            } else {
+                seq += 1;
+                stored_at.push((i, rows.len(), members.clone()));
+                rows.push(StoredMessage {
+                    timeline_id: timeline_id.to_owned(),
+                    seq,
+                    epoch,
+                    kind: MessageKind::Application.as_str().to_owned(),
+                    sender_device_id: req.device_id.clone(),
+                    msg_id: req.msg_id.clone(),
+                    stored_at: now,
+                    data: req.data.clone(),
+                });
+                continue;
+            });
         }
-        in_batch.insert((&req.device_id, &req.msg_id), i);
-        outcomes.push(store_one(&mut tx, hub, req, now).await?);
-    }
-    // Tell the other nodes, per timeline, which seqs this batch stored.
-    let mut ranges: HashMap<&str, (i64, i64)> = HashMap::new();
-    for outcome in &outcomes {
-        if let Ok(Outcome::Stored { message, .. }) = outcome {
-            let range = ranges.entry(&message.timeline_id).or_insert((message.seq, message.seq));
-            *range = (range.0.min(message.seq), range.1.max(message.seq));
+        if seq > head {
+            Db::set_head(&mut tx, timeline_id, seq).await?;
+            // Tell the other nodes which seqs this batch stored.
+            cluster.messages_stored(&mut tx, timeline_id, head + 1, seq).await?;
         }
     }
-    for (timeline_id, (from, to)) in ranges {
-        cluster.messages_stored(&mut tx, timeline_id, from, to).await?;
-    }
+    Db::insert_messages(&mut tx, &rows).await?;
     tx.commit().await?;
+
+    for (_, row, recipients) in &stored_at {
+        hub.publish_message(recipients, &rows[*row]);
+    }
+    let mut rows: Vec<Option<StoredMessage>> = rows.into_iter().map(Some).collect();
+    for (i, row, recipients) in stored_at {
+        let message = rows[row].take().expect("each row is one request's");
+        outcomes[i] = Some(Ok(Outcome::Stored { message, recipients }));
+    }
 
     // Resolve in-batch duplicates against what their first copy became.
     let mut resolved: Vec<Result<Outcome, ApiError>> = Vec::with_capacity(outcomes.len());
     for outcome in outcomes {
-        let r = match outcome {
+        let r = match outcome.expect("every request has an outcome") {
             Ok(o) => Ok(o),
             Err(Pending::Refused(e)) => Err(e),
             Err(Pending::DuplicateOf(first)) => match &resolved[first] {
@@ -149,51 +209,10 @@ async fn store_batch(db: &Db, hub: &Hub, cluster: &Cluster, jobs: &[(SendRequest
         };
         resolved.push(r);
     }
-    for outcome in &resolved {
-        if let Ok(Outcome::Stored { message, recipients }) = outcome {
-            hub.publish_message(recipients, message);
-        }
-    }
     Ok(resolved)
 }
 
 enum Pending {
     Refused(ApiError),
     DuplicateOf(usize),
-}
-
-async fn store_one(tx: &mut Tx, hub: &Hub, req: &SendRequest, now: i64) -> Result<Result<Outcome, Pending>, StoreError> {
-    if let Some(existing) = Db::existing_message_tx(tx, &req.device_id, &req.msg_id).await? {
-        if existing.timeline_id != req.timeline_id {
-            return Ok(Err(Pending::Refused(ApiError::new(ErrorCode::MsgIdReused, "this msg_id was used in another timeline"))));
-        }
-        return Ok(Ok(Outcome::Duplicate(existing)));
-    }
-    if !Db::is_member_tx(tx, &req.timeline_id, &req.device_id).await? {
-        return Ok(Err(Pending::Refused(ApiError::new(ErrorCode::NotMember, "this device is not a member of the timeline"))));
-    }
-    let seq = match Db::next_seq_at_epoch(tx, &req.timeline_id, req.epoch).await? {
-        None => return Ok(Err(Pending::Refused(ApiError::new(ErrorCode::UnknownTimeline, "no such timeline")))),
-        Some(Err(current)) => {
-            let msg = format!("the timeline is at epoch {current}; catch up and encrypt again");
-            return Ok(Err(Pending::Refused(ApiError::epoch(ErrorCode::StaleEpoch, msg, current as u64))));
-        }
-        Some(Ok(seq)) => seq,
-    };
-    let recipients = match hub.members_at(&req.timeline_id, req.epoch) {
-        Some(m) => m,
-        None => hub.set_members(&req.timeline_id, req.epoch, Db::member_devices_tx(tx, &req.timeline_id).await?),
-    };
-    let message = StoredMessage {
-        timeline_id: req.timeline_id.clone(),
-        seq,
-        epoch: req.epoch,
-        kind: MessageKind::Application.as_str().to_owned(),
-        sender_device_id: req.device_id.clone(),
-        msg_id: req.msg_id.clone(),
-        stored_at: now,
-        data: req.data.clone(),
-    };
-    Db::insert_message(tx, &message).await?;
-    Ok(Ok(Outcome::Stored { message, recipients }))
 }

@@ -32,6 +32,8 @@ const MAX_KEY_PACKAGES: usize = 500;
 const CURSOR_FLUSH: Duration = Duration::from_secs(1);
 /// Sends a connection may have waiting for storage before it stops reading.
 const MAX_IN_FLIGHT: usize = 64;
+/// How long a draining connection waits for the device's Close reply.
+const CLOSE_HANDSHAKE: Duration = Duration::from_secs(2);
 /// Live pushes written before one flush of the socket.
 const PUSH_BURST: usize = 128;
 
@@ -101,6 +103,17 @@ pub async fn serve(socket: WebSocket, state: AppState, device: Device) {
             _ = flush.tick(), if !conn.acks.is_empty() => { Box::pin(conn.flush_acks()).await; Ok(()) }
             _ = shutdown.cancelled() => {
                 Box::pin(conn.drain()).await;
+                // The closing handshake: read until the device's Close (or
+                // EOF), so no unread bytes make the kernel reset the socket
+                // and destroy our Close frame in flight.
+                let _ = tokio::time::timeout(CLOSE_HANDSHAKE, async {
+                    while let Some(Ok(msg)) = stream.next().await {
+                        if matches!(msg, Message::Close(_)) {
+                            break;
+                        }
+                    }
+                })
+                .await;
                 break;
             }
         };
