@@ -430,8 +430,12 @@ impl Db {
         let mut found = HashMap::new();
         for chunk in pairs.chunks(400) {
             let values: Vec<String> = (0..chunk.len()).map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2)).collect();
+            // A join on VALUES, not a row-value IN: SQLite scans the whole
+            // index for the latter, but searches it once per pair for this.
+            // Both backends name the VALUES columns column1, column2.
             let sql = format!(
-                "SELECT sender_device_id, msg_id, timeline_id, seq, epoch FROM messages WHERE (sender_device_id, msg_id) IN (VALUES {})",
+                "SELECT m.sender_device_id, m.msg_id, m.timeline_id, m.seq, m.epoch FROM messages m \
+                 JOIN (VALUES {}) AS v ON m.sender_device_id = v.column1 AND m.msg_id = v.column2",
                 values.join(", ")
             );
             // Only generated placeholders are spliced in; every value is bound.

@@ -15,21 +15,33 @@ use tsunagu_protocol::{Bytes, ServerFrame};
 
 use crate::db::StoredMessage;
 
-/// What a connection receives from the hub.
+/// What a connection receives from the hub (16 bytes: a queue's slots stay
+/// small).
 #[derive(Debug, Clone)]
 pub enum Push {
     /// A stored timeline message, already serialized as a `message` frame.
-    Message { timeline_id: Arc<str>, seq: i64, frame: Utf8Bytes, stored: std::time::Instant },
+    /// Boxed so that every connection's queue stays small while idle.
+    Message(Box<MessagePush>),
     /// A `welcome` frame for this device.
-    Welcome { timeline_id: Arc<str>, seq: i64, frame: Utf8Bytes },
+    Welcome(Box<MessagePush>),
     /// Something may have been missed: catch up from the database.
     Resync,
+}
+
+#[derive(Debug, Clone)]
+pub struct MessagePush {
+    pub timeline_id: Arc<str>,
+    pub seq: i64,
+    pub frame: Utf8Bytes,
+    /// When it was published, just after it became durable.
+    pub stored: std::time::Instant,
 }
 
 impl Push {
     pub fn welcome(welcome_id: i64, timeline_id: &str, seq: i64, data: Vec<u8>) -> Push {
         let frame = ServerFrame::Welcome { welcome_id: welcome_id as u64, timeline_id: timeline_id.to_owned(), seq: seq as u64, welcome: Bytes(data) };
-        Push::Welcome { timeline_id: timeline_id.into(), seq, frame: serde_json::to_string(&frame).expect("frames serialize").into() }
+        let frame = serde_json::to_string(&frame).expect("frames serialize").into();
+        Push::Welcome(Box::new(MessagePush { timeline_id: timeline_id.into(), seq, frame, stored: std::time::Instant::now() }))
     }
 }
 
@@ -106,12 +118,12 @@ impl Hub {
 
     /// Push a stored timeline message to its recipients' connections.
     pub fn publish_message(&self, recipients: &[String], message: &StoredMessage) {
-        let push = Push::Message {
+        let push = Push::Message(Box::new(MessagePush {
             timeline_id: message.timeline_id.as_str().into(),
             seq: message.seq,
             frame: message_frame(message),
             stored: std::time::Instant::now(),
-        };
+        }));
         self.publish(recipients, &push);
     }
 

@@ -18,7 +18,7 @@ use tsunagu_protocol::{Bytes, ClientFrame, ErrorCode, ServerFrame, PROTOCOL_VERS
 
 use crate::db::{Db, Device, StoredMessage};
 use crate::error::ApiError;
-use crate::hub::{message_frame, Push, Subscription};
+use crate::hub::{message_frame, MessagePush, Push, Subscription};
 use crate::metrics::{CodeLabel, KindLabel};
 use crate::mls::{self, PublicState};
 use crate::writer::{Outcome, SendRequest};
@@ -358,7 +358,8 @@ impl Connection {
 
     async fn deliver(&mut self, push: Push) -> Result<(), Handled> {
         match push {
-            Push::Welcome { timeline_id, seq, frame } => {
+            Push::Welcome(push) => {
+                let MessagePush { timeline_id, seq, frame, .. } = *push;
                 if self.last_sent.get(&*timeline_id).is_some_and(|&s| s >= seq) {
                     return Ok(());
                 }
@@ -366,7 +367,8 @@ impl Connection {
                 self.last_sent.insert(timeline_id.to_string(), seq);
             }
             Push::Resync => self.catch_up().await?,
-            Push::Message { timeline_id, seq, frame, stored } => {
+            Push::Message(push) => {
+                let MessagePush { timeline_id, seq, frame, stored } = *push;
                 let last = match self.last_sent.get(&*timeline_id) {
                     Some(&last) => last,
                     // Not yet known on this connection: start from the stored cursor.
