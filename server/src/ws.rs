@@ -676,3 +676,25 @@ impl From<Closed> for Handled {
         Handled::Closed
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future a function returns, without calling it.
+    fn future_size<F, Fut>(_: F) -> usize
+    where
+        F: FnOnce(WebSocket, AppState, Device) -> Fut,
+    {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// Every idle connection holds one `serve` future; the request handlers
+    /// are boxed so that their (large) state is allocated only while they run.
+    #[test]
+    fn an_idle_connection_future_stays_small() {
+        let bytes = future_size(serve);
+        println!("serve future: {bytes} bytes");
+        assert!(bytes < 2048, "the connection future grew to {bytes} bytes");
+    }
+}
