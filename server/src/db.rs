@@ -346,6 +346,18 @@ impl Db {
         row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).transpose()
     }
 
+    /// Reserve `count` seqs of a timeline if it is still at `epoch`, in one
+    /// statement that also takes the lock; the new head, or `None`.
+    pub async fn append_at_epoch(tx: &mut Tx, id: &str, epoch: i64, count: i64) -> Result<Option<i64>> {
+        let row = sqlx::query("UPDATE timelines SET head_seq = head_seq + $1 WHERE id = $2 AND epoch = $3 RETURNING head_seq")
+            .bind(count)
+            .bind(id)
+            .bind(epoch)
+            .fetch_optional(&mut **tx)
+            .await?;
+        row.map(|r| Ok(r.try_get(0)?)).transpose()
+    }
+
     pub async fn set_head(tx: &mut Tx, id: &str, head_seq: i64) -> Result<()> {
         sqlx::query("UPDATE timelines SET head_seq = $1 WHERE id = $2").bind(head_seq).bind(id).execute(&mut **tx).await?;
         Ok(())
@@ -407,8 +419,9 @@ impl Db {
 
     /// Insert many messages with multi-row statements.
     pub async fn insert_messages(tx: &mut Tx, messages: &[StoredMessage]) -> Result<()> {
-        // 8 parameters a row; 400 rows stay far below every backend's limit.
-        for chunk in messages.chunks(400) {
+        // 32 rows (256 parameters) a statement: binding `$n` parameters costs
+        // SQLite a linear name lookup each, so huge statements are quadratic.
+        for chunk in messages.chunks(32) {
             let mut sql = String::from("INSERT INTO messages (timeline_id, seq, epoch, kind, sender_device_id, msg_id, stored_at, data) VALUES ");
             for i in 0..chunk.len() {
                 let b = i * 8;
@@ -428,7 +441,8 @@ impl Db {
     /// Which of these `(device, msg_id)` pairs are already stored.
     pub async fn existing_messages_tx(tx: &mut Tx, pairs: &[(&str, &str)]) -> Result<HashMap<(String, String), Existing>> {
         let mut found = HashMap::new();
-        for chunk in pairs.chunks(400) {
+        // Small statements, for the same reason as in `insert_messages`.
+        for chunk in pairs.chunks(64) {
             let values: Vec<String> = (0..chunk.len()).map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2)).collect();
             // A join on VALUES, not a row-value IN: SQLite scans the whole
             // index for the latter, but searches it once per pair for this.

@@ -105,7 +105,8 @@ pub async fn run(listener: TcpListener, config: ServeConfig, shutdown: impl Futu
 /// lines carry ids, sequence numbers and sizes, never message content.
 pub fn init_logging(format: config::LogFormat) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // sqlx repeats PostgreSQL's "already exists, skipping" notices at info.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx::postgres::notice=warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
         config::LogFormat::Json => builder.json().try_init(),

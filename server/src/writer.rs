@@ -139,8 +139,35 @@ async fn store_batch(db: &Db, hub: &Hub, cluster: &Cluster, jobs: &[(SendRequest
 
     let mut rows: Vec<StoredMessage> = Vec::new();
     let mut stored_at: Vec<(usize, usize, Arc<Vec<String>>)> = Vec::new();
+    let not_member = || Err(Pending::Refused(ApiError::new(ErrorCode::NotMember, "this device is not a member of the timeline")));
     for (timeline_id, indexes) in by_timeline {
-        let not_member = || Err(Pending::Refused(ApiError::new(ErrorCode::NotMember, "this device is not a member of the timeline")));
+        // The common case in one statement: every send is at the same epoch,
+        // whose member set is cached; the update checks that the epoch is
+        // still current while it reserves the seqs.
+        let epoch = jobs[indexes[0]].0.epoch;
+        if let Some(members) = hub.members_at(timeline_id, epoch).filter(|_| indexes.iter().all(|&i| jobs[i].0.epoch == epoch)) {
+            let (accepted, refused): (Vec<usize>, Vec<usize>) = indexes.iter().partition(|&&i| members.contains(&jobs[i].0.device_id));
+            let reserved = match accepted.len() {
+                0 => None,
+                n => Db::append_at_epoch(&mut tx, timeline_id, epoch, n as i64).await?,
+            };
+            if accepted.is_empty() || reserved.is_some() {
+                for i in refused {
+                    outcomes[i] = Some(not_member());
+                }
+                if let Some(head) = reserved {
+                    let first = head - accepted.len() as i64 + 1;
+                    for (seq, &i) in (first..=head).zip(&accepted) {
+                        stored_at.push((i, rows.len(), members.clone()));
+                        rows.push(stored_message(&jobs[i].0, timeline_id, seq, now));
+                        outcomes[i] = Some(Err(Pending::Stored));
+                    }
+                    cluster.messages_stored(&mut tx, timeline_id, first, head).await?;
+                }
+                continue;
+            }
+            // The epoch moved on (or the timeline is gone): check each send.
+        }
         let Some((epoch, head)) = Db::lock_head(&mut tx, timeline_id).await? else {
             for i in indexes {
                 outcomes[i] = Some(not_member());
@@ -162,17 +189,8 @@ async fn store_batch(db: &Db, hub: &Hub, cluster: &Cluster, jobs: &[(SendRequest
             } else {
                 seq += 1;
                 stored_at.push((i, rows.len(), members.clone()));
-                rows.push(StoredMessage {
-                    timeline_id: timeline_id.to_owned(),
-                    seq,
-                    epoch,
-                    kind: MessageKind::Application.as_str().to_owned(),
-                    sender_device_id: req.device_id.clone(),
-                    msg_id: req.msg_id.clone(),
-                    stored_at: now,
-                    data: req.data.clone(),
-                });
-                continue;
+                rows.push(stored_message(req, timeline_id, seq, now));
+                Err(Pending::Stored)
             });
         }
         if seq > head {
@@ -199,6 +217,7 @@ async fn store_batch(db: &Db, hub: &Hub, cluster: &Cluster, jobs: &[(SendRequest
         let r = match outcome.expect("every request has an outcome") {
             Ok(o) => Ok(o),
             Err(Pending::Refused(e)) => Err(e),
+            Err(Pending::Stored) => unreachable!("stored outcomes are filled in after the commit"),
             Err(Pending::DuplicateOf(first)) => match &resolved[first] {
                 Ok(Outcome::Stored { message, .. }) => {
                     Ok(Outcome::Duplicate(Existing { timeline_id: message.timeline_id.clone(), seq: message.seq, epoch: message.epoch }))
@@ -213,6 +232,21 @@ async fn store_batch(db: &Db, hub: &Hub, cluster: &Cluster, jobs: &[(SendRequest
 }
 
 enum Pending {
+    /// Stored in this batch; the outcome is filled in after the commit.
+    Stored,
     Refused(ApiError),
     DuplicateOf(usize),
+}
+
+fn stored_message(req: &SendRequest, timeline_id: &str, seq: i64, now: i64) -> StoredMessage {
+    StoredMessage {
+        timeline_id: timeline_id.to_owned(),
+        seq,
+        epoch: req.epoch,
+        kind: MessageKind::Application.as_str().to_owned(),
+        sender_device_id: req.device_id.clone(),
+        msg_id: req.msg_id.clone(),
+        stored_at: now,
+        data: req.data.clone(),
+    }
 }
