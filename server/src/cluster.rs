@@ -56,8 +56,7 @@ impl Cluster {
             return Ok(());
         }
         let payload = serde_json::to_string(event).expect("events serialize");
-        sqlx::query("SELECT pg_notify($1, $2)").bind(CHANNEL).bind(payload).execute(&mut **tx).await?;
-        Ok(())
+        Db::notify(tx, CHANNEL, &payload).await
     }
 
     /// Listen for the other nodes' notifications until the process ends.

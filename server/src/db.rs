@@ -336,6 +336,12 @@ impl Db {
         row.map(|r| Ok(LockedTimeline { epoch: r.try_get(0)?, head_seq: r.try_get(1)?, public_state: r.try_get(2)? })).transpose()
     }
 
+    /// Queue a PostgreSQL notification, delivered only if `tx` commits.
+    pub async fn notify(tx: &mut Tx, channel: &str, payload: &str) -> Result<()> {
+        sqlx::query("SELECT pg_notify($1, $2)").bind(channel).bind(payload).execute(&mut **tx).await?;
+        Ok(())
+    }
+
     /// Lock a timeline for appending (see the module comment): its epoch and
     /// highest seq, or `None` if there is no such timeline.
     pub async fn lock_head(tx: &mut Tx, id: &str) -> Result<Option<(i64, i64)>> {

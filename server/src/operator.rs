@@ -26,41 +26,32 @@ pub fn normalize_code(code: &str) -> String {
 
 pub async fn run(storage: &StorageConfig, cmd: AccountCommand) -> anyhow::Result<()> {
     let db = Db::connect(storage).await?;
-    let (account_id, options) = match cmd {
-        AccountCommand::Create { name, count, code } if count != 1 => {
+    let (accounts, options) = match cmd {
+        AccountCommand::Create { name, count, code } => {
             let name = name.trim();
             anyhow::ensure!(!name.is_empty(), "the account needs a name");
             anyhow::ensure!(count >= 1, "--count must be at least 1");
+            let mut ids = Vec::new();
             for i in 1..=count {
                 let id = uuid::Uuid::new_v4().to_string();
-                db.create_account(&id, &format!("{name}-{i}"), now_ms()).await?;
-                let c = issue_code(&db, &id, &code).await?;
-                if code.json {
-                    println!("{}", serde_json::json!({ "account_id": id, "code": c }));
-                } else {
-                    println!("account: {id}\nenrolment code: {c}\n(valid for {} hours, once)", code.ttl_hours);
-                }
+                let display = if count == 1 { name.to_owned() } else { format!("{name}-{i}") };
+                db.create_account(&id, &display, now_ms()).await?;
+                ids.push(id);
             }
-            db.close().await;
-            return Ok(());
-        }
-        AccountCommand::Create { name, code, .. } => {
-            let name = name.trim();
-            anyhow::ensure!(!name.is_empty(), "the account needs a name");
-            let id = uuid::Uuid::new_v4().to_string();
-            db.create_account(&id, name, now_ms()).await?;
-            (id, code)
+            (ids, code)
         }
         AccountCommand::Code { account, code } => {
             anyhow::ensure!(db.account_exists(&account).await?, "no account {account}");
-            (account, code)
+            (vec![account], code)
         }
     };
-    let code = issue_code(&db, &account_id, &options).await?;
-    if options.json {
-        println!("{}", serde_json::json!({ "account_id": account_id, "code": code }));
-    } else {
-        println!("account: {account_id}\nenrolment code: {code}\n(valid for {} hours, once)", options.ttl_hours);
+    for account_id in accounts {
+        let code = issue_code(&db, &account_id, &options).await?;
+        if options.json {
+            println!("{}", serde_json::json!({ "account_id": account_id, "code": code }));
+        } else {
+            println!("account: {account_id}\nenrolment code: {code}\n(valid for {} hours, once)", options.ttl_hours);
+        }
     }
     db.close().await;
     Ok(())
