@@ -1,17 +1,14 @@
 //! OpenMLS glue: the provider whose storage we persist, the group
 //! configuration Tsunagu uses, and parsing of MLS wire messages.
 
-use openmls::prelude::tls_codec::Deserialize as _;
-#[allow(unused_imports)]
-use openmls::prelude::tls_codec;
-use openmls::messages::group_info::{GroupInfo, VerifiableGroupInfo};
-use openmls::prelude::*;
-use openmls_basic_credential::SignatureKeyPair;
-use openmls_rust_crypto::RustCrypto;
-
 use std::collections::HashMap;
 
+use openmls::messages::group_info::{GroupInfo, VerifiableGroupInfo};
+use openmls::prelude::tls_codec::Deserialize as _;
+use openmls::prelude::*;
+use openmls_basic_credential::SignatureKeyPair;
 use openmls_memory_storage::MemoryStorage;
+use openmls_rust_crypto::RustCrypto;
 
 use crate::error::mls;
 use crate::ClientError;
