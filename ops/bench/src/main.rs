@@ -427,6 +427,17 @@ async fn create_account(
 }
 
 /// Refuse database URLs that do not point at this machine.
+/// The server the bench starts: a binary that exists, and a loopback database.
+fn check_server(database_url: Option<&str>, server_bin: &std::path::Path) -> Result<()> {
+    if let Some(url) = database_url {
+        check_database_url(url)?;
+    }
+    if !server_bin.exists() {
+        bail!("no server binary at {} (build it: cargo build --release -p tsunagu-server)", server_bin.display());
+    }
+    Ok(())
+}
+
 fn check_database_url(url: &str) -> Result<()> {
     let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
     let authority = rest.split(['/', '?']).next().unwrap_or("");
@@ -1170,16 +1181,7 @@ fn main() {
         if args.text_bytes < 16 {
             bail!("--text-bytes must be at least 16");
         }
-        if let Some(url) = &args.database_url {
-            check_database_url(url)?;
-        }
-        if !args.server_bin.exists() {
-            bail!(
-                "no server binary at {} (build it: cargo build --release -p tsunagu-server)",
-                args.server_bin.display()
-            );
-        }
-        Ok(())
+        check_server(args.database_url.as_deref(), &args.server_bin)
     };
     if let Err(e) = check() {
         eprintln!("tsunagu-bench: {e:#}");

@@ -22,7 +22,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tsunagu_client::{Client, MemoryStore};
 
-use crate::{check_database_url, Server};
+use crate::Server;
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -115,16 +115,7 @@ pub fn main(argv: &[String]) -> i32 {
                 bail!("--only: unknown part {o} (fanout, idle, storm, mls)");
             }
         }
-        if let Some(url) = &args.database_url {
-            check_database_url(url)?;
-        }
-        if !args.server_bin.exists() {
-            bail!(
-                "no server binary at {} (build it: cargo build --release -p tsunagu-server)",
-                args.server_bin.display()
-            );
-        }
-        Ok(())
+        crate::check_server(args.database_url.as_deref(), &args.server_bin)
     };
     if let Err(e) = check() {
         eprintln!("tsunagu-bench suite: {e:#}");
