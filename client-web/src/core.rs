@@ -22,7 +22,7 @@ use tsunagu_protocol::{Bytes, ClientFrame, Envelope, ErrorCode, Post, PostKind, 
 
 use crate::error::mls;
 use crate::mls::{self as m, Provider};
-use crate::state::{self, keys, AppState, OutboxEntry, PostStatus, ReceivedPost, TimelineState};
+use crate::state::{self, keys, AppState, DeviceRecord, OutboxEntry, PostStatus, ReceivedPost, TimelineState};
 use crate::store::{Change as StoreChange, StateStore};
 use crate::transport::Transport;
 use crate::ClientError;
@@ -90,7 +90,7 @@ pub struct Core {
 impl std::fmt::Debug for Core {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Core")
-            .field("device_id", &self.state.device_id)
+            .field("device_id", &self.state.device.device_id)
             .field("timelines", &self.state.timelines.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
@@ -153,7 +153,7 @@ impl Core {
         enrolment: Enrolment,
         signer: SignatureKeyPair,
     ) -> Result<Core, ClientError> {
-        let state = AppState {
+        let device = DeviceRecord {
             server_url: enrolment.server_url,
             account_id: enrolment.account_id,
             account_name: enrolment.account_name,
@@ -161,6 +161,9 @@ impl Core {
             device_token: enrolment.device_token,
             signature_key_pair: Bytes(m::tls_bytes(&signer)?),
             last_resort_published: false,
+        };
+        let state = AppState {
+            device,
             timelines: BTreeMap::new(),
             outbox: Vec::new(),
             sent: BTreeMap::new(),
@@ -178,7 +181,7 @@ impl Core {
             .ok_or_else(|| ClientError::Invalid("no saved state: enrol first".into()))?;
         let mut state = loaded.state;
         let provider = Provider::with_values(loaded.mls);
-        let signer = m::signer_from_bytes(state.signature_key_pair.as_slice())?;
+        let signer = m::signer_from_bytes(state.device.signature_key_pair.as_slice())?;
         let mut groups = HashMap::new();
         for (tid, tl) in state.timelines.iter_mut() {
             if !tl.has_group {
@@ -286,16 +289,16 @@ impl Core {
         &self.state
     }
     pub fn device_id(&self) -> &str {
-        &self.state.device_id
+        &self.state.device.device_id
     }
     pub fn account_id(&self) -> &str {
-        &self.state.account_id
+        &self.state.device.account_id
     }
     pub fn server_url(&self) -> &str {
-        &self.state.server_url
+        &self.state.device.server_url
     }
     pub fn device_token(&self) -> &str {
-        &self.state.device_token
+        &self.state.device.device_token
     }
 
     pub fn posts(&self, timeline_id: &str) -> Vec<ReceivedPost> {
@@ -361,7 +364,7 @@ impl Core {
     // ----- local MLS operations -----------------------------------------------------------
 
     fn cwk(&self) -> CredentialWithKey {
-        m::credential_with_key(&self.state.device_id, &self.signer)
+        m::credential_with_key(&self.state.device.device_id, &self.signer)
     }
 
     fn rid(&mut self) -> u64 {
@@ -523,7 +526,7 @@ impl Core {
     fn process_new(&mut self, d: Delivered) {
         let tid = d.timeline_id.clone();
         // Our own post, delivered before (or instead of) its `accepted`.
-        if d.sender_device_id == self.state.device_id
+        if d.sender_device_id == self.state.device.device_id
             && d.kind == MessageKind::Application
             && self.state.outbox.iter().any(|e| e.msg_id == d.msg_id && e.timeline_id == tid)
         {
@@ -531,7 +534,7 @@ impl Core {
                 let e = self.outbox_remove(&d.msg_id, Some(d.seq)).expect("present");
                 let post = ReceivedPost {
                     seq: d.seq,
-                    sender_device_id: self.state.device_id.clone(),
+                    sender_device_id: self.state.device.device_id.clone(),
                     post: Some(e.post),
                     status: PostStatus::Ok,
                 };
@@ -589,7 +592,7 @@ impl Core {
                                 }
                             }
                             ProcessedMessageContent::OwnPrivateMessage => {
-                                new_post = Some(undecryptable(self.state.device_id.clone()));
+                                new_post = Some(undecryptable(self.state.device.device_id.clone()));
                             }
                             _ => {
                                 warning = Some(format!("{tid} #{}: ignored proposal", d.seq));
@@ -777,7 +780,7 @@ impl Core {
             };
             match f {
                 ServerFrame::Ready { device_id, .. } => {
-                    if device_id != self.state.device_id {
+                    if device_id != self.state.device.device_id {
                         return Err(ClientError::Protocol(format!("server says we are device {device_id}")));
                     }
                     break;
@@ -805,7 +808,7 @@ impl Core {
         if count >= KEY_PACKAGE_LOW_MARK {
             return Ok(());
         }
-        let with_last_resort = !self.state.last_resort_published;
+        let with_last_resort = !self.state.device.last_resort_published;
         let (kps, lr) = self.make_key_packages(KEY_PACKAGE_BATCH, with_last_resort)?;
         let rid = self.rid();
         let frame = ClientFrame::PublishKeyPackages {
@@ -816,7 +819,7 @@ impl Core {
         match self.request(io, frame).await? {
             ServerFrame::KeyPackagesStored { .. } => {
                 if with_last_resort {
-                    self.state.last_resort_published = true;
+                    self.state.device.last_resort_published = true;
                     self.dirty_device = true;
                     self.save()?;
                 }
@@ -1105,7 +1108,7 @@ impl Core {
                     self.outbox_remove(msg_id, Some(seq));
                     let post = ReceivedPost {
                         seq,
-                        sender_device_id: self.state.device_id.clone(),
+                        sender_device_id: self.state.device.device_id.clone(),
                         post: Some(entry.post),
                         status: PostStatus::Ok,
                     };

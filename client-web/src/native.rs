@@ -202,7 +202,7 @@ impl Client {
         self.core.account_id()
     }
     pub fn account_name(&self) -> &str {
-        &self.core.state().account_name
+        &self.core.state().device.account_name
     }
     pub fn is_connected(&self) -> bool {
         self.conn.is_some()

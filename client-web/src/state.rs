@@ -54,14 +54,7 @@ pub struct TimelineState {
 /// [`keys`] for how it is stored).
 #[derive(Debug, Clone, PartialEq)]
 pub struct AppState {
-    pub server_url: String,
-    pub account_id: String,
-    pub account_name: String,
-    pub device_id: String,
-    pub device_token: String,
-    /// The device's signature key pair (TLS-serialized `SignatureKeyPair`).
-    pub signature_key_pair: Bytes,
-    pub last_resort_published: bool,
+    pub device: DeviceRecord,
     pub timelines: BTreeMap<String, TimelineState>,
     /// In the order the posts were queued.
     pub outbox: Vec<OutboxEntry>,
@@ -117,6 +110,7 @@ pub struct DeviceRecord {
     pub account_name: String,
     pub device_id: String,
     pub device_token: String,
+    /// The device's signature key pair (TLS-serialized `SignatureKeyPair`).
     pub signature_key_pair: Bytes,
     pub last_resort_published: bool,
 }
@@ -143,15 +137,7 @@ fn json<T: Serialize>(t: &T) -> Vec<u8> {
 
 impl AppState {
     pub fn device_record(&self) -> Vec<u8> {
-        json(&DeviceRecord {
-            server_url: self.server_url.clone(),
-            account_id: self.account_id.clone(),
-            account_name: self.account_name.clone(),
-            device_id: self.device_id.clone(),
-            device_token: self.device_token.clone(),
-            signature_key_pair: self.signature_key_pair.clone(),
-            last_resort_published: self.last_resort_published,
-        })
+        json(&self.device)
     }
 }
 
@@ -240,13 +226,7 @@ pub fn decode(pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Option<Loaded>, ClientEr
     outbox.sort_by_key(|r| r.order);
     let next_outbox_order = outbox.last().map(|r| r.order + 1).unwrap_or(0);
     let state = AppState {
-        server_url: device.server_url,
-        account_id: device.account_id,
-        account_name: device.account_name,
-        device_id: device.device_id,
-        device_token: device.device_token,
-        signature_key_pair: device.signature_key_pair,
-        last_resort_published: device.last_resort_published,
+        device,
         timelines,
         outbox: outbox.into_iter().map(|r| r.entry).collect(),
         sent,
@@ -274,7 +254,7 @@ mod tests {
             msg_id: id.into(),
             post: Post { kind: tsunagu_protocol::PostKind::Text, text: "x".into(), reply_to: None, sent_at: 1 },
         };
-        let state = AppState {
+        let device = DeviceRecord {
             server_url: "http://x".into(),
             account_id: "a".into(),
             account_name: "A".into(),
@@ -282,6 +262,9 @@ mod tests {
             device_token: "tok".into(),
             signature_key_pair: Bytes(vec![1; 70]),
             last_resort_published: true,
+        };
+        let state = AppState {
+            device,
             timelines: [("t".to_string(), tl.clone())].into(),
             outbox: vec![entry("z"), entry("a")],
             sent: [("m".to_string(), 5)].into(),

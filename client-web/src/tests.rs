@@ -61,6 +61,13 @@ impl Hub {
         }
     }
 
+    /// The original acknowledgement of a retried `msg_id`, if it was stored.
+    fn retried(&self, from: &str, rid: u64, timeline_id: &str, msg_id: &str) -> Option<ServerFrame> {
+        let (_, seq) = self.msg_ids.get(&(from.to_string(), msg_id.to_string())).cloned()?;
+        let epoch = self.tls[timeline_id].epoch;
+        Some(ServerFrame::Accepted { rid, timeline_id: timeline_id.to_owned(), seq, epoch, duplicate: true })
+    }
+
     fn err(&mut self, from: &str, rid: u64, code: ErrorCode, current_epoch: Option<u64>) {
         let f = ServerFrame::Error(ErrorFrame { rid: Some(rid), code, message: code.as_str().into(), current_epoch });
         self.push(from, &f);
@@ -142,9 +149,8 @@ impl Hub {
                 self.push(from, &f)
             }
             ClientFrame::Commit { rid, timeline_id, msg_id, commit, welcome, group_info } => {
-                if let Some((_, seq)) = self.msg_ids.get(&(from.to_string(), msg_id.clone())).cloned() {
-                    let epoch = self.tls[&timeline_id].epoch;
-                    return self.push(from, &ServerFrame::Accepted { rid, timeline_id, seq, epoch, duplicate: true });
+                if let Some(dup) = self.retried(from, rid, &timeline_id, &msg_id) {
+                    return self.push(from, &dup);
                 }
                 let epoch = m::parse_protocol_message(commit.as_slice()).unwrap().epoch().as_u64();
                 let current = self.tls[&timeline_id].epoch;
@@ -173,9 +179,8 @@ impl Hub {
                 self.push(from, &ServerFrame::Accepted { rid, timeline_id, seq, epoch: new_epoch, duplicate: false })
             }
             ClientFrame::Send { rid, timeline_id, msg_id, message } => {
-                if let Some((_, seq)) = self.msg_ids.get(&(from.to_string(), msg_id.clone())).cloned() {
-                    let epoch = self.tls[&timeline_id].epoch;
-                    return self.push(from, &ServerFrame::Accepted { rid, timeline_id, seq, epoch, duplicate: true });
+                if let Some(dup) = self.retried(from, rid, &timeline_id, &msg_id) {
+                    return self.push(from, &dup);
                 }
                 let epoch = m::parse_protocol_message(message.as_slice()).unwrap().epoch().as_u64();
                 let current = self.tls[&timeline_id].epoch;
