@@ -369,21 +369,6 @@ impl Db {
         Ok(())
     }
 
-    /// Take the next sequence number of a timeline if it is at `epoch`;
-    /// `Err(current epoch)` otherwise, `None` if there is no such timeline.
-    pub async fn next_seq_at_epoch(tx: &mut Tx, id: &str, epoch: i64) -> Result<Option<std::result::Result<i64, i64>>> {
-        let row = sqlx::query("UPDATE timelines SET head_seq = head_seq + 1 WHERE id = $1 AND epoch = $2 RETURNING head_seq")
-            .bind(id)
-            .bind(epoch)
-            .fetch_optional(&mut **tx)
-            .await?;
-        if let Some(r) = row {
-            return Ok(Some(Ok(r.try_get(0)?)));
-        }
-        let current = sqlx::query("SELECT epoch FROM timelines WHERE id = $1").bind(id).fetch_optional(&mut **tx).await?;
-        current.map(|r| Ok(Err(r.try_get(0)?))).transpose()
-    }
-
     pub async fn advance_timeline(tx: &mut Tx, id: &str, epoch: i64, head_seq: i64, state: &[u8], group_info: &[u8]) -> Result<()> {
         sqlx::query("UPDATE timelines SET epoch = $1, head_seq = $2, public_state = $3, group_info = $4 WHERE id = $5")
             .bind(epoch)
@@ -471,25 +456,6 @@ impl Db {
         Ok(found)
     }
 
-    pub async fn existing_message_tx(tx: &mut Tx, device_id: &str, msg_id: &str) -> Result<Option<Existing>> {
-        let row = sqlx::query("SELECT timeline_id, seq, epoch FROM messages WHERE sender_device_id = $1 AND msg_id = $2")
-            .bind(device_id)
-            .bind(msg_id)
-            .fetch_optional(&mut **tx)
-            .await?;
-        row.map(|r| Ok(Existing { timeline_id: r.try_get(0)?, seq: r.try_get(1)?, epoch: r.try_get(2)? })).transpose()
-    }
-
-    /// Whether a device is currently in a timeline.
-    pub async fn is_member_tx(tx: &mut Tx, timeline_id: &str, device_id: &str) -> Result<bool> {
-        let row = sqlx::query("SELECT 1 FROM memberships WHERE timeline_id = $1 AND device_id = $2 AND left_seq IS NULL")
-            .bind(timeline_id)
-            .bind(device_id)
-            .fetch_optional(&mut **tx)
-            .await?;
-        Ok(row.is_some())
-    }
-
     /// Messages of a timeline with `after < seq <= until`, in order, at most `limit`.
     pub async fn messages_after(&self, timeline_id: &str, after: i64, until: i64, limit: i64) -> Result<Vec<StoredMessage>> {
         let rows = sqlx::query(
@@ -516,15 +482,6 @@ impl Db {
     }
 
     // ---- memberships, cursors, welcomes ----------------------------------------------------------
-
-    /// Devices currently in a timeline.
-    pub async fn member_devices(&self, timeline_id: &str) -> Result<Vec<String>> {
-        let rows = sqlx::query("SELECT device_id FROM memberships WHERE timeline_id = $1 AND left_seq IS NULL ORDER BY device_id")
-            .bind(timeline_id)
-            .fetch_all(&self.read)
-            .await?;
-        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
-    }
 
     pub async fn member_devices_tx(tx: &mut Tx, timeline_id: &str) -> Result<Vec<String>> {
         let rows = sqlx::query("SELECT device_id FROM memberships WHERE timeline_id = $1 AND left_seq IS NULL ORDER BY device_id")

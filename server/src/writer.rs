@@ -35,8 +35,8 @@ pub struct SendRequest {
 
 /// What became of a send.
 pub enum Outcome {
-    /// Stored now at this message's seq; `recipients` are the member devices.
-    Stored { message: StoredMessage, recipients: Arc<Vec<String>> },
+    /// Stored now, at this message's seq.
+    Stored { message: StoredMessage },
     /// The device already stored this `msg_id` (a retry).
     Duplicate(Existing),
 }
@@ -206,9 +206,9 @@ async fn store_batch(db: &Db, hub: &Hub, cluster: &Cluster, jobs: &[(SendRequest
         hub.publish_message(recipients, &rows[*row]);
     }
     let mut rows: Vec<Option<StoredMessage>> = rows.into_iter().map(Some).collect();
-    for (i, row, recipients) in stored_at {
+    for (i, row, _) in stored_at {
         let message = rows[row].take().expect("each row is one request's");
-        outcomes[i] = Some(Ok(Outcome::Stored { message, recipients }));
+        outcomes[i] = Some(Ok(Outcome::Stored { message }));
     }
 
     // Resolve in-batch duplicates against what their first copy became.
@@ -219,7 +219,7 @@ async fn store_batch(db: &Db, hub: &Hub, cluster: &Cluster, jobs: &[(SendRequest
             Err(Pending::Refused(e)) => Err(e),
             Err(Pending::Stored) => unreachable!("stored outcomes are filled in after the commit"),
             Err(Pending::DuplicateOf(first)) => match &resolved[first] {
-                Ok(Outcome::Stored { message, .. }) => {
+                Ok(Outcome::Stored { message }) => {
                     Ok(Outcome::Duplicate(Existing { timeline_id: message.timeline_id.clone(), seq: message.seq, epoch: message.epoch }))
                 }
                 Ok(Outcome::Duplicate(e)) => Ok(Outcome::Duplicate(e.clone())),

@@ -519,7 +519,7 @@ impl Connection {
         let stored = self.state.writer.enqueue(request).await;
         self.in_flight.push(Box::pin(async move {
             match stored.await {
-                Ok(Outcome::Stored { message: m, .. }) => {
+                Ok(Outcome::Stored { message: m }) => {
                     ServerFrame::Accepted { rid, timeline_id: m.timeline_id, seq: m.seq as u64, epoch: m.epoch as u64, duplicate: false }
                 }
                 Ok(Outcome::Duplicate(e)) => {
