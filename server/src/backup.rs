@@ -31,7 +31,7 @@ use sqlx::{ConnectOptions, Connection, Row};
 use tsunagu_server::config::{BackupArgs, RestoreArgs, StorageConfig};
 use tsunagu_server::db::Db;
 
-/// The SQLite database file inside the data directory (as in `db.rs`).
+/// The SQLite database file inside the data directory (as in `db/mod.rs`).
 const SQLITE_FILE: &str = "tsunagu.db";
 /// First 16 bytes of every SQLite database file.
 const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";

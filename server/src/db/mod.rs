@@ -1,4 +1,4 @@
-//! Storage: the only module that speaks SQL. One dialect serves SQLite and
+//! Storage: the only module (with its submodules) that speaks SQL. One dialect serves SQLite and
 //! PostgreSQL through sqlx's `Any` driver (`$n` placeholders, `RETURNING`,
 //! `ON CONFLICT`); only the migrations differ per backend.
 //!
