@@ -1,0 +1,220 @@
+// The engine: the browser's Tsunagu client. The screens (web-ui) use only
+// what this file exports. Behind it, the Rust client core compiled to wasm
+// (`client-web/src/wasm.rs`) does all MLS work; this TypeScript layer owns the
+// IO the core does not do: the websocket (with reconnect), IndexedDB (every
+// change the core makes is written in one IndexedDB transaction before any
+// frame that depends on it is sent) and the HTTP calls of device
+// registration.
+//
+// Life cycle, as the UI drives it:
+//
+//   const engine = await Engine.open();          // loads wasm + IndexedDB
+//   if (!engine.device()) {
+//     // ...passkey login or registration (UI, HTTP API), which sets the
+//     // session cookie, then:
+//     await engine.registerDevice("Tablet (Chrome)");
+//   }
+//   const off = engine.on((e) => render(e));     // events below
+//   engine.connect();                            // online/connecting/offline
+//   engine.timelines();                          // sync reads of local state
+//   await engine.post(timelineId, "体温 37.2℃"); // queued, sent when online
+//   await engine.wipe();                         // logout: deletes all local data
+//
+// Reads (`device`, `status`, `timelines`, `posts`, `accounts`) are
+// synchronous views of the local state and never touch the network; they are
+// cheap enough to call on every render. Writes are async and are serialized
+// by the engine (one core operation at a time), so the UI may call them
+// freely; each resolves when its result is durable locally (and, for those
+// that need the server, accepted by it).
+//
+// Errors: every rejected promise carries an `EngineError` with a `code`
+// (a server error code from PROTOCOL.md such as "not_member", or one of the
+// engine's own: "offline", "not_registered", "locked", "unauthorized",
+// "busy", "internal") and a message fit for a log; the UI maps codes to
+// translated text.
+
+export { Engine } from "./engine.ts";
+
+/** State of the connection to the server, for the status line. */
+export type ConnectionStatus =
+  /** Connected and caught up: posts go out at once. */
+  | "online"
+  /** Opening the websocket or catching up with what arrived meanwhile. */
+  | "connecting"
+  /** No connection (network down, server unreachable, not connected yet);
+   *  the engine retries with backoff while `connect()` is in force. Posts
+   *  are queued locally and sent when the connection returns. */
+  | "offline";
+
+/** This browser's device, once registered. */
+export interface DeviceInfo {
+  deviceId: string;
+  accountId: string;
+  /** The account's display name when the device was registered. */
+  accountName: string;
+  /** The origin the device belongs to (e.g. "https://care.example.jp"). */
+  serverUrl: string;
+}
+
+/** An account the server knows (the people this device can add). */
+export interface AccountView {
+  accountId: string;
+  /** Display name. */
+  name: string;
+  /** Its active devices. */
+  deviceIds: string[];
+}
+
+/** One row of the timeline list. */
+export interface TimelineSummary {
+  timelineId: string;
+  /** Whether this device is still a member (false after being removed: the
+   *  timeline's history stays readable, posting is not possible). */
+  active: boolean;
+  /** Accounts that are members, as last reported by the server (empty until
+   *  the first connection after joining). */
+  memberAccountIds: string[];
+  /** Posts by others above the read marker (see `markRead`). */
+  unread: number;
+  /** The highest seq this device has processed (0 for none). */
+  lastSeq: number;
+  /** The newest post (sent or pending), for a preview line. */
+  lastPost: PostView | null;
+  /** Posts waiting in the outbox for this timeline. */
+  pending: number;
+}
+
+/** A post as the UI shows it. */
+export interface PostView {
+  timelineId: string;
+  /** The server's sequence number; null while the post is pending (queued
+   *  in the outbox, not yet accepted). */
+  seq: number | null;
+  /** Client-chosen id; set for this device's own posts (pending or sent). */
+  msgId: string | null;
+  senderDeviceId: string;
+  /** The sender's account, when known (null for an unknown device). */
+  senderAccountId: string | null;
+  /** The sender's display name, "" when unknown. */
+  senderName: string;
+  /** Written by this account (any of its devices). */
+  own: boolean;
+  kind: "text" | "report";
+  /** The text; "" for undecryptable or unsupported posts. */
+  text: string;
+  /** The seq of the post this one replies to. */
+  replyTo: number | null;
+  /** The author's clock, milliseconds since the Unix epoch. */
+  sentAt: number;
+  /**
+   * - "sent": accepted by the server (has a seq);
+   * - "pending": queued on this device, sent when online (no seq yet);
+   * - "undecryptable": the MLS message could not be decrypted here;
+   * - "unsupported": written by a newer client (show "update the app").
+   */
+  state: "sent" | "pending" | "undecryptable" | "unsupported";
+}
+
+/** What the engine tells the UI; re-read the views named by the event. */
+export type EngineEvent =
+  /** The connection status changed. */
+  | { type: "status"; status: ConnectionStatus }
+  /** The timeline list changed (a timeline joined or left, members,
+   *  unread counts, last posts). */
+  | { type: "timelines" }
+  /** A timeline's posts changed (new, accepted, queued). */
+  | { type: "posts"; timelineId: string }
+  /** The accounts list was refreshed. */
+  | { type: "accounts" }
+  /** The session is no longer valid (HTTP 401): the UI shows the login.
+   *  Local data is kept; the device is still registered. */
+  | { type: "signed_out" }
+  /** Local data was wiped: after `wipe()`, or because the server revoked
+   *  this device. The engine is unusable; open a new one. */
+  | { type: "wiped"; reason: "logout" | "revoked" }
+  /** A background problem worth showing or logging (an outbox post that
+   *  the server refused, a message that could not be processed). */
+  | { type: "warning"; message: string; code?: string };
+
+export type EngineListener = (event: EngineEvent) => void;
+
+/** Options of `Engine.open`. */
+export interface EngineOptions {
+  /** Server origin; default `location.origin`. */
+  serverUrl?: string;
+  /** IndexedDB database name; default "tsunagu" (tests use their own). */
+  dbName?: string;
+}
+
+/** The error every engine promise rejects with. */
+export class EngineError extends Error {
+  readonly code: string;
+  constructor(code: string, message: string) {
+    super(message);
+    this.name = "EngineError";
+    this.code = code;
+  }
+}
+
+/**
+ * The interface the `Engine` class implements (documented here; the class is
+ * in engine.ts).
+ *
+ * static open(options?: EngineOptions): Promise<Engine>
+ *   Loads the wasm module and this origin's IndexedDB state. Only one tab at
+ *   a time may hold the engine (Web Locks); a second tab gets an
+ *   EngineError "locked".
+ *
+ * device(): DeviceInfo | null
+ *   null until `registerDevice` succeeded on this browser.
+ *
+ * registerDevice(name: string): Promise<DeviceInfo>
+ *   After passkey login (the session cookie is set): makes a device key,
+ *   saves it, `POST /v1/devices {name, signature_key}`, and saves the
+ *   device. Rejects "unauthorized" without a session.
+ *
+ * connect(): void / disconnect(): void
+ *   Opens `/v1/ws?device=<id>` (cookie auth) and keeps it open, reconnecting
+ *   with backoff (1 s doubling to 30 s, at once when the browser comes back
+ *   online). On each connection the engine catches up, uploads key packages
+ *   and sends the outbox.
+ *
+ * status(): ConnectionStatus
+ *
+ * on(listener: EngineListener): () => void
+ *   Subscribe to events; returns the unsubscribe function.
+ *
+ * timelines(): TimelineSummary[]
+ *   Every timeline this device knows, the most recent activity first.
+ *
+ * posts(timelineId: string): PostView[]
+ *   The timeline's posts in seq order, then its pending posts in queue order.
+ *
+ * accounts(): AccountView[]  /  refreshAccounts(): Promise<AccountView[]>
+ *   The cached list of accounts (from the last connection) / ask the server.
+ *
+ * createTimeline(): Promise<string>
+ *   Creates a timeline (an MLS group) with this device as its only member;
+ *   resolves with its id. Needs the connection ("offline" otherwise).
+ *
+ * addPerson(timelineId, accountId): Promise<void>
+ * removePerson(timelineId, accountId): Promise<void>
+ *   Adds (or removes) every device of the account in one commit. Need the
+ *   connection.
+ *
+ * post(timelineId, text, options?: { replyTo?: number; kind?: "text" | "report" }): Promise<PostView>
+ *   Queues the post durably and resolves with its pending view at once; it
+ *   is sent now if online, else when the connection returns ("posts" events
+ *   follow as it is accepted).
+ *
+ * markRead(timelineId: string, seq?: number): Promise<void>
+ *   Moves the timeline's read marker (default: to its last post), which
+ *   sets the unread count. Local to this device for now (read receipts are
+ *   issue 4).
+ *
+ * wipe(): Promise<void>
+ *   Logout or revocation: closes the connection, deletes the IndexedDB
+ *   database and drops the in-memory state. Emits "wiped" (reason
+ *   "logout"). The UI calls `POST /v1/logout` itself.
+ */
+export type EngineInterface = import("./engine.ts").Engine;
