@@ -829,7 +829,8 @@ impl Core {
         }
     }
 
-    async fn resend_outbox<T: Transport>(&mut self, io: &mut T) -> Result<(), ClientError> {
+    /// Send every queued post (each until accepted or refused), then the acks.
+    pub async fn resend_outbox<T: Transport>(&mut self, io: &mut T) -> Result<(), ClientError> {
         let ids: Vec<String> = self.state.outbox.iter().map(|e| e.msg_id.clone()).collect();
         for id in ids {
             match self.send_outbox_entry(io, &id).await {
@@ -1079,6 +1080,27 @@ impl Core {
             });
         }
         self.send_outbox_entry(io, msg_id).await
+    }
+
+    /// Queue a post in the outbox without sending it (the browser queues
+    /// first, so a post survives a reload even while offline); the change is
+    /// saved before this returns. [`Core::resend_outbox`] or [`Core::post`]
+    /// with the same `msg_id` sends it. Queuing an id twice changes nothing.
+    pub fn queue_post(&mut self, timeline_id: &str, msg_id: &str, post: Post) -> Result<(), ClientError> {
+        if !tsunagu_protocol::ids::valid_msg_id(msg_id) {
+            return Err(ClientError::Invalid(format!("bad msg_id {msg_id:?}")));
+        }
+        match self.groups.get(timeline_id) {
+            None => return Err(ClientError::Invalid(format!("no group for timeline {timeline_id}"))),
+            Some(g) if !g.is_active() => {
+                return Err(ClientError::Invalid("this device is no longer a member of the timeline".into()))
+            }
+            Some(_) => {}
+        }
+        if !self.state.outbox.iter().any(|e| e.msg_id == msg_id) {
+            self.outbox_push(OutboxEntry { timeline_id: timeline_id.into(), msg_id: msg_id.into(), post });
+        }
+        self.save()
     }
 
     async fn send_outbox_entry<T: Transport>(&mut self, io: &mut T, msg_id: &str) -> Result<u64, ClientError> {
