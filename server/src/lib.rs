@@ -2,6 +2,7 @@
 //! ciphertext per patient timeline and validates commits against the groups'
 //! public state. `main.rs` and the tests call [`run`].
 
+pub mod audit;
 pub mod cluster;
 pub mod config;
 pub mod db;

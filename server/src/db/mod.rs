@@ -8,6 +8,8 @@
 //! SQLite writes go through a single-connection pool so writers queue in
 //! process instead of polling the file lock.
 
+pub mod audit;
+
 use std::collections::HashMap;
 use std::time::Duration;
 
