@@ -1,0 +1,265 @@
+// The application shell: who is logged in, the hash router, the page frame
+// (header, navigation, language and text-size switches, connection status
+// line, notices) and the screen in <main>.
+import { api, ApiError, type Me } from "./api.ts";
+import { connectionState, onConnection, startProbing, type ConnectionState } from "./connection.ts";
+import { h, replace } from "./dom.ts";
+import { LANGS, lang, setLang, t, type Lang } from "./i18n/index.ts";
+import { PasskeyError } from "./webauthn.ts";
+
+export interface Route {
+  name: string;
+  params: string[];
+}
+
+/** What a screen gets: the session and ways to change the app's state. */
+export interface Ctx {
+  me: Me | null;
+  route: Route;
+  navigate(path: string): void;
+  setMe(me: Me | null): void;
+  notify(message: string, kind?: "info" | "error"): void;
+  /** Registers a function run when the screen is left (unsubscribe, timers). */
+  onLeave(fn: () => void): void;
+  /** Renders the current screen again (after the language changed, say). */
+  rerender(): void;
+}
+
+export type Screen = (ctx: Ctx) => HTMLElement | Promise<HTMLElement>;
+
+export interface ScreenDef {
+  render: Screen;
+  /** Reachable without a session (setup, invitation, login). */
+  public?: boolean;
+  /** Only for professionals (not family accounts). */
+  professional?: boolean;
+}
+
+const LARGE_KEY = "tsunagu.largeType";
+
+export function parseRoute(hash: string): Route {
+  const parts = hash.replace(/^#\/?/, "").split("/").filter(Boolean).map(decodeURIComponent);
+  if (parts.length === 0) return { name: "timelines", params: [] };
+  return { name: parts[0], params: parts.slice(1) };
+}
+
+/** A readable message for any error a screen meets. */
+export function errorText(e: unknown): string {
+  if (e instanceof PasskeyError) {
+    if (e.reason === "unsupported") return t("error.webauthnUnsupported");
+    if (e.reason === "cancelled") return t("error.webauthnCancelled");
+    return t("common.error", { message: e.message });
+  }
+  if (e instanceof ApiError) {
+    if (e.status === 0) return t("error.network");
+    if (e.status === 403) return `${t("error.forbidden")} (${e.message})`;
+    return t("common.error", { message: e.message || e.code });
+  }
+  return t("common.error", { message: String((e as Error)?.message ?? e) });
+}
+
+export class App {
+  me: Me | null = null;
+  private leaveFns: (() => void)[] = [];
+  private main!: HTMLElement;
+  private header!: HTMLElement;
+  private statusEl!: HTMLElement;
+  private notices!: HTMLElement;
+  private renderToken = 0;
+  /** Called when the session changes (login, logout), e.g. to start or stop the engine. */
+  onSession: (me: Me | null) => void = () => {};
+
+  constructor(
+    private root: HTMLElement,
+    private screens: Record<string, ScreenDef>,
+  ) {}
+
+  async start(): Promise<void> {
+    document.documentElement.lang = lang();
+    if (localStorage.getItem(LARGE_KEY) === "1") document.documentElement.classList.add("large-type");
+    this.frame();
+    startProbing();
+    onConnection((s) => this.renderStatus(s));
+    this.renderStatus(connectionState());
+    try {
+      this.me = await api.me();
+    } catch (e) {
+      if (!(e instanceof ApiError) || (e.status !== 401 && e.status !== 403 && e.status !== 404)) {
+        // Offline or server error: stay logged out in the UI but say why.
+        if (e instanceof ApiError && e.status === 0) this.notify(t("error.network"), "error");
+      }
+      this.me = null;
+    }
+    this.onSession(this.me);
+    window.addEventListener("hashchange", () => void this.render());
+    await this.render();
+  }
+
+  private frame(): void {
+    const skip = h(
+      "a",
+      {
+        class: "skip-link",
+        href: "#main",
+        onclick: (e: Event) => {
+          e.preventDefault();
+          this.main.focus();
+        },
+      },
+      t("nav.skip"),
+    );
+    this.header = h("header", { class: "topbar" });
+    this.statusEl = h("div", { class: "status-line", role: "status", "aria-live": "polite", "data-testid": "status" });
+    this.notices = h("div", { class: "notices", "aria-live": "assertive" });
+    this.main = h("main", { id: "main", tabindex: "-1" });
+    replace(this.root, skip, this.header, this.statusEl, this.notices, this.main);
+  }
+
+  private renderHeader(): void {
+    const me = this.me;
+    const current = parseRoute(location.hash).name;
+    const link = (name: string, href: string, label: string) =>
+      h("a", { href, class: "nav-link", "aria-current": current === name ? "page" : false }, label);
+    const nav = me
+      ? h(
+          "nav",
+          { "aria-label": t("nav.main"), class: "nav" },
+          link("timelines", "#/", t("nav.timelines")),
+          me.kind === "professional" ? link("directory", "#/directory", t("nav.directory")) : null,
+          link("me", "#/me", t("nav.profile")),
+          link("devices", "#/devices", t("nav.devices")),
+          me.role === "admin" ? link("admin", "#/admin", t("nav.admin")) : null,
+          h("button", { type: "button", class: "link-button", onclick: () => void this.logout() }, t("nav.logout")),
+        )
+      : null;
+    const langSelect = h(
+      "select",
+      {
+        id: "lang-select",
+        "aria-label": t("settings.language"),
+        onchange: (e: Event) => {
+          setLang((e.target as HTMLSelectElement).value as Lang);
+          void this.render();
+        },
+      },
+      LANGS.map((l) => h("option", { value: l.code, selected: l.code === lang() }, l.label)),
+    );
+    const large = document.documentElement.classList.contains("large-type");
+    const largeButton = h(
+      "button",
+      {
+        type: "button",
+        class: "toggle",
+        "aria-pressed": large ? "true" : "false",
+        onclick: () => {
+          const on = document.documentElement.classList.toggle("large-type");
+          localStorage.setItem(LARGE_KEY, on ? "1" : "0");
+          largeButton.setAttribute("aria-pressed", on ? "true" : "false");
+        },
+      },
+      h("span", { "aria-hidden": "true", class: "large-a" }, "A"),
+      " ",
+      t("settings.largeType"),
+    );
+    replace(
+      this.header,
+      h(
+        "div",
+        { class: "brand" },
+        h("a", { href: "#/", class: "brand-name" }, t("app.name")),
+        me ? h("span", { class: "who", "data-testid": "who" }, me.display_name) : null,
+      ),
+      nav,
+      h("div", { class: "settings" }, langSelect, largeButton),
+    );
+  }
+
+  private renderStatus(state: ConnectionState): void {
+    this.statusEl.className = `status-line status-${state}`;
+    this.statusEl.dataset.state = state;
+    replace(
+      this.statusEl,
+      h("span", { class: "dot", "aria-hidden": "true" }),
+      h("span", { class: "visually-hidden" }, `${t("status.label")}: `),
+      t(`status.${state}`),
+    );
+  }
+
+  notify(message: string, kind: "info" | "error" = "info"): void {
+    const el = h(
+      "div",
+      { class: `notice notice-${kind}`, role: kind === "error" ? "alert" : "status" },
+      h("span", null, message),
+      h("button", { type: "button", class: "link-button", onclick: () => el.remove(), "aria-label": t("common.close") }, "×"),
+    );
+    this.notices.appendChild(el);
+    if (kind === "info") window.setTimeout(() => el.remove(), 6000);
+  }
+
+  navigate(path: string): void {
+    if (location.hash === path) void this.render();
+    else location.hash = path;
+  }
+
+  setMe(me: Me | null): void {
+    const changed = (this.me?.account_id ?? null) !== (me?.account_id ?? null);
+    this.me = me;
+    if (changed) this.onSession(me);
+    this.renderHeader();
+  }
+
+  async logout(): Promise<void> {
+    try {
+      await api.logout();
+    } catch {
+      // Logging out locally matters more than the server's answer.
+    }
+    this.setMe(null);
+    this.navigate("#/login");
+  }
+
+  async render(): Promise<void> {
+    const token = ++this.renderToken;
+    for (const fn of this.leaveFns.splice(0)) fn();
+    const route = parseRoute(location.hash);
+    const def = this.screens[route.name];
+    this.renderHeader();
+    this.renderStatus(connectionState());
+    if (!def) {
+      replace(this.main, h("h1", null, t("error.notFound")));
+      return;
+    }
+    if (!def.public && !this.me) {
+      this.navigate("#/login");
+      return;
+    }
+    if (def.professional && this.me?.kind !== "professional") {
+      replace(this.main, h("h1", { tabindex: "-1" }, t("error.forbidden")));
+      return;
+    }
+    const ctx: Ctx = {
+      me: this.me,
+      route,
+      navigate: (p) => this.navigate(p),
+      setMe: (me) => this.setMe(me),
+      notify: (m, k) => this.notify(m, k),
+      onLeave: (fn) => this.leaveFns.push(fn),
+      rerender: () => void this.render(),
+    };
+    replace(this.main, h("p", { class: "loading" }, t("common.loading")));
+    let view: HTMLElement;
+    try {
+      view = await def.render(ctx);
+    } catch (e) {
+      view = h("div", null, h("h1", null, t("error.notFound")), h("p", { role: "alert" }, errorText(e)));
+    }
+    if (token !== this.renderToken) return;
+    this.main.dataset.screen = route.name;
+    replace(this.main, view);
+    const heading = this.main.querySelector("h1");
+    if (heading) {
+      heading.setAttribute("tabindex", "-1");
+      heading.focus({ preventScroll: false });
+    }
+  }
+}

@@ -1,0 +1,50 @@
+// Entry point: the screens by route name, and the session's life cycle
+// (open the engine after login, wipe it on logout or revocation).
+import { App, type ScreenDef } from "./app.ts";
+import { ensureEngine, hostEvents, wipeEngine } from "./engine-host.ts";
+import { t } from "./i18n/index.ts";
+import { inviteScreen, loginScreen, setupScreen } from "./screens/auth.ts";
+import { adminScreen, devicesScreen, directoryScreen, profileScreen } from "./screens/people.ts";
+import { createTimelineScreen, timelineScreen, timelinesScreen } from "./screens/timelines.ts";
+import "./styles.css";
+
+const screens: Record<string, ScreenDef> = {
+  setup: { render: setupScreen, public: true },
+  invite: { render: inviteScreen, public: true },
+  login: { render: loginScreen, public: true },
+  timelines: { render: timelinesScreen },
+  new: { render: createTimelineScreen, professional: true },
+  t: { render: timelineScreen },
+  directory: { render: directoryScreen, professional: true },
+  me: { render: profileScreen },
+  devices: { render: devicesScreen },
+  admin: { render: adminScreen, professional: true },
+};
+
+const root = document.getElementById("app")!;
+const app = new App(root, screens);
+
+let loggedInAccount: string | null = null;
+app.onSession = (me) => {
+  if (me) {
+    loggedInAccount = me.account_id;
+    // Errors surface on the timeline screens, which wait for the engine.
+    ensureEngine(me).catch(() => {});
+  } else if (loggedInAccount) {
+    loggedInAccount = null;
+    void wipeEngine();
+  }
+};
+hostEvents.signedOut = () => {
+  app.setMe(null);
+  app.navigate("#/login");
+};
+hostEvents.wiped = (reason) => {
+  if (reason === "revoked") {
+    app.notify(t("devices.revoked"), "error");
+    app.setMe(null);
+    app.navigate("#/login");
+  }
+};
+
+void app.start();

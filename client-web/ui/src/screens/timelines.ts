@@ -1,0 +1,399 @@
+// The timelines: the list with unread counts, creating one, one timeline
+// with its posts, replies and composer, and its members page (add from the
+// directory, invite a family member by link). Everything shown comes from
+// the engine's local, decrypted state; nothing here reads the network
+// except through the engine and the HTTP API.
+import { api, type DirectoryPerson } from "../api.ts";
+import { errorText, type Ctx } from "../app.ts";
+import { field, formatTime, h, replace } from "../dom.ts";
+import { EngineError, type Engine, type PostView, type TimelineSummary } from "../engine/index.ts";
+import { currentEngine, engineError, ensureEngine, onEngine } from "../engine-host.ts";
+import { input, onSubmit } from "../forms.ts";
+import { lang, t, type MessageKey } from "../i18n/index.ts";
+import { directorySearch, invitationView } from "./people.ts";
+
+// Timeline names are typed by their creator. The envelope has no encrypted
+// title yet, so the name is kept on this device only; other members see
+// "Timeline <id>" until the engine carries an encrypted title.
+const TITLES_KEY = "tsunagu.timelineTitles";
+
+function titles(): Record<string, string> {
+  try {
+    return JSON.parse(localStorage.getItem(TITLES_KEY) ?? "{}") as Record<string, string>;
+  } catch {
+    return {};
+  }
+}
+
+export function timelineTitle(id: string): string {
+  return titles()[id] || t("timeline.untitled", { id: id.slice(0, 8) });
+}
+
+function setTitle(id: string, title: string): void {
+  const all = titles();
+  all[id] = title;
+  localStorage.setItem(TITLES_KEY, JSON.stringify(all));
+}
+
+/** Engine errors in the person's language. */
+export function engineErrorText(e: unknown): string {
+  if (e instanceof EngineError) {
+    const key = `engine.${e.code}` as MessageKey;
+    const text = t(key);
+    if (text !== key) return text;
+    return t("common.error", { message: e.message });
+  }
+  return errorText(e);
+}
+
+/** Waits for the engine, or returns a screen explaining why there is none. */
+async function withEngine(ctx: Ctx): Promise<Engine | HTMLElement> {
+  const existing = currentEngine();
+  if (existing) return existing;
+  try {
+    return await ensureEngine(ctx.me!);
+  } catch (e) {
+    return h(
+      "section",
+      { class: "card" },
+      h("h1", null, t("timelines.title")),
+      h("p", { role: "alert", "data-testid": "engine-error" }, t("timelines.engineMissing")),
+      h("p", { class: "hint" }, engineErrorText(e ?? engineError())),
+    );
+  }
+}
+
+function isProfessional(ctx: Ctx): boolean {
+  return ctx.me?.kind === "professional";
+}
+
+export async function timelinesScreen(ctx: Ctx): Promise<HTMLElement> {
+  const engine = await withEngine(ctx);
+  if (engine instanceof HTMLElement) return engine;
+  const list = h("ul", { class: "timeline-list", "data-testid": "timeline-list" });
+  const render = () => {
+    const items = engine.timelines();
+    if (items.length === 0) {
+      replace(list, h("li", { class: "empty" }, isProfessional(ctx) ? t("timelines.empty") : t("timelines.familyEmpty")));
+      return;
+    }
+    replace(list, items.map(timelineRow));
+  };
+  render();
+  ctx.onLeave(onEngine((e) => (e.type === "timelines" || e.type === "posts" ? render() : undefined)));
+  return h(
+    "section",
+    { class: "card" },
+    h(
+      "div",
+      { class: "title-row" },
+      h("h1", null, t("timelines.title")),
+      isProfessional(ctx) ? h("a", { class: "button primary", href: "#/new", "data-testid": "new-timeline" }, t("timelines.create")) : null,
+    ),
+    list,
+  );
+}
+
+function timelineRow(s: TimelineSummary): HTMLElement {
+  const last = s.lastPost;
+  const preview = last ? `${last.senderName || t("timeline.unknownSender")}: ${last.text}` : "";
+  return h(
+    "li",
+    { class: `timeline-row${s.unread > 0 ? " has-unread" : ""}` },
+    h(
+      "a",
+      { href: `#/t/${encodeURIComponent(s.timelineId)}`, class: "timeline-link", "data-testid": "timeline-link" },
+      h(
+        "span",
+        { class: "timeline-main" },
+        h("span", { class: "timeline-title" }, timelineTitle(s.timelineId)),
+        preview ? h("span", { class: "timeline-preview" }, preview) : null,
+      ),
+      h(
+        "span",
+        { class: "timeline-meta" },
+        last ? h("span", { class: "hint" }, formatTime(last.sentAt, lang())) : null,
+        s.unread > 0 ? h("span", { class: "badge badge-unread", "data-testid": "unread" }, t("timelines.unread", { count: s.unread })) : null,
+        s.pending > 0 ? h("span", { class: "badge badge-pending" }, t("timeline.pendingCount", { count: s.pending })) : null,
+      ),
+    ),
+  );
+}
+
+export async function createTimelineScreen(ctx: Ctx): Promise<HTMLElement> {
+  const engine = await withEngine(ctx);
+  if (engine instanceof HTMLElement) return engine;
+  const name = input("title", { required: true, maxlength: 100 });
+  const form = h(
+    "form",
+    { class: "card narrow", "data-testid": "create-timeline-form" },
+    h("h1", null, t("create.title")),
+    field(t("create.name"), name, t("create.nameHint")),
+    h("div", { class: "actions" }, h("button", { type: "submit", class: "primary" }, t("create.submit")), h("a", { href: "#/", class: "button" }, t("common.cancel"))),
+  );
+  onSubmit(form, async () => {
+    try {
+      const id = await engine.createTimeline();
+      setTitle(id, name.value.trim());
+      ctx.navigate(`#/t/${encodeURIComponent(id)}/members`);
+    } catch (e) {
+      throw new Error(engineErrorText(e));
+    }
+  });
+  return form;
+}
+
+export async function timelineScreen(ctx: Ctx): Promise<HTMLElement> {
+  const id = ctx.route.params[0] ?? "";
+  if (ctx.route.params[1] === "members") return membersScreen(ctx, id);
+  const engine = await withEngine(ctx);
+  if (engine instanceof HTMLElement) return engine;
+  const summary = () => engine.timelines().find((s) => s.timelineId === id);
+  if (!summary()) {
+    return h("section", { class: "card" }, h("h1", null, t("timeline.notFound")), h("a", { href: "#/" }, t("common.back")));
+  }
+  const professional = isProfessional(ctx);
+  let replyTo: PostView | null = null;
+
+  const postsEl = h("ol", { class: "posts", "data-testid": "posts", "aria-label": t("timeline.posts") });
+  const header = h("div", { class: "title-row" });
+  const renderHeader = () => {
+    const s = summary();
+    replace(
+      header,
+      h("h1", { "data-testid": "timeline-title" }, timelineTitle(id)),
+      h(
+        "div",
+        { class: "actions" },
+        s ? h("span", { class: "hint" }, t("timeline.membersCount", { count: s.memberAccountIds.length })) : null,
+        professional ? h("a", { class: "button", href: `#/t/${encodeURIComponent(id)}/members`, "data-testid": "members-link" }, t("timeline.members")) : null,
+      ),
+    );
+  };
+
+  const renderPosts = () => {
+    const posts = engine.posts(id);
+    if (posts.length === 0) {
+      replace(postsEl, h("li", { class: "empty" }, t("timeline.empty")));
+      return;
+    }
+    const replies = new Map<number, PostView[]>();
+    const top: PostView[] = [];
+    for (const p of posts) {
+      if (p.replyTo !== null && posts.some((q) => q.seq === p.replyTo)) {
+        const list = replies.get(p.replyTo) ?? [];
+        list.push(p);
+        replies.set(p.replyTo, list);
+      } else {
+        top.push(p);
+      }
+    }
+    replace(
+      postsEl,
+      top.map((p) => {
+        const thread = p.seq !== null ? (replies.get(p.seq) ?? []) : [];
+        return h(
+          "li",
+          { class: "thread" },
+          postView(p, professional && summary()?.active !== false ? () => startReply(p) : null),
+          thread.length
+            ? h("ol", { class: "replies", "aria-label": t("timeline.replies", { count: thread.length }) }, thread.map((r) => h("li", null, postView(r, null))))
+            : null,
+        );
+      }),
+    );
+  };
+
+  // The composer: professionals only. Families are readers and get no
+  // composer at all (the server refuses their posts as well).
+  let composer: HTMLElement | null = null;
+  const replyBanner = h("div", { class: "reply-banner", hidden: true });
+  const text = h("textarea", { name: "text", rows: 3, required: true, "data-testid": "composer-text" });
+  const startReply = (p: PostView) => {
+    replyTo = p;
+    replyBanner.hidden = false;
+    replace(
+      replyBanner,
+      h("span", null, t("timeline.replyingTo", { name: p.senderName || t("timeline.unknownSender") })),
+      h("button", { type: "button", class: "link-button", onclick: () => cancelReply() }, t("timeline.cancelReply")),
+    );
+    text.focus();
+  };
+  const cancelReply = () => {
+    replyTo = null;
+    replyBanner.hidden = true;
+    replace(replyBanner);
+  };
+  if (professional) {
+    const form = h(
+      "form",
+      { class: "composer", "data-testid": "composer" },
+      h("h2", { class: "visually-hidden" }, t("timeline.composer")),
+      replyBanner,
+      field(t("timeline.composerLabel"), text, t("timeline.sendHint")),
+      h(
+        "div",
+        { class: "composer-actions" },
+        // Attachments, receipts and urgent posts come with the workflows
+        // issue; the button keeps their place in the layout.
+        h("button", { type: "button", disabled: true, title: t("timeline.attachLater"), "aria-describedby": "attach-later" }, t("timeline.attach")),
+        h("span", { id: "attach-later", class: "hint grow" }, t("timeline.attachLater")),
+        h("button", { type: "submit", class: "primary", "data-testid": "send" }, t("timeline.send")),
+      ),
+    );
+    text.addEventListener("keydown", (e) => {
+      if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) {
+        e.preventDefault();
+        form.requestSubmit();
+      }
+    });
+    onSubmit(form, async () => {
+      const body = text.value.trim();
+      if (!body) return;
+      try {
+        await engine.post(id, body, replyTo?.seq != null ? { replyTo: replyTo.seq } : {});
+      } catch (e) {
+        throw new Error(engineErrorText(e));
+      }
+      text.value = "";
+      cancelReply();
+      renderPosts();
+    });
+    composer = form;
+  }
+
+  const inactiveNote = h("p", { class: "notice notice-info", hidden: summary()?.active !== false }, t("timeline.inactive"));
+  const markRead = () => {
+    const s = summary();
+    if (s && s.unread > 0 && document.visibilityState === "visible") void engine.markRead(id).catch(() => {});
+  };
+  renderHeader();
+  renderPosts();
+  markRead();
+  ctx.onLeave(
+    onEngine((e) => {
+      if (e.type === "posts" && e.timelineId === id) {
+        renderPosts();
+        markRead();
+      }
+      if (e.type === "timelines") {
+        renderHeader();
+        const s = summary();
+        inactiveNote.hidden = s?.active !== false;
+        if (composer) composer.hidden = s?.active === false;
+      }
+    }),
+  );
+
+  return h(
+    "section",
+    { class: "card timeline", "data-testid": "timeline" },
+    header,
+    inactiveNote,
+    postsEl,
+    professional ? composer : h("p", { class: "notice notice-info", "data-testid": "read-only" }, t("timeline.readOnly")),
+  );
+}
+
+function postView(p: PostView, onReply: (() => void) | null): HTMLElement {
+  const body =
+    p.state === "undecryptable"
+      ? h("p", { class: "post-text muted" }, t("timeline.undecryptable"))
+      : p.state === "unsupported"
+        ? h("p", { class: "post-text muted" }, t("timeline.unsupported"))
+        : h("p", { class: "post-text" }, p.text);
+  return h(
+    "article",
+    { class: `post post-${p.state}${p.own ? " own" : ""}`, "data-testid": "post", "data-state": p.state },
+    h(
+      "header",
+      { class: "post-head" },
+      h("strong", { class: "post-author" }, p.senderName || t("timeline.unknownSender")),
+      p.kind === "report" ? h("span", { class: "badge" }, t("timeline.report")) : null,
+      h("time", { datetime: new Date(p.sentAt).toISOString(), class: "hint" }, formatTime(p.sentAt, lang())),
+      p.state === "pending" ? h("span", { class: "badge badge-pending", "data-testid": "pending" }, t("timeline.pending")) : null,
+    ),
+    body,
+    onReply && p.seq !== null ? h("button", { type: "button", class: "link-button reply-button", onclick: onReply }, t("timeline.reply")) : null,
+  );
+}
+
+async function membersScreen(ctx: Ctx, id: string): Promise<HTMLElement> {
+  const engine = await withEngine(ctx);
+  if (engine instanceof HTMLElement) return engine;
+  if (!isProfessional(ctx)) return h("section", { class: "card" }, h("h1", null, t("error.forbidden")));
+  const summary = () => engine.timelines().find((s) => s.timelineId === id);
+  if (!summary()) return h("section", { class: "card" }, h("h1", null, t("timeline.notFound")));
+
+  const memberIds = () => new Set(summary()?.memberAccountIds ?? []);
+  const members = h("ul", { class: "list", "data-testid": "members" });
+  const others = h("ul", { class: "list", "data-testid": "addable" });
+  const filter = input("filter", { type: "search" });
+  const names = () => new Map(engine.accounts().map((a) => [a.accountId, a.name]));
+
+  const add = async (accountId: string, name: string, button: HTMLButtonElement) => {
+    button.disabled = true;
+    try {
+      await engine.addPerson(id, accountId);
+      ctx.notify(t("timeline.added", { name }));
+      render();
+    } catch (e) {
+      ctx.notify(engineErrorText(e), "error");
+      button.disabled = false;
+    }
+  };
+  const addButton = (accountId: string, name: string): HTMLElement | null => {
+    if (memberIds().has(accountId) || accountId === ctx.me?.account_id) return null;
+    const b: HTMLButtonElement = h("button", { type: "button", "data-testid": "add-person", onclick: () => void add(accountId, name, b) }, t("timeline.add"));
+    return b;
+  };
+  const render = () => {
+    const n = names();
+    replace(
+      members,
+      [...memberIds()].map((a) => h("li", { class: "list-item" }, a === ctx.me?.account_id ? `${n.get(a) ?? ""} (${t("timeline.you")})` : (n.get(a) ?? a))),
+    );
+    const f = filter.value.trim().toLowerCase();
+    const addable = engine
+      .accounts()
+      .filter((a) => !memberIds().has(a.accountId) && a.accountId !== ctx.me?.account_id && a.deviceIds.length > 0)
+      .filter((a) => !f || a.name.toLowerCase().includes(f));
+    replace(
+      others,
+      addable.length
+        ? addable.map((a) => h("li", { class: "list-item" }, h("span", { class: "grow" }, a.name || t("timeline.noName")), addButton(a.accountId, a.name)))
+        : h("li", null, t("common.none")),
+    );
+  };
+  filter.addEventListener("input", render);
+  render();
+  void engine.refreshAccounts().then(render, () => {});
+  ctx.onLeave(onEngine((e) => (e.type === "timelines" || e.type === "accounts" ? render() : undefined)));
+
+  const familyName = input("family_name");
+  const familyOut = h("div", { "aria-live": "polite" });
+  const familyForm = h(
+    "form",
+    { "data-testid": "family-invite-form" },
+    field(t("family.name"), familyName),
+    h("button", { type: "submit", class: "primary" }, t("family.create")),
+  );
+  onSubmit(familyForm, async () => {
+    const inv = await api.createInvitation({ kind: "family", timeline_id: id, display_name: familyName.value.trim() || undefined });
+    replace(familyOut, h("p", null, t("family.show")), invitationView(inv));
+  });
+
+  return h(
+    "div",
+    { class: "stack" },
+    h(
+      "section",
+      { class: "card" },
+      h("div", { class: "title-row" }, h("h1", null, `${timelineTitle(id)} — ${t("timeline.members")}`), h("a", { class: "button", href: `#/t/${encodeURIComponent(id)}` }, t("common.back"))),
+      members,
+    ),
+    h("section", { class: "card" }, h("h2", null, t("timeline.otherAccounts")), field(t("timeline.filter"), filter), others),
+    h("section", { class: "card" }, h("h2", null, t("timeline.addPeople")), directorySearch(ctx, (p: DirectoryPerson) => addButton(p.account_id, p.display_name))),
+    h("section", { class: "card" }, h("h2", null, t("family.title")), familyForm, familyOut),
+  );
+}
