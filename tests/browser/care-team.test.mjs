@@ -1,0 +1,245 @@
+// The care team in a real browser: the first-run setup makes the clinic and
+// its admin (a doctor) with a passkey; the admin invites a nurse; the doctor
+// opens a patient's timeline, invites a family member by link and adds them,
+// and posts; the family member (another browser context) reads it and has
+// no way to post; reloads keep everything; Japanese and English both render.
+// Screenshots of the main screens go to target/screenshots/.
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+import { apiFrom, launchBrowser, personContext, screenshot, startServer } from "./harness.mjs";
+
+let server;
+let browser;
+let doctor; // also the clinic's admin; Japanese browser, 10-inch tablet
+let family; // English browser, phone
+let nurse;
+let timelineId;
+let familyAccountId;
+
+const TIMEOUT = 20_000;
+
+before(async () => {
+  server = await startServer();
+  browser = await launchBrowser();
+  doctor = await personContext(browser, { locale: "ja-JP", viewport: { width: 1280, height: 800 } });
+  family = await personContext(browser, { locale: "en-US", viewport: { width: 390, height: 844 } });
+  nurse = await personContext(browser, { locale: "ja-JP", viewport: { width: 800, height: 1280 } });
+});
+
+after(async () => {
+  for (const p of [doctor, family, nurse]) {
+    if (p?.errors.length) console.error("page errors:", p.errors);
+  }
+  await browser?.close();
+  await server?.stop();
+});
+
+async function registerFromInvitation(person, url, { name, kana, profession }) {
+  const { page } = person;
+  await page.goto(url);
+  await page.waitForSelector('[data-testid="invite-form"]', { timeout: TIMEOUT });
+  await page.fill('input[name="display_name"]', name);
+  if (kana) await page.fill('input[name="kana"]', kana);
+  if (profession) await page.selectOption('select[name="profession"]', profession);
+  await page.click('[data-testid="invite-form"] button[type="submit"]');
+  await page.waitForSelector('main[data-screen="timelines"]', { timeout: TIMEOUT });
+}
+
+test("first-run setup creates the clinic and its admin, who registers a passkey", async () => {
+  const { page } = doctor;
+  await page.goto(server.setupUrl);
+  await page.waitForSelector('[data-testid="setup-form"]', { timeout: TIMEOUT });
+  // A Japanese browser gets Japanese by default.
+  assert.equal(await page.getAttribute("html", "lang"), "ja");
+  assert.match(await page.textContent("h1"), /はじめての設定/);
+  await page.fill('input[name="org_name"]', "つなぐ在宅クリニック");
+  await page.selectOption('select[name="org_type"]', "clinic");
+  await page.fill('input[name="area"]', "文京区");
+  await page.check('input[name="home_visits"]');
+  await page.fill('input[name="display_name"]', "山田 太郎");
+  await page.fill('input[name="kana"]', "やまだ たろう");
+  await page.selectOption('select[name="profession"]', "doctor");
+  await page.fill('input[name="contact_hours"]', "ケアマネタイム 火曜 13:00〜14:00");
+  await screenshot(page, "01-setup");
+  await page.click('[data-testid="setup-form"] button[type="submit"]');
+  await page.waitForSelector('main[data-screen="timelines"]', { timeout: TIMEOUT });
+  assert.equal((await doctor.credentials()).length, 1, "one passkey in the authenticator");
+  const me = await apiFrom(page, "GET", "/v1/me");
+  assert.equal(me.status, 200);
+  assert.equal(me.body.role, "admin");
+  assert.equal(me.body.kind, "professional");
+  assert.equal(me.body.display_name, "山田 太郎");
+  const again = await apiFrom(page, "GET", "/v1/setup");
+  assert.equal(again.body.needed, false, "the setup link is used up");
+});
+
+test("the admin invites a nurse by link and QR code; the nurse registers, logs out and logs in with her passkey", async () => {
+  const { page } = doctor;
+  await page.goto(`${server.url}/#/admin`);
+  await page.waitForSelector('[data-testid="staff-invite-form"]', { timeout: TIMEOUT });
+  await page.fill('[data-testid="staff-invite-form"] input[name="display_name"]', "佐藤 花子");
+  await page.click('[data-testid="staff-invite-form"] button[type="submit"]');
+  await page.waitForSelector('[data-testid="invitation-url"]', { timeout: TIMEOUT });
+  const url = await page.inputValue('[data-testid="invitation-url"]');
+  assert.match(url, /#\/invite\//);
+  assert.ok(await page.isVisible('img.qr'), "the invitation's QR code is shown");
+  await screenshot(page, "02-admin-invitation");
+
+  await registerFromInvitation(nurse, url, { name: "佐藤 花子", kana: "さとう はなこ", profession: "nurse" });
+  const { page: np } = nurse;
+  assert.equal((await apiFrom(np, "GET", "/v1/me")).body.profession, "nurse");
+
+  // The admin's staff list now has the nurse.
+  await page.reload();
+  await page.waitForSelector('[data-testid="staff-list"] li', { timeout: TIMEOUT });
+  assert.match(await page.textContent('[data-testid="staff-list"]'), /佐藤 花子/);
+
+  // Logout, then login with the passkey saved in the authenticator.
+  await np.click('button:has-text("ログアウト")');
+  await np.waitForSelector('[data-testid="login-form"]', { timeout: TIMEOUT });
+  await screenshot(np, "03-login");
+  await np.click('[data-testid="login-form"] button[type="submit"]');
+  await np.waitForSelector('main[data-screen="timelines"]', { timeout: TIMEOUT });
+  assert.equal((await apiFrom(np, "GET", "/v1/me")).body.display_name, "佐藤 花子");
+});
+
+test("the directory finds the nurse by kana and by profession", async () => {
+  const { page } = doctor;
+  await page.goto(`${server.url}/#/directory`);
+  await page.waitForSelector('form[role="search"]', { timeout: TIMEOUT });
+  await page.fill('form[role="search"] input[name="q"]', "さとう");
+  await page.click('form[role="search"] button[type="submit"]');
+  await page.waitForFunction(() => document.querySelector('[data-testid="directory-people"]')?.textContent?.includes("佐藤 花子"), null, { timeout: TIMEOUT });
+  await page.fill('form[role="search"] input[name="q"]', "");
+  await page.selectOption('form[role="search"] select[name="profession"]', "doctor");
+  await page.click('form[role="search"] button[type="submit"]');
+  await page.waitForFunction(
+    () => {
+      const t = document.querySelector('[data-testid="directory-people"]')?.textContent ?? "";
+      return t.includes("山田 太郎") && !t.includes("佐藤 花子");
+    },
+    null,
+    { timeout: TIMEOUT },
+  );
+  await screenshot(page, "04-directory");
+});
+
+test("the doctor creates a patient's timeline and invites a family member, who registers", async () => {
+  const { page } = doctor;
+  await page.goto(`${server.url}/#/new`);
+  await page.waitForSelector('[data-testid="create-timeline-form"]', { timeout: TIMEOUT });
+  await page.fill('[data-testid="create-timeline-form"] input[name="title"]', "田中 一郎 様");
+  await page.click('[data-testid="create-timeline-form"] button[type="submit"]');
+  await page.waitForURL(/#\/t\/[^/]+\/members$/, { timeout: TIMEOUT });
+  timelineId = decodeURIComponent(page.url().match(/#\/t\/([^/]+)\/members$/)[1]);
+
+  await page.fill('[data-testid="family-invite-form"] input[name="family_name"]', "Hanako Tanaka");
+  await page.click('[data-testid="family-invite-form"] button[type="submit"]');
+  await page.waitForSelector('[data-testid="invitation-url"]', { timeout: TIMEOUT });
+  const url = await page.inputValue('[data-testid="invitation-url"]');
+  await screenshot(page, "05-members-family-invitation");
+
+  await registerFromInvitation(family, url, { name: "Hanako Tanaka" });
+  const me = await apiFrom(family.page, "GET", "/v1/me");
+  assert.equal(me.body.kind, "family");
+  familyAccountId = me.body.account_id;
+  // An English browser gets English by default.
+  assert.equal(await family.page.getAttribute("html", "lang"), "en");
+  assert.match(await family.page.textContent("main h1"), /Timelines/);
+});
+
+test("the doctor adds the family member and posts; the family member reads it and has no composer", async () => {
+  const { page } = doctor;
+  await page.goto(`${server.url}/#/t/${encodeURIComponent(timelineId)}/members`);
+  const addable = page.locator('[data-testid="addable"] li', { hasText: "Hanako Tanaka" });
+  await addable.waitFor({ timeout: TIMEOUT });
+  await addable.locator('[data-testid="add-person"]').click();
+  await page.waitForFunction(
+    (id) => [...document.querySelectorAll('[data-testid="members"] li')].some((li) => li.textContent.includes("Hanako Tanaka")) || id === null,
+    familyAccountId,
+    { timeout: TIMEOUT },
+  );
+
+  await page.goto(`${server.url}/#/t/${encodeURIComponent(timelineId)}`);
+  await page.waitForSelector('[data-testid="composer"]', { timeout: TIMEOUT });
+  await page.fill('[data-testid="composer-text"]', "本日訪問。体温 36.8℃、食欲あり。");
+  await page.click('[data-testid="send"]');
+  await page.waitForSelector('[data-testid="post"][data-state="sent"]', { timeout: TIMEOUT });
+  await screenshot(page, "06-timeline-doctor");
+
+  const fp = family.page;
+  await fp.goto(`${server.url}/#/`);
+  const link = fp.locator('[data-testid="timeline-link"]');
+  await link.first().waitFor({ timeout: TIMEOUT });
+  await screenshot(fp, "07-timelines-family-phone");
+  await link.first().click();
+  await fp.waitForSelector('[data-testid="post"]', { timeout: TIMEOUT });
+  assert.match(await fp.textContent('[data-testid="posts"]'), /体温 36\.8℃/);
+  // Families are readers: no composer, no reply buttons, a read-only note.
+  assert.equal(await fp.locator('[data-testid="composer"]').count(), 0);
+  assert.equal(await fp.locator("textarea").count(), 0);
+  assert.equal(await fp.locator(".reply-button").count(), 0);
+  assert.ok(await fp.isVisible('[data-testid="read-only"]'));
+  await screenshot(fp, "08-timeline-family-phone");
+});
+
+test("what the server refuses a family account today: the directory (403)", async () => {
+  // The server-side refusal of a family member's *post* needs the roles of
+  // the workflows issue (issue 4); until then the UI gives families no
+  // composer (checked above) and the server refuses them the directory.
+  // TODO(issue 4): force a post through the engine from the family context
+  // and assert the server answers `forbidden`.
+  const r = await apiFrom(family.page, "GET", "/v1/directory/people?q=");
+  assert.equal(r.status, 403);
+  assert.equal(r.body.code, "forbidden");
+});
+
+test("a reload keeps everything: session, timeline, posts", async () => {
+  for (const person of [doctor, family]) {
+    const { page } = person;
+    await page.goto(`${server.url}/#/t/${encodeURIComponent(timelineId)}`);
+    await page.reload();
+    await page.waitForSelector('[data-testid="post"]', { timeout: TIMEOUT });
+    assert.match(await page.textContent('[data-testid="posts"]'), /体温 36\.8℃/);
+  }
+  assert.match(await doctor.page.textContent('[data-testid="timeline-title"]'), /田中 一郎 様/);
+});
+
+test("Japanese and English both render, and the switch and large type are kept", async () => {
+  const { page } = family;
+  await page.goto(`${server.url}/#/`);
+  await page.waitForSelector('main[data-screen="timelines"]', { timeout: TIMEOUT });
+  await page.selectOption("#lang-select", "ja");
+  await page.waitForFunction(() => document.documentElement.lang === "ja");
+  assert.match(await page.textContent("main h1"), /タイムライン/);
+  await page.click('button.toggle[aria-pressed]');
+  assert.equal(await page.getAttribute("button.toggle", "aria-pressed"), "true");
+  await page.reload();
+  await page.waitForSelector('main[data-screen="timelines"]', { timeout: TIMEOUT });
+  assert.equal(await page.getAttribute("html", "lang"), "ja");
+  assert.ok(await page.evaluate(() => document.documentElement.classList.contains("large-type")));
+  await screenshot(page, "09-family-ja-large-type");
+  await page.selectOption("#lang-select", "en");
+  assert.match(await page.textContent("main h1"), /Timelines/);
+
+  // The doctor's screens in English too.
+  const dp = doctor.page;
+  await dp.selectOption("#lang-select", "en");
+  await dp.goto(`${server.url}/#/devices`);
+  await dp.waitForSelector('[data-testid="device-list"] li', { timeout: TIMEOUT });
+  assert.match(await dp.textContent("main h1"), /Devices & passkeys/);
+  await screenshot(dp, "10-devices-en");
+  await dp.selectOption("#lang-select", "ja");
+});
+
+test("the status line is always visible and follows the connection", async () => {
+  const { page, context } = doctor;
+  await page.goto(`${server.url}/#/`);
+  const status = page.locator('[data-testid="status"]');
+  await page.waitForFunction(() => document.querySelector('[data-testid="status"]')?.dataset.state === "online", null, { timeout: TIMEOUT });
+  await context.setOffline(true);
+  await page.waitForFunction(() => document.querySelector('[data-testid="status"]')?.dataset.state === "offline", null, { timeout: TIMEOUT });
+  assert.match(await status.textContent(), /オフライン/);
+  await context.setOffline(false);
+  await page.waitForFunction(() => document.querySelector('[data-testid="status"]')?.dataset.state === "online", null, { timeout: TIMEOUT });
+});
