@@ -8,6 +8,10 @@ pub mod mls;
 pub mod state;
 pub mod store;
 pub mod transport;
+pub mod web;
+
+#[cfg(all(feature = "wasm", target_arch = "wasm32"))]
+pub mod wasm;
 
 #[cfg(feature = "native")]
 pub mod native;

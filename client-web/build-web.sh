@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Builds the web client into client-web/ui/dist/ (what tsunagu-server serves at /):
+#
+#   1. the Rust client core for wasm32 (feature `wasm`, release);
+#   2. wasm-bindgen bindings into client-web/ui/src/engine/pkg/ (gitignored),
+#      with wasm-bindgen-cli of exactly the wasm-bindgen version in Cargo.lock,
+#      installed into target/tools/ when missing;
+#   3. wasm-opt -Oz when binaryen's wasm-opt is on PATH (Debian: binaryen);
+#   4. the UI: npm ci (when node_modules is missing or stale), then
+#      `npm run build` (tsc + vite build).
+#
+# Prints the wasm size (raw and gzip) and the time of each step.
+# Environment: TSUNAGU_SKIP_WASM_OPT=1 skips step 3; CARGO_TARGET_DIR is honoured.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+if ! command -v cargo >/dev/null 2>&1 && [[ -x "$HOME/.cargo/bin/cargo" ]]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+fi
+
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+PKG=$ROOT/client-web/ui/src/engine/pkg
+TOOLS=$ROOT/target/tools
+UI=$ROOT/client-web/ui
+
+now_ms() { date +%s%3N; }
+T0=$(now_ms)
+step() { echo "==> [build-web $(( ($(now_ms) - T0) / 1000 ))s] $*"; }
+
+if command -v rustup >/dev/null 2>&1 && ! rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then
+    step "adding the wasm32-unknown-unknown Rust target"
+    rustup target add wasm32-unknown-unknown
+fi
+
+step "cargo build (wasm32, release)"
+# `cargo rustc --crate-type cdylib` rather than a cdylib in Cargo.toml, so
+# native builds do not link a shared library they never use.
+cargo rustc --release --target wasm32-unknown-unknown -p tsunagu-client --no-default-features --features wasm \
+    --lib --crate-type cdylib
+
+WB_VERSION=$(awk '$0 == "name = \"wasm-bindgen\"" { getline; gsub(/version = |"/, ""); print; exit }' Cargo.lock)
+if [[ -z "$WB_VERSION" ]]; then
+    echo "build-web.sh: no wasm-bindgen in Cargo.lock" >&2
+    exit 1
+fi
+WASM_BINDGEN=$TOOLS/bin/wasm-bindgen
+if [[ ! -x "$WASM_BINDGEN" ]] || [[ "$("$WASM_BINDGEN" --version 2>/dev/null)" != "wasm-bindgen $WB_VERSION" ]]; then
+    step "installing wasm-bindgen-cli $WB_VERSION into $TOOLS"
+    cargo install --locked --quiet wasm-bindgen-cli --version "=$WB_VERSION" --root "$TOOLS"
+fi
+
+step "wasm-bindgen"
+rm -rf "$PKG"
+mkdir -p "$PKG"
+"$WASM_BINDGEN" --target web --out-dir "$PKG" --out-name tsunagu_client \
+    "$TARGET_DIR/wasm32-unknown-unknown/release/tsunagu_client.wasm"
+WASM=$PKG/tsunagu_client_bg.wasm
+
+if [[ -n "${TSUNAGU_SKIP_WASM_OPT:-}" ]]; then
+    step "wasm-opt skipped (TSUNAGU_SKIP_WASM_OPT)"
+elif command -v wasm-opt >/dev/null 2>&1; then
+    step "wasm-opt -Oz ($(wasm-opt --version))"
+    before=$(stat -c %s "$WASM")
+    # The features rustc enables by default for wasm32-unknown-unknown.
+    wasm-opt -Oz --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext \
+        --enable-mutable-globals --enable-reference-types --enable-multivalue \
+        -o "$WASM.opt" "$WASM"
+    mv "$WASM.opt" "$WASM"
+    echo "    wasm-opt: $before -> $(stat -c %s "$WASM") bytes"
+else
+    step "wasm-opt not found (Debian: apt-get install binaryen); the wasm is not optimised further"
+fi
+echo "    wasm size: $(stat -c %s "$WASM") bytes raw, $(gzip -9 -c "$WASM" | wc -c) bytes gzip -9"
+
+cd "$UI"
+if [[ ! -d node_modules ]] || [[ package-lock.json -nt node_modules/.package-lock.json ]]; then
+    step "npm ci"
+    npm ci --no-audit --no-fund
+fi
+step "npm run build"
+npm run build
+step "done: $UI/dist"

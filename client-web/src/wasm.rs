@@ -1,0 +1,398 @@
+//! The browser bindings (feature `wasm`, wasm32 only): a thin wasm-bindgen
+//! facade over [`WebClient`] (web.rs, where the logic and its tests are).
+//! JavaScript (`ui/src/engine/engine.ts`) owns the websocket and IndexedDB
+//! and implements the `Host` interface below; frames it receives are pushed
+//! into the facade's inbox, where the core's requests wait for them.
+//!
+//! Values cross as JSON strings (views, events) or `Uint8Array`s (stored keys
+//! and values). Errors reject with an `Error` whose `code` property is the
+//! engine error code (`web::error_code`).
+//!
+//! One operation runs at a time: an operation takes the client out of the
+//! facade for as long as it runs, and a second call meanwhile rejects with
+//! code `busy` (engine.ts queues its calls, so this only catches mistakes);
+//! the views answer `busy` too, and engine.ts serves its cached copy then.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+
+use js_sys::{Array, Promise, Uint8Array};
+use tsunagu_protocol::PostKind;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::{future_to_promise, JsFuture};
+
+use crate::store::{Change, Pair};
+use crate::web::{error_code, key_b64, Host, Registration, WebClient};
+use crate::ClientError;
+
+#[wasm_bindgen(typescript_custom_section)]
+const HOST_TS: &'static str = r#"
+/** What JavaScript does for the client core. */
+export interface Host {
+  /** Apply the puts and deletes in ONE IndexedDB transaction; resolve when it completed. */
+  persist(putKeys: Uint8Array[], putValues: Uint8Array[], deleteKeys: Uint8Array[]): Promise<void>;
+  /** Send one text frame on the open websocket; throw if there is none. */
+  send(text: string): void;
+  /** A promise that resolves after `ms` milliseconds. */
+  sleep(ms: number): Promise<void>;
+}
+"#;
+
+#[wasm_bindgen]
+extern "C" {
+    #[wasm_bindgen(typescript_type = "Host")]
+    pub type JsHost;
+
+    #[wasm_bindgen(method, catch)]
+    fn persist(this: &JsHost, put_keys: Array, put_values: Array, delete_keys: Array) -> Result<Promise, JsValue>;
+
+    #[wasm_bindgen(method, catch)]
+    fn send(this: &JsHost, text: &str) -> Result<(), JsValue>;
+
+    #[wasm_bindgen(method)]
+    fn sleep(this: &JsHost, ms: f64) -> Promise;
+}
+
+fn js_text(v: &JsValue) -> String {
+    if let Some(s) = v.as_string() {
+        return s;
+    }
+    js_sys::Reflect::get(v, &JsValue::from_str("message"))
+        .ok()
+        .and_then(|m| m.as_string())
+        .unwrap_or_else(|| format!("{v:?}"))
+}
+
+/// Frames received on the current socket, not yet read by the core.
+#[derive(Default)]
+struct Inbox {
+    frames: VecDeque<String>,
+    closed: bool,
+    waker: Option<Waker>,
+}
+
+impl Inbox {
+    fn wake(&mut self) {
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+}
+
+pub struct BrowserHost {
+    js: JsHost,
+    inbox: Rc<RefCell<Inbox>>,
+}
+
+/// Waits for a frame, the socket's close, or the timer.
+struct Recv {
+    inbox: Rc<RefCell<Inbox>>,
+    timer: JsFuture,
+}
+
+impl Future for Recv {
+    type Output = Result<Option<String>, ClientError>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        {
+            let mut inbox = self.inbox.borrow_mut();
+            if let Some(f) = inbox.frames.pop_front() {
+                return Poll::Ready(Ok(Some(f)));
+            }
+            if inbox.closed {
+                return Poll::Ready(Err(ClientError::Disconnected("connection closed".into())));
+            }
+            inbox.waker = Some(cx.waker().clone());
+        }
+        match Pin::new(&mut self.timer).poll(cx) {
+            Poll::Ready(_) => Poll::Ready(Ok(None)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl Host for BrowserHost {
+    async fn persist(&mut self, changes: &[Change]) -> Result<(), ClientError> {
+        let (put_keys, put_values, delete_keys) = (Array::new(), Array::new(), Array::new());
+        for (k, v) in changes {
+            match v {
+                Some(v) => {
+                    put_keys.push(&Uint8Array::from(k.as_slice()));
+                    put_values.push(&Uint8Array::from(v.as_slice()));
+                }
+                None => {
+                    delete_keys.push(&Uint8Array::from(k.as_slice()));
+                }
+            }
+        }
+        let promise = self
+            .js
+            .persist(put_keys, put_values, delete_keys)
+            .map_err(|e| ClientError::Io(format!("IndexedDB: {}", js_text(&e))))?;
+        JsFuture::from(promise).await.map_err(|e| ClientError::Io(format!("IndexedDB: {}", js_text(&e))))?;
+        Ok(())
+    }
+
+    fn send(&mut self, text: String) -> Result<(), ClientError> {
+        if self.inbox.borrow().closed {
+            return Err(ClientError::Disconnected("connection closed".into()));
+        }
+        self.js.send(&text).map_err(|e| ClientError::Disconnected(js_text(&e)))
+    }
+
+    async fn recv(&mut self, timeout_ms: u64) -> Result<Option<String>, ClientError> {
+        {
+            let mut inbox = self.inbox.borrow_mut();
+            if let Some(f) = inbox.frames.pop_front() {
+                return Ok(Some(f));
+            }
+            if inbox.closed {
+                return Err(ClientError::Disconnected("connection closed".into()));
+            }
+        }
+        if timeout_ms == 0 {
+            return Ok(None);
+        }
+        let timer = JsFuture::from(self.js.sleep(timeout_ms as f64));
+        Recv { inbox: self.inbox.clone(), timer }.await
+    }
+
+    fn now_ms(&self) -> u64 {
+        js_sys::Date::now() as u64
+    }
+}
+
+type Client = WebClient<BrowserHost>;
+
+fn js_error(code: &str, message: &str) -> JsValue {
+    let e = js_sys::Error::new(message);
+    let _ = js_sys::Reflect::set(&e, &JsValue::from_str("code"), &JsValue::from_str(code));
+    e.into()
+}
+
+fn client_error(e: &ClientError) -> JsValue {
+    js_error(error_code(e), &e.to_string())
+}
+
+fn busy() -> JsValue {
+    js_error("busy", "another engine operation is running")
+}
+
+fn json<T: serde::Serialize>(t: &T) -> JsValue {
+    JsValue::from_str(&serde_json::to_string(t).expect("views serialize"))
+}
+
+/// The client core for JavaScript.
+#[wasm_bindgen]
+pub struct Facade {
+    client: Rc<RefCell<Option<Client>>>,
+    inbox: Rc<RefCell<Inbox>>,
+}
+
+#[wasm_bindgen]
+impl Facade {
+    /// The client from everything the IndexedDB store holds (`keys[i]` ↦
+    /// `values[i]`).
+    pub fn load(host: JsHost, keys: Array, values: Array) -> Result<Facade, JsValue> {
+        if keys.length() != values.length() {
+            return Err(js_error("invalid", "keys and values differ in length"));
+        }
+        let pairs: Vec<Pair> = keys
+            .iter()
+            .zip(values.iter())
+            .map(|(k, v)| (Uint8Array::new(&k).to_vec(), Uint8Array::new(&v).to_vec()))
+            .collect();
+        let inbox = Rc::new(RefCell::new(Inbox { closed: true, ..Inbox::default() }));
+        let client = WebClient::load(BrowserHost { js: host, inbox: inbox.clone() }, pairs)
+            .map_err(|e| client_error(&e))?;
+        Ok(Facade { client: Rc::new(RefCell::new(Some(client))), inbox })
+    }
+
+    /// A new websocket opened: frames of the old one are dropped.
+    pub fn socket_opened(&self) {
+        let mut inbox = self.inbox.borrow_mut();
+        inbox.frames.clear();
+        inbox.closed = false;
+        inbox.wake();
+    }
+
+    /// The websocket closed: a waiting request fails with `offline`.
+    pub fn socket_closed(&self) {
+        let mut inbox = self.inbox.borrow_mut();
+        inbox.closed = true;
+        inbox.wake();
+    }
+
+    /// A text frame arrived.
+    pub fn push_frame(&self, text: String) {
+        let mut inbox = self.inbox.borrow_mut();
+        inbox.frames.push_back(text);
+        inbox.wake();
+    }
+
+    /// Frames received and not yet processed.
+    pub fn queued_frames(&self) -> u32 {
+        self.inbox.borrow().frames.len() as u32
+    }
+
+    /// Whether an operation is running.
+    pub fn busy(&self) -> bool {
+        self.client.borrow().is_none()
+    }
+
+    fn view(&self, f: impl FnOnce(&Client) -> JsValue) -> Result<JsValue, JsValue> {
+        match self.client.borrow().as_ref() {
+            Some(c) => Ok(f(c)),
+            None => Err(busy()),
+        }
+    }
+
+    /// `DeviceInfo` JSON, or `null` before registration.
+    pub fn device(&self) -> Result<JsValue, JsValue> {
+        self.view(|c| match c.device() {
+            Some(d) => json(&d),
+            None => JsValue::NULL,
+        })
+    }
+
+    /// `TimelineSummary[]` JSON.
+    pub fn timelines(&self) -> Result<JsValue, JsValue> {
+        self.view(|c| json(&c.timelines()))
+    }
+
+    /// `PostView[]` JSON.
+    pub fn posts(&self, timeline_id: &str) -> Result<JsValue, JsValue> {
+        self.view(|c| json(&c.posts(timeline_id)))
+    }
+
+    /// `AccountView[]` JSON.
+    pub fn accounts(&self) -> Result<JsValue, JsValue> {
+        self.view(|c| json(&c.accounts()))
+    }
+
+    /// Events since the last call, JSON.
+    pub fn take_events(&self) -> Result<JsValue, JsValue> {
+        match self.client.borrow_mut().as_mut() {
+            Some(c) => Ok(json(&c.take_events())),
+            None => Err(busy()),
+        }
+    }
+
+    /// Runs one operation with the client taken out of the facade.
+    fn run<Fut>(&self, op: impl FnOnce(Client) -> Fut + 'static) -> Promise
+    where
+        Fut: Future<Output = (Client, Result<JsValue, ClientError>)> + 'static,
+    {
+        let slot = self.client.clone();
+        let Some(client) = slot.borrow_mut().take() else {
+            return Promise::reject(&busy());
+        };
+        future_to_promise(async move {
+            let (client, result) = op(client).await;
+            *slot.borrow_mut() = Some(client);
+            result.map_err(|e| client_error(&e))
+        })
+    }
+
+    /// Make (and save) the device key; resolves with its public key, base64.
+    pub fn new_device_key(&self) -> Promise {
+        self.run(move |mut c| async move {
+            let r = c.new_device_key().await.map(|k| JsValue::from_str(&key_b64(&k)));
+            (c, r)
+        })
+    }
+
+    /// Record the registered device (`Registration` JSON); resolves with
+    /// `DeviceInfo` JSON.
+    pub fn register(&self, registration: String) -> Promise {
+        self.run(move |mut c| async move {
+            let r = match serde_json::from_str::<Registration>(&registration) {
+                Ok(reg) => c.register(reg.into()).await.map(|d| json(&d)),
+                Err(e) => Err(ClientError::Invalid(format!("registration: {e}"))),
+            };
+            (c, r)
+        })
+    }
+
+    /// After `socket_opened` and the socket's `open` event.
+    pub fn connected(&self) -> Promise {
+        self.run(move |mut c| async move {
+            let r = c.connected().await.map(|()| JsValue::UNDEFINED);
+            (c, r)
+        })
+    }
+
+    /// Process the frames already received.
+    pub fn drain(&self) -> Promise {
+        self.run(move |mut c| async move {
+            let r = c.drain().await.map(|()| JsValue::UNDEFINED);
+            (c, r)
+        })
+    }
+
+    /// Check that the connection is alive (`ping`/`pong`).
+    pub fn ping(&self) -> Promise {
+        self.run(move |mut c| async move {
+            let r = c.ping().await.map(|()| JsValue::UNDEFINED);
+            (c, r)
+        })
+    }
+
+    pub fn refresh_accounts(&self) -> Promise {
+        self.run(move |mut c| async move {
+            let r = c.refresh_accounts().await.map(|a| json(&a));
+            (c, r)
+        })
+    }
+
+    /// Resolves with the new timeline's id.
+    pub fn create_timeline(&self) -> Promise {
+        self.run(move |mut c| async move {
+            let r = c.create_timeline().await.map(|t| JsValue::from_str(&t));
+            (c, r)
+        })
+    }
+
+    /// Resolves with the commit's seq.
+    pub fn add_person(&self, timeline_id: String, account_id: String) -> Promise {
+        self.run(move |mut c| async move {
+            let r = c.add_person(&timeline_id, &account_id).await.map(|s| JsValue::from_f64(s as f64));
+            (c, r)
+        })
+    }
+
+    pub fn remove_person(&self, timeline_id: String, account_id: String) -> Promise {
+        self.run(move |mut c| async move {
+            let r = c.remove_person(&timeline_id, &account_id).await.map(|s| JsValue::from_f64(s as f64));
+            (c, r)
+        })
+    }
+
+    /// Queue a post (`kind`: "text" or "report"); resolves with its pending
+    /// `PostView` JSON.
+    pub fn queue_post(&self, timeline_id: String, text: String, reply_to: Option<f64>, kind: String) -> Promise {
+        self.run(move |mut c| async move {
+            let kind = if kind == "report" { PostKind::Report } else { PostKind::Text };
+            let reply_to = reply_to.filter(|s| *s >= 1.0).map(|s| s as u64);
+            let r = c.queue_post(&timeline_id, &text, reply_to, kind).await.map(|p| json(&p));
+            (c, r)
+        })
+    }
+
+    pub fn send_outbox(&self) -> Promise {
+        self.run(move |mut c| async move {
+            let r = c.send_outbox().await.map(|()| JsValue::UNDEFINED);
+            (c, r)
+        })
+    }
+
+    pub fn mark_read(&self, timeline_id: String, seq: Option<f64>) -> Promise {
+        self.run(move |mut c| async move {
+            let r = c.mark_read(&timeline_id, seq.map(|s| s as u64)).await.map(|()| JsValue::UNDEFINED);
+            (c, r)
+        })
+    }
+}

@@ -1,0 +1,744 @@
+//! The browser client's logic, kept apart from wasm-bindgen so that it builds
+//! and is tested natively: [`WebClient`] wraps the sans-IO [`Core`] for a
+//! [`Host`] (JavaScript, in the browser) that owns the websocket and
+//! IndexedDB. `wasm.rs` is only the bindings.
+//!
+//! Persistence rule (ARCHITECTURE.md): the core's saves go to an in-memory
+//! buffer; before any frame leaves ([`Transport::send_text`]) everything
+//! buffered is handed to [`Host::persist`] (one IndexedDB transaction) and
+//! awaited, and every operation ends by persisting what is left. So the
+//! server never learns of a state (an outbox entry, a ratchet, an acked seq)
+//! that the browser could still lose, and an operation that returns has
+//! saved all it changed.
+//!
+//! Besides the core's keys the browser keeps a few of its own under `web/`
+//! (the core refuses keys it does not know, so they are split off at load):
+//!
+//! | key | value |
+//! |---|---|
+//! | `web/signer` | a device key made for registration, until the device is registered |
+//! | `web/directory` | accounts and device → account map (JSON), so names show offline |
+//! | `web/members` | timeline → member account ids, as the server last said (JSON) |
+//! | `web/read/<timeline>` | the read marker: highest seq read (u64 big-endian) |
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use tsunagu_protocol::frames::AccountInfo;
+use tsunagu_protocol::{Bytes, Post, PostKind};
+
+use crate::core::{new_msg_id, Core, Enrolment};
+use crate::mls as m;
+use crate::store::{Change, Pair, StateStore};
+use crate::transport::Transport;
+use crate::{ClientError, PostStatus};
+
+/// What the browser (JavaScript) does for the client.
+#[allow(async_fn_in_trait)]
+pub trait Host {
+    /// Apply puts and deletes in one atomic, durable transaction; resolves
+    /// when it has committed.
+    async fn persist(&mut self, changes: &[Change]) -> Result<(), ClientError>;
+    /// Hand one text frame to the open websocket;
+    /// `Err(ClientError::Disconnected)` when there is none.
+    fn send(&mut self, text: String) -> Result<(), ClientError>;
+    /// The next incoming frame, `Ok(None)` if none came within `timeout_ms`
+    /// (0: only one already received); `Err(Disconnected)` once the socket
+    /// closed.
+    async fn recv(&mut self, timeout_ms: u64) -> Result<Option<String>, ClientError>;
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&self) -> u64;
+}
+
+const WEB: &[u8] = b"web/";
+const SIGNER_KEY: &[u8] = b"web/signer";
+const DIRECTORY_KEY: &[u8] = b"web/directory";
+const MEMBERS_KEY: &[u8] = b"web/members";
+const READ_PREFIX: &[u8] = b"web/read/";
+
+fn read_key(timeline_id: &str) -> Vec<u8> {
+    [READ_PREFIX, timeline_id.as_bytes()].concat()
+}
+
+/// The core's store: commits collect here until the next flush.
+#[derive(Clone, Default)]
+struct Buffer(Arc<Mutex<BufferInner>>);
+
+#[derive(Default)]
+struct BufferInner {
+    /// What `load_all` returns once (the saved state at start).
+    loaded: Vec<Pair>,
+    pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl Buffer {
+    fn put(&self, key: Vec<u8>, value: Option<Vec<u8>>) {
+        self.0.lock().expect("buffer lock").pending.insert(key, value);
+    }
+    fn take(&self) -> Vec<Change> {
+        std::mem::take(&mut self.0.lock().expect("buffer lock").pending).into_iter().collect()
+    }
+    /// Put back changes whose persist failed, under any newer ones.
+    fn restore(&self, changes: Vec<Change>) {
+        let mut g = self.0.lock().expect("buffer lock");
+        for (k, v) in changes {
+            g.pending.entry(k).or_insert(v);
+        }
+    }
+    fn is_empty(&self) -> bool {
+        self.0.lock().expect("buffer lock").pending.is_empty()
+    }
+}
+
+impl StateStore for Buffer {
+    fn load_all(&mut self) -> Result<Vec<Pair>, ClientError> {
+        Ok(std::mem::take(&mut self.0.lock().expect("buffer lock").loaded))
+    }
+    fn commit(&mut self, changes: &[Change]) -> Result<(), ClientError> {
+        let mut g = self.0.lock().expect("buffer lock");
+        for (k, v) in changes {
+            g.pending.insert(k.clone(), v.clone());
+        }
+        Ok(())
+    }
+}
+
+/// Persist everything buffered (nothing if empty). On failure the changes
+/// stay buffered for the next attempt.
+async fn flush<H: Host>(host: &mut H, buffer: &Buffer) -> Result<(), ClientError> {
+    let changes = buffer.take();
+    if changes.is_empty() {
+        return Ok(());
+    }
+    match host.persist(&changes).await {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            buffer.restore(changes);
+            Err(e)
+        }
+    }
+}
+
+/// The core's transport: persists before every send.
+struct WebIo<'a, H: Host> {
+    host: &'a mut H,
+    buffer: &'a Buffer,
+}
+
+impl<H: Host> Transport for WebIo<'_, H> {
+    async fn send_text(&mut self, text: String) -> Result<(), ClientError> {
+        flush(self.host, self.buffer).await?;
+        self.host.send(text)
+    }
+    async fn recv_text(&mut self, timeout_ms: u64) -> Result<Option<String>, ClientError> {
+        self.host.recv(timeout_ms).await
+    }
+    fn now_ms(&self) -> u64 {
+        self.host.now_ms()
+    }
+}
+
+/// Accounts as last listed, plus every device → account pair ever seen (a
+/// revoked device's old posts keep their author).
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+struct Directory {
+    accounts: Vec<AccountInfo>,
+    device_accounts: BTreeMap<String, String>,
+    names: BTreeMap<String, String>,
+}
+
+/// This browser's device.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceView {
+    pub device_id: String,
+    pub account_id: String,
+    pub account_name: String,
+    pub server_url: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AccountView {
+    pub account_id: String,
+    pub name: String,
+    pub device_ids: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PostState {
+    Sent,
+    Pending,
+    Undecryptable,
+    Unsupported,
+}
+
+/// A post as the UI shows it (`PostView` in `ui/src/engine/index.ts`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PostView {
+    pub timeline_id: String,
+    pub seq: Option<u64>,
+    pub msg_id: Option<String>,
+    pub sender_device_id: String,
+    pub sender_account_id: Option<String>,
+    pub sender_name: String,
+    pub own: bool,
+    pub kind: PostKind,
+    pub text: String,
+    pub reply_to: Option<u64>,
+    pub sent_at: u64,
+    pub state: PostState,
+}
+
+/// One row of the timeline list (`TimelineSummary` in index.ts).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TimelineSummary {
+    pub timeline_id: String,
+    pub active: bool,
+    pub member_account_ids: Vec<String>,
+    pub unread: u64,
+    pub last_seq: u64,
+    pub last_post: Option<PostView>,
+    pub pending: u64,
+}
+
+/// What changed, for the UI (`EngineEvent` in index.ts, without the events
+/// JavaScript makes itself).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    Timelines,
+    Posts {
+        #[serde(rename = "timelineId")]
+        timeline_id: String,
+    },
+    Accounts,
+    Warning {
+        message: String,
+    },
+}
+
+/// The error code JavaScript sees for an error (`EngineError.code`).
+pub fn error_code(e: &ClientError) -> &'static str {
+    match e {
+        ClientError::Server(f) => f.code.as_str(),
+        ClientError::Disconnected(_) | ClientError::NotConnected | ClientError::Timeout => "offline",
+        ClientError::Invalid(_) => "invalid",
+        ClientError::Http { status: 401, .. } => "unauthorized",
+        _ => "internal",
+    }
+}
+
+fn not_registered() -> ClientError {
+    ClientError::Invalid("this browser has no registered device".into())
+}
+
+/// Per timeline, what a re-render depends on.
+type Fingerprint = (u64, usize, usize, bool, u64);
+
+/// The browser client: the core, the browser's own records, and the events
+/// for the UI.
+pub struct WebClient<H: Host> {
+    host: H,
+    buffer: Buffer,
+    core: Option<Core>,
+    pending_signer: Option<Vec<u8>>,
+    directory: Directory,
+    members: BTreeMap<String, Vec<String>>,
+    read: BTreeMap<String, u64>,
+    events: Vec<Event>,
+    seen: BTreeMap<String, Fingerprint>,
+}
+
+impl<H: Host> WebClient<H> {
+    /// The client from everything IndexedDB holds (`pairs` in any order).
+    pub fn load(host: H, pairs: Vec<Pair>) -> Result<WebClient<H>, ClientError> {
+        let bad = |what: &str, e: serde_json::Error| ClientError::CorruptState(format!("{what}: {e}"));
+        let (web, core_pairs): (Vec<Pair>, Vec<Pair>) = pairs.into_iter().partition(|(k, _)| k.starts_with(WEB));
+        let mut client = WebClient {
+            host,
+            buffer: Buffer::default(),
+            core: None,
+            pending_signer: None,
+            directory: Directory::default(),
+            members: BTreeMap::new(),
+            read: BTreeMap::new(),
+            events: Vec::new(),
+            seen: BTreeMap::new(),
+        };
+        for (k, v) in web {
+            if k == SIGNER_KEY {
+                client.pending_signer = Some(v);
+            } else if k == DIRECTORY_KEY {
+                client.directory = serde_json::from_slice(&v).map_err(|e| bad("web/directory", e))?;
+            } else if k == MEMBERS_KEY {
+                client.members = serde_json::from_slice(&v).map_err(|e| bad("web/members", e))?;
+            } else if let Some(tid) = k.strip_prefix(READ_PREFIX) {
+                let seq: [u8; 8] = v.as_slice().try_into().map_err(|_| ClientError::CorruptState("read marker".into()))?;
+                let tid = String::from_utf8(tid.to_vec()).map_err(|_| ClientError::CorruptState("read key".into()))?;
+                client.read.insert(tid, u64::from_be_bytes(seq));
+            }
+            // Unknown `web/` keys belong to a newer version: kept, ignored.
+        }
+        if !core_pairs.is_empty() {
+            client.buffer.0.lock().expect("buffer lock").loaded = core_pairs;
+            client.core = Some(Core::open(Box::new(client.buffer.clone()))?);
+        }
+        client.seen = client.fingerprints();
+        Ok(client)
+    }
+
+    pub fn host(&self) -> &H {
+        &self.host
+    }
+
+    pub fn host_mut(&mut self) -> &mut H {
+        &mut self.host
+    }
+
+    pub fn core(&self) -> Option<&Core> {
+        self.core.as_ref()
+    }
+
+    fn core_mut(&mut self) -> Result<(&mut Core, WebIo<'_, H>), ClientError> {
+        let core = self.core.as_mut().ok_or_else(not_registered)?;
+        Ok((core, WebIo { host: &mut self.host, buffer: &self.buffer }))
+    }
+
+    /// Persist what is left and gather the events of an operation; the
+    /// operation's own error wins over a failed persist.
+    async fn finish<T>(&mut self, result: Result<T, ClientError>) -> Result<T, ClientError> {
+        let saved = flush(&mut self.host, &self.buffer).await;
+        self.collect_events();
+        let value = result?;
+        saved?;
+        Ok(value)
+    }
+
+    /// Whether changes are waiting to be persisted (none after an operation
+    /// returned Ok).
+    pub fn has_unpersisted(&self) -> bool {
+        !self.buffer.is_empty() || self.core.as_ref().is_some_and(|c| c.has_unsaved_changes())
+    }
+
+    // ----- registration ---------------------------------------------------------------
+
+    pub fn device(&self) -> Option<DeviceView> {
+        let d = &self.core.as_ref()?.state().device;
+        Some(DeviceView {
+            device_id: d.device_id.clone(),
+            account_id: d.account_id.clone(),
+            account_name: d.account_name.clone(),
+            server_url: d.server_url.clone(),
+        })
+    }
+
+    /// The public signature key to register (`POST /v1/devices`). The key
+    /// pair is saved first, so a reload after the request keeps it; calling
+    /// again before `register` returns the same key.
+    pub async fn new_device_key(&mut self) -> Result<Vec<u8>, ClientError> {
+        if self.core.is_some() {
+            return Err(ClientError::Invalid("this browser already has a device".into()));
+        }
+        let signer = match &self.pending_signer {
+            Some(bytes) => m::signer_from_bytes(bytes)?,
+            None => {
+                let signer = m::new_signer()?;
+                let bytes = m::tls_bytes(&signer)?;
+                self.buffer.put(SIGNER_KEY.to_vec(), Some(bytes.clone()));
+                self.pending_signer = Some(bytes);
+                signer
+            }
+        };
+        self.finish(Ok(signer.public().to_vec())).await
+    }
+
+    /// Record the device the server registered for the key of
+    /// [`WebClient::new_device_key`].
+    pub async fn register(&mut self, enrolment: Enrolment) -> Result<DeviceView, ClientError> {
+        let bytes = self
+            .pending_signer
+            .clone()
+            .ok_or_else(|| ClientError::Invalid("no device key: call new_device_key first".into()))?;
+        let signer = m::signer_from_bytes(&bytes)?;
+        let result = Core::new_enrolled(Box::new(self.buffer.clone()), enrolment, signer);
+        let result = match result {
+            Ok(core) => {
+                self.core = Some(core);
+                self.pending_signer = None;
+                self.buffer.put(SIGNER_KEY.to_vec(), None);
+                Ok(self.device().expect("registered"))
+            }
+            Err(e) => Err(e),
+        };
+        self.finish(result).await
+    }
+
+    // ----- connection -----------------------------------------------------------------
+
+    /// After the websocket opened: wait for `ready`, top up key packages,
+    /// catch up, send the outbox, then refresh the member and account lists.
+    pub async fn connected(&mut self) -> Result<(), ClientError> {
+        let result = async {
+            let (core, mut io) = self.core_mut()?;
+            core.on_connected(&mut io).await
+        }
+        .await;
+        let result = match result {
+            Ok(()) => self.refresh_lists().await,
+            Err(e) => Err(e),
+        };
+        self.finish(result).await
+    }
+
+    /// Process every frame already received (live messages, welcomes), then
+    /// save and send the acks.
+    pub async fn drain(&mut self) -> Result<(), ClientError> {
+        let before: BTreeSet<String> = self.core.as_ref().map(|c| c.timelines().into_iter().collect()).unwrap_or_default();
+        let result = async {
+            let (core, mut io) = self.core_mut()?;
+            while core.pump_one(&mut io, 0).await? {}
+            core.flush_acks(&mut io).await
+        }
+        .await;
+        let after: BTreeSet<String> = self.core.as_ref().map(|c| c.timelines().into_iter().collect()).unwrap_or_default();
+        let result = match result {
+            // A welcome (or a removal) changed the member lists.
+            Ok(()) if before != after => self.refresh_members().await,
+            other => other,
+        };
+        self.finish(result).await
+    }
+
+    /// Ask the server for a `pong` (a silent connection fails with
+    /// `offline` after the core's silence limit), processing what comes
+    /// before it.
+    pub async fn ping(&mut self) -> Result<(), ClientError> {
+        let result = async {
+            let (core, mut io) = self.core_mut()?;
+            core.sync(&mut io).await
+        }
+        .await;
+        self.finish(result).await
+    }
+
+    async fn refresh_lists(&mut self) -> Result<(), ClientError> {
+        self.refresh_members().await?;
+        self.refresh_directory().await
+    }
+
+    async fn refresh_members(&mut self) -> Result<(), ClientError> {
+        let (core, mut io) = self.core_mut()?;
+        let list = core.list_timelines(&mut io).await?;
+        let members: BTreeMap<String, Vec<String>> =
+            list.into_iter().map(|t| (t.timeline_id, t.member_account_ids)).collect();
+        if members != self.members {
+            self.members = members;
+            self.buffer.put(MEMBERS_KEY.to_vec(), Some(serde_json::to_vec(&self.members).expect("json")));
+            self.events.push(Event::Timelines);
+        }
+        Ok(())
+    }
+
+    async fn refresh_directory(&mut self) -> Result<(), ClientError> {
+        let (core, mut io) = self.core_mut()?;
+        let accounts = core.list_accounts(&mut io).await?;
+        let mut dir = self.directory.clone();
+        for a in &accounts {
+            dir.names.insert(a.account_id.clone(), a.name.clone());
+            for d in &a.device_ids {
+                dir.device_accounts.insert(d.clone(), a.account_id.clone());
+            }
+        }
+        dir.accounts = accounts;
+        if dir.accounts != self.directory.accounts || dir.device_accounts != self.directory.device_accounts {
+            self.directory = dir;
+            self.buffer.put(DIRECTORY_KEY.to_vec(), Some(serde_json::to_vec(&self.directory).expect("json")));
+            self.events.push(Event::Accounts);
+            self.events.push(Event::Timelines);
+        }
+        Ok(())
+    }
+
+    /// Ask the server for the accounts.
+    pub async fn refresh_accounts(&mut self) -> Result<Vec<AccountView>, ClientError> {
+        let result = self.refresh_directory().await.map(|()| self.accounts());
+        self.finish(result).await
+    }
+
+    // ----- workflows ------------------------------------------------------------------
+
+    pub async fn create_timeline(&mut self) -> Result<String, ClientError> {
+        let result = async {
+            let (core, mut io) = self.core_mut()?;
+            let tid = core.create_timeline(&mut io).await?;
+            self.refresh_members().await?;
+            Ok(tid)
+        }
+        .await;
+        self.finish(result).await
+    }
+
+    pub async fn add_person(&mut self, timeline_id: &str, account_id: &str) -> Result<u64, ClientError> {
+        let result = async {
+            let (core, mut io) = self.core_mut()?;
+            let seq = core.add_person(&mut io, timeline_id, account_id).await?;
+            self.refresh_members().await?;
+            Ok(seq)
+        }
+        .await;
+        self.finish(result).await
+    }
+
+    pub async fn remove_person(&mut self, timeline_id: &str, account_id: &str) -> Result<u64, ClientError> {
+        let result = async {
+            let (core, mut io) = self.core_mut()?;
+            let seq = core.remove_person(&mut io, timeline_id, account_id).await?;
+            self.refresh_members().await?;
+            Ok(seq)
+        }
+        .await;
+        self.finish(result).await
+    }
+
+    /// Queue a post durably (no network); [`WebClient::send_outbox`] sends it.
+    pub async fn queue_post(
+        &mut self,
+        timeline_id: &str,
+        text: &str,
+        reply_to: Option<u64>,
+        kind: PostKind,
+    ) -> Result<PostView, ClientError> {
+        let msg_id = new_msg_id();
+        let now = self.host.now_ms();
+        let result = async {
+            let core = self.core.as_mut().ok_or_else(not_registered)?;
+            let post = Post { kind, text: text.into(), reply_to, sent_at: now };
+            core.queue_post(timeline_id, &msg_id, post)?;
+            self.posts(timeline_id)
+                .into_iter()
+                .find(|p| p.msg_id.as_deref() == Some(msg_id.as_str()))
+                .ok_or_else(|| ClientError::Invalid("queued post not found".into()))
+        }
+        .await;
+        self.finish(result).await
+    }
+
+    /// Send the outbox (each post until accepted or refused).
+    pub async fn send_outbox(&mut self) -> Result<(), ClientError> {
+        let result = async {
+            let (core, mut io) = self.core_mut()?;
+            core.resend_outbox(&mut io).await
+        }
+        .await;
+        self.finish(result).await
+    }
+
+    /// Move the read marker (default: the last post).
+    pub async fn mark_read(&mut self, timeline_id: &str, seq: Option<u64>) -> Result<(), ClientError> {
+        let core = self.core.as_ref().ok_or_else(not_registered)?;
+        let last = core.state().timelines.get(timeline_id).and_then(|t| t.posts.keys().next_back().copied()).unwrap_or(0);
+        let seq = seq.unwrap_or(last).min(last);
+        if self.read.get(timeline_id).copied().unwrap_or(0) != seq {
+            self.read.insert(timeline_id.to_string(), seq);
+            self.buffer.put(read_key(timeline_id), Some(seq.to_be_bytes().to_vec()));
+            self.events.push(Event::Timelines);
+        }
+        self.finish(Ok(())).await
+    }
+
+    // ----- views ----------------------------------------------------------------------
+
+    pub fn accounts(&self) -> Vec<AccountView> {
+        self.directory
+            .accounts
+            .iter()
+            .map(|a| AccountView { account_id: a.account_id.clone(), name: a.name.clone(), device_ids: a.device_ids.clone() })
+            .collect()
+    }
+
+    fn sender(&self, device_id: &str) -> (Option<String>, String) {
+        let Some(core) = &self.core else { return (None, String::new()) };
+        let me = &core.state().device;
+        let account = if device_id == me.device_id {
+            Some(me.account_id.clone())
+        } else {
+            self.directory.device_accounts.get(device_id).cloned()
+        };
+        let name = match &account {
+            Some(a) if *a == me.account_id => me.account_name.clone(),
+            Some(a) => self.directory.names.get(a).cloned().unwrap_or_default(),
+            None => String::new(),
+        };
+        (account, name)
+    }
+
+    /// A timeline's posts in seq order, then its pending posts in queue order.
+    pub fn posts(&self, timeline_id: &str) -> Vec<PostView> {
+        let Some(core) = &self.core else { return Vec::new() };
+        let me = &core.state().device;
+        let msg_ids: BTreeMap<u64, &String> = core.state().sent.iter().map(|(id, seq)| (*seq, id)).collect();
+        let mut out = Vec::new();
+        if let Some(tl) = core.state().timelines.get(timeline_id) {
+            for p in tl.posts.values() {
+                let (sender_account_id, sender_name) = self.sender(&p.sender_device_id);
+                let state = match p.status {
+                    PostStatus::Ok => PostState::Sent,
+                    PostStatus::Undecryptable => PostState::Undecryptable,
+                    PostStatus::Unsupported => PostState::Unsupported,
+                };
+                let own = sender_account_id.as_deref() == Some(me.account_id.as_str());
+                out.push(PostView {
+                    timeline_id: timeline_id.to_string(),
+                    seq: Some(p.seq),
+                    msg_id: if p.sender_device_id == me.device_id { msg_ids.get(&p.seq).map(|s| s.to_string()) } else { None },
+                    sender_device_id: p.sender_device_id.clone(),
+                    sender_account_id,
+                    sender_name,
+                    own,
+                    kind: p.post.as_ref().map(|p| p.kind).unwrap_or(PostKind::Text),
+                    text: p.post.as_ref().map(|p| p.text.clone()).unwrap_or_default(),
+                    reply_to: p.post.as_ref().and_then(|p| p.reply_to),
+                    sent_at: p.post.as_ref().map(|p| p.sent_at).unwrap_or(0),
+                    state,
+                });
+            }
+        }
+        for e in core.outbox().iter().filter(|e| e.timeline_id == timeline_id) {
+            out.push(PostView {
+                timeline_id: timeline_id.to_string(),
+                seq: None,
+                msg_id: Some(e.msg_id.clone()),
+                sender_device_id: me.device_id.clone(),
+                sender_account_id: Some(me.account_id.clone()),
+                sender_name: me.account_name.clone(),
+                own: true,
+                kind: e.post.kind,
+                text: e.post.text.clone(),
+                reply_to: e.post.reply_to,
+                sent_at: e.post.sent_at,
+                state: PostState::Pending,
+            });
+        }
+        out
+    }
+
+    /// Every timeline this device knows, the most recent activity first.
+    pub fn timelines(&self) -> Vec<TimelineSummary> {
+        let Some(core) = &self.core else { return Vec::new() };
+        let me = &core.state().device;
+        let active: BTreeSet<String> = core.timelines().into_iter().collect();
+        let mut ids: BTreeSet<String> = core.state().timelines.keys().cloned().collect();
+        ids.extend(active.iter().cloned());
+        let mut out: Vec<TimelineSummary> = ids
+            .into_iter()
+            .map(|tid| {
+                let tl = core.state().timelines.get(&tid);
+                let read = self.read.get(&tid).copied().unwrap_or(0);
+                let unread = tl
+                    .map(|t| {
+                        t.posts
+                            .range(read + 1..)
+                            .filter(|(_, p)| {
+                                p.sender_device_id != me.device_id
+                                    && self.directory.device_accounts.get(&p.sender_device_id) != Some(&me.account_id)
+                            })
+                            .count() as u64
+                    })
+                    .unwrap_or(0);
+                let posts = self.posts(&tid);
+                let pending = posts.iter().filter(|p| p.state == PostState::Pending).count() as u64;
+                TimelineSummary {
+                    active: active.contains(&tid),
+                    member_account_ids: self.members.get(&tid).cloned().unwrap_or_default(),
+                    unread,
+                    last_seq: tl.map(|t| t.processed_seq).unwrap_or(0),
+                    last_post: posts.into_iter().next_back(),
+                    pending,
+                    timeline_id: tid,
+                }
+            })
+            .collect();
+        let activity = |t: &TimelineSummary| t.last_post.as_ref().map(|p| p.sent_at).unwrap_or(0);
+        out.sort_by(|a, b| activity(b).cmp(&activity(a)).then_with(|| a.timeline_id.cmp(&b.timeline_id)));
+        out
+    }
+
+    fn fingerprints(&self) -> BTreeMap<String, Fingerprint> {
+        let Some(core) = &self.core else { return BTreeMap::new() };
+        let active: BTreeSet<String> = core.timelines().into_iter().collect();
+        let mut out = BTreeMap::new();
+        for (tid, tl) in &core.state().timelines {
+            let pending = core.outbox().iter().filter(|e| &e.timeline_id == tid).count();
+            let last = tl.posts.keys().next_back().copied().unwrap_or(0);
+            out.insert(tid.clone(), (tl.processed_seq, tl.posts.len(), pending, active.contains(tid), last));
+        }
+        for tid in active {
+            out.entry(tid).or_insert((0, 0, 0, true, 0));
+        }
+        out
+    }
+
+    fn collect_events(&mut self) {
+        let now = self.fingerprints();
+        let mut changed = false;
+        for (tid, fp) in &now {
+            if self.seen.get(tid) != Some(fp) {
+                changed = true;
+                let ev = Event::Posts { timeline_id: tid.clone() };
+                if !self.events.contains(&ev) {
+                    self.events.push(ev);
+                }
+            }
+        }
+        changed |= self.seen.keys().any(|k| !now.contains_key(k));
+        if changed && !self.events.contains(&Event::Timelines) {
+            self.events.push(Event::Timelines);
+        }
+        self.seen = now;
+        if let Some(core) = self.core.as_mut() {
+            while core.take_new_post().is_some() {}
+            for w in core.take_warnings() {
+                self.events.push(Event::Warning { message: w });
+            }
+        }
+    }
+
+    /// Events since the last call, in order.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+}
+
+/// The device identity `POST /v1/devices` returned, with the names the UI
+/// knows (`register`'s argument from JavaScript).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Registration {
+    pub server_url: String,
+    pub account_id: String,
+    pub account_name: String,
+    pub device_id: String,
+    pub device_token: String,
+}
+
+impl From<Registration> for Enrolment {
+    fn from(r: Registration) -> Enrolment {
+        Enrolment {
+            server_url: r.server_url,
+            account_id: r.account_id,
+            account_name: r.account_name,
+            device_id: r.device_id,
+            device_token: r.device_token,
+        }
+    }
+}
+
+/// Base64 (standard, padded) of a public key, as `POST /v1/devices` takes it.
+pub fn key_b64(key: &[u8]) -> String {
+    serde_json::to_value(Bytes(key.to_vec())).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+}
