@@ -190,6 +190,24 @@ pub enum ErrorCode {
     NoKeyPackages,
     /// The message id was already used for a different timeline.
     MsgIdReused,
+    /// Authenticated, but not allowed (e.g. a family account and the
+    /// directory, a member and an admin-only action).
+    Forbidden,
+    /// No such resource (person, organisation, device, photo).
+    NotFound,
+    /// No invitation has this token.
+    UnknownInvitation,
+    /// The invitation's time ran out.
+    InvitationExpired,
+    /// The invitation was already used.
+    InvitationUsed,
+    /// The passkey's answer does not verify (wrong signature, other origin,
+    /// no user verification, unknown or cloned credential).
+    PasskeyRejected,
+    /// The WebAuthn ceremony is unknown, already finished or expired: start again.
+    UnknownCeremony,
+    /// The first-run setup is done (or the setup link is wrong).
+    SetupDone,
     /// The server could not do it; nothing was stored. Retry later.
     Internal,
 }
@@ -213,6 +231,14 @@ impl ErrorCode {
             ErrorCode::CredentialMismatch => "credential_mismatch",
             ErrorCode::NoKeyPackages => "no_key_packages",
             ErrorCode::MsgIdReused => "msg_id_reused",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::UnknownInvitation => "unknown_invitation",
+            ErrorCode::InvitationExpired => "invitation_expired",
+            ErrorCode::InvitationUsed => "invitation_used",
+            ErrorCode::PasskeyRejected => "passkey_rejected",
+            ErrorCode::UnknownCeremony => "unknown_ceremony",
+            ErrorCode::SetupDone => "setup_done",
             ErrorCode::Internal => "internal",
         }
     }

@@ -10,6 +10,7 @@ pub mod bytes;
 pub mod envelope;
 pub mod frames;
 pub mod ids;
+pub mod people;
 
 pub use bytes::Bytes;
 pub use envelope::{Envelope, Post, PostKind};

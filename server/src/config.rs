@@ -112,6 +112,24 @@ pub struct ServeConfig {
     /// Log format on stderr: `text` or `json` (one JSON object per line).
     #[arg(long, env = "TSUNAGU_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+    /// The address people open in their browser, e.g.
+    /// `https://tsunagu.example.jp`; setup and invitation links start with it
+    /// and its host is the passkeys' relying-party id (a domain name, not an
+    /// IP address). Default: `http://localhost:PORT` of the listening port.
+    #[arg(long, env = "TSUNAGU_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// A browser or native session ends after this many seconds without a request.
+    #[arg(long, env = "TSUNAGU_SESSION_IDLE_SECONDS", default_value_t = 30 * 60)]
+    pub session_idle_seconds: u64,
+    /// A session ends this many seconds after its login, however busy.
+    #[arg(long, env = "TSUNAGU_SESSION_LIFETIME_SECONDS", default_value_t = 12 * 3600)]
+    pub session_lifetime_seconds: u64,
+    /// Directory of the built web client served at `/` (client-web/ui/dist,
+    /// made by client-web/build-web.sh). Default: `client-web/ui/dist` under
+    /// the current directory or the repository the binary was built in, or
+    /// `web/` beside the binary.
+    #[arg(long, env = "TSUNAGU_WEB_ROOT")]
+    pub web_root: Option<PathBuf>,
     /// A TOML file with any of the settings above (keys as the flags, with
     /// `_` for `-`). Flags and environment variables override it.
     #[arg(long, env = "TSUNAGU_CONFIG")]
@@ -136,6 +154,9 @@ struct FileConfig {
     connection_queue: Option<usize>,
     drain_seconds: Option<u64>,
     log_format: Option<LogFormat>,
+    public_url: Option<String>,
+    session_idle_seconds: Option<u64>,
+    session_lifetime_seconds: Option<u64>,
 }
 
 impl Cli {
@@ -170,6 +191,18 @@ impl Cli {
         }
         if let (Some(v), true) = (file.log_format, unset("log_format")) {
             serve.log_format = v;
+        }
+        if let (Some(v), true) = (file.public_url, unset("public_url")) {
+            serve.public_url = Some(v);
+        }
+        if let (Some(v), true) = (file.session_idle_seconds, unset("session_idle_seconds")) {
+            serve.session_idle_seconds = v;
+        }
+        if let (Some(v), true) = (file.session_lifetime_seconds, unset("session_lifetime_seconds")) {
+            serve.session_lifetime_seconds = v;
+        }
+        if let (Some(v), true) = (file.web_root, unset("web_root")) {
+            serve.web_root = Some(v);
         }
         Ok(cli)
     }

@@ -2,22 +2,26 @@
 // over fetch. The browser is authenticated by the HttpOnly session cookie, so
 // no token is ever handled here.
 
+export type AccountKind = "professional" | "family" | "bot";
+export type Role = "member" | "admin";
+
 export interface Me {
   account_id: string;
-  kind: "professional" | "family" | "bot";
+  kind: AccountKind;
   display_name: string;
-  kana: string | null;
+  kana: string;
   profession: string | null;
   organisation_id: string | null;
   organisation_name: string | null;
-  role: "member" | "admin";
-  contact_hours: string | null;
+  role: Role;
+  contact_hours: string;
   has_photo: boolean;
 }
 
 export interface OrgInput {
   name: string;
-  org_type: string;
+  kana?: string;
+  type: string;
   area: string;
   address: string;
   phone: string;
@@ -44,9 +48,9 @@ export interface Session {
 
 export interface InvitationInfo {
   kind: "staff" | "family";
-  organisation_name?: string | null;
+  organisation_name: string | null;
   invited_by: string;
-  display_name?: string | null;
+  display_name: string | null;
   expires_at: number;
 }
 
@@ -58,62 +62,66 @@ export interface CreatedInvitation {
   qr_svg: string;
 }
 
-export interface DeviceInfo {
-  device_id: string;
-  name: string;
-  created_at?: number;
-  last_seen_at?: number | null;
-  revoked?: boolean;
+export interface InvitationSummary {
+  invitation_id: string;
+  kind: "staff" | "family";
+  display_name: string | null;
+  timeline_id: string | null;
+  created_at: number;
+  expires_at: number;
+  used_at: number | null;
+  used_by: string | null;
 }
 
-export interface PasskeyInfo {
-  id?: string;
-  passkey_id?: string;
-  name?: string | null;
-  created_at?: number;
+export interface DeviceSummary {
+  device_id: string;
+  name: string;
+  created_at: number;
+  revoked_at: number | null;
+}
+
+export interface PasskeySummary {
+  passkey_id: string;
+  created_at: number;
+  last_used_at: number | null;
 }
 
 export interface DirectoryPerson {
   account_id: string;
+  kind: AccountKind;
   display_name: string;
-  kana: string | null;
+  kana: string;
   profession: string | null;
   organisation_id: string | null;
   organisation_name: string | null;
-  org_type?: string | null;
-  area?: string | null;
-  contact_hours: string | null;
-  has_photo: boolean;
+  org_type: string | null;
+  area: string | null;
+  role: Role;
+  contact_hours: string;
+  /** Set when the person has a face photo. */
+  photo_url: string | null;
 }
 
 export interface DirectoryOrganisation {
   organisation_id: string;
   name: string;
-  org_type: string;
-  area: string | null;
-  address: string | null;
-  phone: string | null;
-  fax: string | null;
+  kana: string;
+  type: string;
+  area: string;
+  address: string;
+  phone: string;
+  fax: string;
   home_visits: boolean;
-}
-
-export interface StaffMember {
-  account_id: string;
-  display_name: string;
-  kana: string | null;
-  profession: string | null;
-  role: "member" | "admin";
-  kind?: string;
-  has_photo?: boolean;
+  staff_count: number;
 }
 
 export interface AuditRow {
-  seq?: number;
+  seq: number;
   at: number;
   action: string;
   outcome: string;
   actor_account_id: string | null;
-  actor_device_id?: string | null;
+  actor_device_id: string | null;
   subject: string | null;
   detail: string;
 }
@@ -178,6 +186,7 @@ export const api = {
   setupFinish: (ceremony_id: string, credential: unknown) =>
     request<Session>("POST", "/v1/setup/finish", { ceremony_id, credential }),
 
+  invitations: () => request<InvitationSummary[]>("GET", "/v1/invitations"),
   invitation: (token: string) => request<InvitationInfo>("GET", `/v1/invitations/${encodeURIComponent(token)}`),
   invitationStart: (token: string, person: PersonInput) =>
     request<Ceremony>("POST", `/v1/invitations/${encodeURIComponent(token)}/start`, { person }),
@@ -211,34 +220,24 @@ export const api = {
   photoUrl: (accountId: string, version?: number | string) =>
     `/v1/people/${encodeURIComponent(accountId)}/photo${version ? `?v=${version}` : ""}`,
 
-  devices: () => request<DeviceInfo[] | { devices: DeviceInfo[] }>("GET", "/v1/devices"),
+  devices: () => request<DeviceSummary[]>("GET", "/v1/devices"),
   revokeDevice: (id: string) => request<unknown>("DELETE", `/v1/devices/${encodeURIComponent(id)}`),
   deviceCode: (account_id?: string) =>
-    request<{ code: string; expires_at: number }>("POST", "/v1/devices/codes", account_id ? { account_id } : {}),
-  passkeys: () => request<PasskeyInfo[] | { passkeys: PasskeyInfo[] }>("GET", "/v1/passkeys"),
+    request<{ account_id: string; code: string; expires_at: number }>("POST", "/v1/devices/codes", account_id ? { account_id } : {}),
+  passkeys: () => request<PasskeySummary[]>("GET", "/v1/passkeys"),
   passkeyStart: () => request<Ceremony>("POST", "/v1/passkeys/start", {}),
   passkeyFinish: (ceremony_id: string, credential: unknown) =>
     request<unknown>("POST", "/v1/passkeys/finish", { ceremony_id, credential }),
 
   directoryPeople: (p: { q?: string; profession?: string; org_type?: string; area?: string; home_visits?: boolean }) =>
-    request<DirectoryPerson[] | { people: DirectoryPerson[] }>("GET", `/v1/directory/people${query(p)}`),
+    request<DirectoryPerson[]>("GET", `/v1/directory/people${query(p)}`),
   directoryOrganisations: (p: { q?: string; org_type?: string; area?: string; home_visits?: boolean }) =>
-    request<DirectoryOrganisation[] | { organisations: DirectoryOrganisation[] }>(
-      "GET",
-      `/v1/directory/organisations${query(p)}`,
-    ),
+    request<DirectoryOrganisation[]>("GET", `/v1/directory/organisations${query(p)}`),
 
   staff: (orgId: string) =>
-    request<StaffMember[] | { staff: StaffMember[] }>("GET", `/v1/organisations/${encodeURIComponent(orgId)}/staff`),
+    request<DirectoryPerson[]>("GET", `/v1/organisations/${encodeURIComponent(orgId)}/staff`),
   removeStaff: (orgId: string, accountId: string) =>
     request<unknown>("DELETE", `/v1/organisations/${encodeURIComponent(orgId)}/staff/${encodeURIComponent(accountId)}`),
-  audit: () => request<AuditRow[] | { entries: AuditRow[] }>("GET", "/v1/audit?format=json"),
+  audit: () => request<AuditRow[]>("GET", "/v1/audit?format=json"),
   auditCsvUrl: () => "/v1/audit?format=csv",
 };
-
-/** Lists come either bare or wrapped in an object (`{devices: [...]}`); both are accepted. */
-export function listOf<T>(value: T[] | Record<string, T[]>): T[] {
-  if (Array.isArray(value)) return value;
-  const first = Object.values(value).find(Array.isArray);
-  return (first as T[] | undefined) ?? [];
-}

@@ -28,7 +28,7 @@ export const ORG_TYPES = [
   "visiting_nurse_station",
   "pharmacy",
   "care_management_agency",
-  "community_support_center",
+  "community_general_support_centre",
   "dental_clinic",
   "other",
 ] as const;
@@ -57,6 +57,7 @@ export function personForm(opts: { family?: boolean; name?: string; legend: stri
   const kana = input("kana", { autocomplete: "off" });
   const profession = opts.family ? null : select("profession", "profession", PROFESSIONS);
   const hours = opts.family ? null : input("contact_hours");
+  if (profession) profession.required = true;
   const el = h(
     "fieldset",
     null,
@@ -105,7 +106,7 @@ export function orgForm(legend: string): OrgForm {
     el,
     value: () => ({
       name: name.value.trim(),
-      org_type: type.value,
+      type: type.value,
       area: area.value.trim(),
       address: address.value.trim(),
       phone: phone.value.trim(),

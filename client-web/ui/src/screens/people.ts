@@ -1,6 +1,6 @@
 // Screens about people: my profile, my devices and passkeys, the directory,
 // and the organisation admin's pages (staff, invitations, audit log).
-import { api, listOf, type DirectoryOrganisation, type DirectoryPerson, type StaffMember } from "../api.ts";
+import { api, type DirectoryOrganisation, type DirectoryPerson, type InvitationSummary } from "../api.ts";
 import { errorText, type Ctx } from "../app.ts";
 import { field, formatTime, h, replace, svgImage } from "../dom.ts";
 import { copyBox, input, onSubmit, ORG_TYPES, PROFESSIONS, select } from "../forms.ts";
@@ -77,7 +77,7 @@ export async function devicesScreen(ctx: Ctx): Promise<HTMLElement> {
   const list = h("ul", { class: "list", "data-testid": "device-list" });
   const thisDevice = localStorage.getItem("tsunagu.deviceId");
   async function load(): Promise<void> {
-    const devices = listOf(await api.devices());
+    const devices = await api.devices();
     replace(
       list,
       devices.length === 0 ? h("li", null, t("common.none")) : null,
@@ -90,15 +90,14 @@ export async function devicesScreen(ctx: Ctx): Promise<HTMLElement> {
             { class: "grow" },
             h("strong", null, d.name),
             d.device_id === thisDevice ? h("span", { class: "badge" }, t("devices.thisDevice")) : null,
-            d.revoked ? h("span", { class: "badge badge-muted" }, t("devices.revoked")) : null,
+            d.revoked_at ? h("span", { class: "badge badge-muted" }, `${t("devices.revoked")} ${formatTime(d.revoked_at, lang())}`) : null,
             h(
               "div",
               { class: "hint" },
-              d.created_at ? `${t("devices.created")}: ${formatTime(d.created_at, lang())}` : "",
-              d.last_seen_at ? ` · ${t("devices.lastSeen")}: ${formatTime(d.last_seen_at, lang())}` : "",
+              `${t("devices.created")}: ${formatTime(d.created_at, lang())}`,
             ),
           ),
-          d.revoked
+          d.revoked_at
             ? null
             : h(
                 "button",
@@ -133,11 +132,21 @@ export async function devicesScreen(ctx: Ctx): Promise<HTMLElement> {
   const passkeys = h("ul", { class: "list", "data-testid": "passkey-list" });
   async function loadPasskeys(): Promise<void> {
     try {
-      const keys = listOf(await api.passkeys());
+      const keys = await api.passkeys();
       replace(
         passkeys,
         keys.map((k, i) =>
-          h("li", { class: "list-item" }, h("span", { class: "grow" }, k.name || `${t("devices.passkeys")} ${i + 1}`), k.created_at ? h("span", { class: "hint" }, formatTime(k.created_at, lang())) : null),
+          h(
+            "li",
+            { class: "list-item" },
+            h("span", { class: "grow" }, `${t("devices.passkeys")} ${i + 1}`),
+            h(
+              "span",
+              { class: "hint" },
+              `${t("devices.created")}: ${formatTime(k.created_at, lang())}`,
+              k.last_used_at ? ` · ${t("devices.lastUsed")}: ${formatTime(k.last_used_at, lang())}` : "",
+            ),
+          ),
         ),
       );
     } catch (e) {
@@ -168,7 +177,7 @@ export function personCard(p: DirectoryPerson, action?: HTMLElement): HTMLElemen
   return h(
     "li",
     { class: "person-card", "data-testid": "person-card" },
-    avatar(p.account_id, p.display_name, p.has_photo),
+    avatar(p.account_id, p.display_name, !!p.photo_url),
     h(
       "div",
       { class: "grow" },
@@ -188,7 +197,7 @@ function orgCard(o: DirectoryOrganisation): HTMLElement {
       "div",
       { class: "grow" },
       h("strong", null, o.name),
-      h("div", null, [tEnum("orgType", o.org_type), o.area, o.home_visits ? t("org.homeVisits") : null].filter(Boolean).join(" · ")),
+      h("div", null, [tEnum("orgType", o.type), o.area, o.home_visits ? t("org.homeVisits") : null].filter(Boolean).join(" · ")),
       h("div", { class: "hint" }, [o.address, o.phone ? `${t("org.phone")} ${o.phone}` : null, o.fax ? `${t("org.fax")} ${o.fax}` : null].filter(Boolean).join(" · ")),
     ),
   );
@@ -219,8 +228,8 @@ export function directorySearch(ctx: Ctx, onPerson?: (p: DirectoryPerson) => HTM
       api.directoryPeople({ ...params, profession: profession.value }),
       onPerson ? Promise.resolve([] as DirectoryOrganisation[]) : api.directoryOrganisations(params),
     ]);
-    const ps = listOf(p).filter((x) => x.account_id !== ctx.me?.account_id || !onPerson);
-    const os = listOf(o);
+    const ps = p.filter((x) => x.account_id !== ctx.me?.account_id || !onPerson);
+    const os = o;
     replace(people, ps.length ? ps.map((x) => personCard(x, onPerson?.(x) ?? undefined)) : h("li", null, t("directory.noResults")));
     replace(orgs, os.map(orgCard));
   }
@@ -257,11 +266,13 @@ export async function adminScreen(ctx: Ctx): Promise<HTMLElement> {
   }
   const orgId = me.organisation_id;
   const staffList = h("ul", { class: "cards", "data-testid": "staff-list" });
+  const names = new Map<string, string>();
   async function loadStaff(): Promise<void> {
-    const staff = listOf(await api.staff(orgId));
-    replace(staffList, staff.map((s: StaffMember) => staffRow(s)));
+    const staff = await api.staff(orgId);
+    for (const s of staff) names.set(s.account_id, s.display_name);
+    replace(staffList, staff.map((s) => staffRow(s)));
   }
-  function staffRow(s: StaffMember): HTMLElement {
+  function staffRow(s: DirectoryPerson): HTMLElement {
     const remove =
       s.account_id === me.account_id
         ? null
@@ -286,7 +297,7 @@ export async function adminScreen(ctx: Ctx): Promise<HTMLElement> {
     return h(
       "li",
       { class: "person-card" },
-      avatar(s.account_id, s.display_name, !!s.has_photo),
+      avatar(s.account_id, s.display_name, !!s.photo_url),
       h(
         "div",
         { class: "grow" },
@@ -309,6 +320,11 @@ export async function adminScreen(ctx: Ctx): Promise<HTMLElement> {
     field(t("admin.inviteExpires"), hours),
     h("button", { type: "submit", class: "primary" }, t("admin.createInvitation")),
   );
+  const sent = h("ul", { class: "list", "data-testid": "invitation-list" });
+  async function loadInvitations(): Promise<void> {
+    const list = await api.invitations();
+    replace(sent, list.length ? list.slice().reverse().map(invitationRow) : h("li", null, t("common.none")));
+  }
   onSubmit(inviteForm, async () => {
     const inv = await api.createInvitation({
       kind: "staff",
@@ -316,11 +332,14 @@ export async function adminScreen(ctx: Ctx): Promise<HTMLElement> {
       expires_in_hours: Number(hours.value) || undefined,
     });
     replace(inviteOut, invitationView(inv));
+    await loadInvitations();
   });
+  await loadInvitations().catch((e) => replace(sent, h("li", { role: "alert" }, errorText(e))));
 
   const auditBody = h("tbody");
+  const who = (id: string | null) => (id && names.get(id)) || h("span", { class: "mono", title: id ?? "" }, short(id));
   async function loadAudit(): Promise<void> {
-    const rows = listOf(await api.audit());
+    const rows = await api.audit();
     replace(
       auditBody,
       rows
@@ -331,10 +350,10 @@ export async function adminScreen(ctx: Ctx): Promise<HTMLElement> {
             "tr",
             null,
             h("td", null, formatTime(r.at, lang())),
-            h("td", null, r.action),
-            h("td", null, r.outcome),
-            h("td", { class: "mono" }, short(r.actor_account_id)),
-            h("td", { class: "mono" }, short(r.subject)),
+            h("td", null, tEnum("auditAction", r.action)),
+            h("td", { class: r.outcome === "ok" ? "" : "refused" }, tEnum("auditOutcome", r.outcome)),
+            h("td", null, who(r.actor_account_id)),
+            h("td", null, who(r.subject)),
             h("td", null, r.detail),
           ),
         ),
@@ -346,7 +365,7 @@ export async function adminScreen(ctx: Ctx): Promise<HTMLElement> {
     "div",
     { class: "stack" },
     h("section", { class: "card" }, h("h1", null, t("admin.title")), h("h2", null, t("admin.staff")), staffList),
-    h("section", { class: "card" }, h("h2", null, t("admin.invitations")), inviteForm, inviteOut),
+    h("section", { class: "card" }, h("h2", null, t("admin.invitations")), inviteForm, inviteOut, h("h3", null, t("admin.sentInvitations")), sent),
     h(
       "section",
       { class: "card" },
@@ -373,6 +392,21 @@ export async function adminScreen(ctx: Ctx): Promise<HTMLElement> {
         ),
       ),
     ),
+  );
+}
+
+function invitationRow(i: InvitationSummary): HTMLElement {
+  const state = i.used_at
+    ? t("invitation.used", { time: formatTime(i.used_at, lang()) })
+    : i.expires_at < Date.now()
+      ? t("invitation.expired")
+      : t("invitation.open", { time: formatTime(i.expires_at, lang()) });
+  return h(
+    "li",
+    { class: "list-item" },
+    h("span", { class: "grow" }, i.display_name || t("timeline.noName")),
+    h("span", { class: "badge badge-muted" }, i.kind === "family" ? t("invitation.kindFamily") : t("invitation.kindStaff")),
+    h("span", { class: "hint" }, state),
   );
 }
 
