@@ -36,6 +36,9 @@ export interface ScreenDef {
 }
 
 const LARGE_KEY = "tsunagu.largeType";
+// The last known session's person, so that the cached timelines stay
+// readable when the browser starts offline.
+const ME_KEY = "tsunagu.me";
 
 export function parseRoute(hash: string): Route {
   const parts = hash.replace(/^#\/?/, "").split("/").filter(Boolean).map(decodeURIComponent);
@@ -68,6 +71,8 @@ export class App {
   private renderToken = 0;
   /** Called when the session changes (login, logout), e.g. to start or stop the engine. */
   onSession: (me: Me | null) => void = () => {};
+  /** Runs before an explicit logout (wipes this browser's local data). */
+  beforeLogout: () => Promise<void> = async () => {};
 
   constructor(
     private root: HTMLElement,
@@ -84,12 +89,12 @@ export class App {
     try {
       this.me = await api.me();
     } catch (e) {
-      if (!(e instanceof ApiError) || (e.status !== 401 && e.status !== 403 && e.status !== 404)) {
-        // Offline or server error: stay logged out in the UI but say why.
-        if (e instanceof ApiError && e.status === 0) this.notify(t("error.network"), "error");
-      }
-      this.me = null;
+      const offline = e instanceof ApiError && (e.status === 0 || e.status >= 500);
+      const cached = offline ? localStorage.getItem(ME_KEY) : null;
+      this.me = cached ? (JSON.parse(cached) as Me) : null;
+      if (!cached) localStorage.removeItem(ME_KEY);
     }
+    if (this.me) localStorage.setItem(ME_KEY, JSON.stringify(this.me));
     this.onSession(this.me);
     window.addEventListener("hashchange", () => void this.render());
     await this.render();
@@ -202,6 +207,8 @@ export class App {
   }
 
   setMe(me: Me | null): void {
+    if (me) localStorage.setItem(ME_KEY, JSON.stringify(me));
+    else localStorage.removeItem(ME_KEY);
     const changed = (this.me?.account_id ?? null) !== (me?.account_id ?? null);
     this.me = me;
     if (changed) this.onSession(me);
@@ -209,6 +216,8 @@ export class App {
   }
 
   async logout(): Promise<void> {
+    await this.beforeLogout();
+    localStorage.removeItem(ME_KEY);
     try {
       await api.logout();
     } catch {
@@ -237,13 +246,14 @@ export class App {
       replace(this.main, h("h1", { tabindex: "-1" }, t("error.forbidden")));
       return;
     }
+    const leaveFns: (() => void)[] = [];
     const ctx: Ctx = {
       me: this.me,
       route,
       navigate: (p) => this.navigate(p),
       setMe: (me) => this.setMe(me),
       notify: (m, k) => this.notify(m, k),
-      onLeave: (fn) => this.leaveFns.push(fn),
+      onLeave: (fn) => leaveFns.push(fn),
       rerender: () => void this.render(),
     };
     replace(this.main, h("p", { class: "loading" }, t("common.loading")));
@@ -253,7 +263,11 @@ export class App {
     } catch (e) {
       view = h("div", null, h("h1", null, t("error.notFound")), h("p", { role: "alert" }, errorText(e)));
     }
-    if (token !== this.renderToken) return;
+    if (token !== this.renderToken) {
+      for (const fn of leaveFns) fn();
+      return;
+    }
+    this.leaveFns = leaveFns;
     this.main.dataset.screen = route.name;
     replace(this.main, view);
     const heading = this.main.querySelector("h1");

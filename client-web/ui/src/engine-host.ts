@@ -1,32 +1,27 @@
-// Holds the one Engine of this tab for the logged-in person: opens it after
-// login, registers this browser as a device the first time, keeps it
-// connected, and feeds its connection status to the status line. Logout and
-// revocation wipe it.
+// Holds the one Engine of this tab: opens it after login, registers this
+// browser as a device the first time, keeps it connected, and feeds its
+// connection status to the status line. A lost session (idle timeout) only
+// disconnects it and keeps the local data; logout and revocation wipe it.
 import type { Me } from "./api.ts";
 import { releaseFromEngine, setFromEngine } from "./connection.ts";
-import { Engine, EngineError, type EngineEvent } from "./engine/index.ts";
+import { Engine, type EngineError, type EngineEvent } from "./engine/index.ts";
 
 type Listener = (event: EngineEvent) => void;
 
 let engine: Engine | null = null;
 let opening: Promise<Engine> | null = null;
-let openError: unknown = null;
-let accountId: string | null = null;
+let openingFor: string | null = null;
 let offEngine: (() => void) | null = null;
 const listeners = new Set<Listener>();
 
-/** Hooks the shell sets: session lost (401) and local data wiped (revoked). */
+/** Hooks the shell sets: the session was lost (HTTP 401), local data was wiped (revoked). */
 export const hostEvents = {
   signedOut: () => {},
   wiped: (_reason: "logout" | "revoked") => {},
 };
 
 export function currentEngine(): Engine | null {
-  return engine;
-}
-
-export function engineError(): unknown {
-  return openError;
+  return engine && opening === null ? engine : null;
 }
 
 /** Subscribes to the engine's events (also across an engine re-open). */
@@ -47,45 +42,50 @@ export function deviceName(): string {
   return os ? `${browser} (${os})` : browser;
 }
 
-/** Opens (once) the engine for `me`, registering this browser as a device if needed. */
+/** The engine for `me`, connected; registers this browser as a device when it has none. */
 export function ensureEngine(me: Me): Promise<Engine> {
-  if (engine && accountId === me.account_id) return Promise.resolve(engine);
-  if (opening && accountId === me.account_id) return opening;
-  accountId = me.account_id;
-  openError = null;
-  opening = (async () => {
-    const e = await Engine.open();
+  if (opening && openingFor === me.account_id) return opening;
+  const d = engine?.device();
+  if (engine && d && d.accountId === me.account_id && !opening) {
+    engine.connect();
+    return Promise.resolve(engine);
+  }
+  openingFor = me.account_id;
+  const attempt = (async () => {
+    let e = engine ?? (await Engine.open());
     const existing = e.device();
     if (existing && existing.accountId !== me.account_id) {
-      // Another person used this browser before without logging out: their
-      // local data must not mix with this person's.
+      // Another person used this browser without logging out: their local
+      // data must not mix with this person's.
+      detach();
       await e.wipe();
-      return ensureFresh();
+      e = await Engine.open();
     }
-    if (!existing) await e.registerDevice(deviceName());
     attach(e);
+    if (!e.device()) await e.registerDevice(deviceName());
+    const device = e.device();
+    if (device) localStorage.setItem("tsunagu.deviceId", device.deviceId);
+    e.connect();
+    emit({ type: "timelines" });
     return e;
   })();
-  opening.catch((err) => {
-    openError = err;
-    opening = null;
-    emit({ type: "warning", message: String((err as Error)?.message ?? err), code: (err as EngineError)?.code });
-  });
-  return opening;
-}
-
-async function ensureFresh(): Promise<Engine> {
-  const e = await Engine.open();
-  if (!e.device()) await e.registerDevice(deviceName());
-  attach(e);
-  return e;
+  opening = attempt;
+  attempt.then(
+    () => {
+      if (opening === attempt) opening = null;
+    },
+    (err: unknown) => {
+      if (opening === attempt) opening = null;
+      emit({ type: "warning", message: String((err as Error)?.message ?? err), code: (err as EngineError)?.code });
+    },
+  );
+  return attempt;
 }
 
 function attach(e: Engine): void {
-  engine = e;
-  const d = e.device();
-  if (d) localStorage.setItem("tsunagu.deviceId", d.deviceId);
+  if (engine === e && offEngine) return;
   offEngine?.();
+  engine = e;
   offEngine = e.on((event) => {
     if (event.type === "status") setFromEngine(event.status);
     if (event.type === "signed_out") hostEvents.signedOut();
@@ -96,42 +96,32 @@ function attach(e: Engine): void {
     emit(event);
   });
   setFromEngine(e.status());
-  e.connect();
-  emit({ type: "timelines" });
 }
 
 function detach(): void {
   offEngine?.();
   offEngine = null;
   engine = null;
-  opening = null;
-  accountId = null;
   localStorage.removeItem("tsunagu.deviceId");
+  releaseFromEngine();
+}
+
+/** Session lost: stop talking to the server, keep the local data for the next login. */
+export function pauseEngine(): void {
+  engine?.disconnect();
   releaseFromEngine();
 }
 
 /** Logout: the engine deletes all local data of this browser. */
 export async function wipeEngine(): Promise<void> {
-  const e = engine ?? (opening ? await opening.catch(() => null) : null);
+  const pending = opening;
+  if (pending) await pending.catch(() => null);
+  const e = engine;
   detach();
-  if (e) {
-    try {
-      await e.wipe();
-    } catch {
-      // Wiping is best effort when the engine never opened properly.
-    }
-  } else {
-    try {
-      const fresh = await Engine.open();
-      await fresh.wipe();
-    } catch {
-      // Nothing to wipe.
-    }
+  if (!e) return;
+  try {
+    await e.wipe();
+  } catch {
+    // Best effort: an engine that never opened has nothing to wipe.
   }
-}
-
-/** The engine's view of posts and timelines is per device; forget it on session end. */
-export function stopEngine(): void {
-  engine?.disconnect();
-  detach();
 }

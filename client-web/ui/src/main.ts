@@ -1,7 +1,7 @@
 // Entry point: the screens by route name, and the session's life cycle
 // (open the engine after login, wipe it on logout or revocation).
 import { App, type ScreenDef } from "./app.ts";
-import { ensureEngine, hostEvents, wipeEngine } from "./engine-host.ts";
+import { ensureEngine, hostEvents, pauseEngine, wipeEngine } from "./engine-host.ts";
 import { t } from "./i18n/index.ts";
 import { inviteScreen, loginScreen, setupScreen } from "./screens/auth.ts";
 import { adminScreen, devicesScreen, directoryScreen, profileScreen } from "./screens/people.ts";
@@ -24,17 +24,12 @@ const screens: Record<string, ScreenDef> = {
 const root = document.getElementById("app")!;
 const app = new App(root, screens);
 
-let loggedInAccount: string | null = null;
 app.onSession = (me) => {
-  if (me) {
-    loggedInAccount = me.account_id;
-    // Errors surface on the timeline screens, which wait for the engine.
-    ensureEngine(me).catch(() => {});
-  } else if (loggedInAccount) {
-    loggedInAccount = null;
-    void wipeEngine();
-  }
+  // Errors surface on the timeline screens, which wait for the engine.
+  if (me) ensureEngine(me).catch(() => {});
+  else pauseEngine();
 };
+app.beforeLogout = wipeEngine;
 hostEvents.signedOut = () => {
   app.setMe(null);
   app.navigate("#/login");

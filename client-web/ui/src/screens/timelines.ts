@@ -7,7 +7,7 @@ import { api, type DirectoryPerson } from "../api.ts";
 import { errorText, type Ctx } from "../app.ts";
 import { field, formatTime, h, replace } from "../dom.ts";
 import { EngineError, type Engine, type PostView, type TimelineSummary } from "../engine/index.ts";
-import { currentEngine, engineError, ensureEngine, onEngine } from "../engine-host.ts";
+import { currentEngine, ensureEngine, onEngine } from "../engine-host.ts";
 import { input, onSubmit } from "../forms.ts";
 import { lang, t, type MessageKey } from "../i18n/index.ts";
 import { directorySearch, invitationView } from "./people.ts";
@@ -58,7 +58,7 @@ async function withEngine(ctx: Ctx): Promise<Engine | HTMLElement> {
       { class: "card" },
       h("h1", null, t("timelines.title")),
       h("p", { role: "alert", "data-testid": "engine-error" }, t("timelines.engineMissing")),
-      h("p", { class: "hint" }, engineErrorText(e ?? engineError())),
+      h("p", { class: "hint" }, engineErrorText(e)),
     );
   }
 }
