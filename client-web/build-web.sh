@@ -4,7 +4,8 @@
 #   1. the Rust client core for wasm32 (feature `wasm`, release);
 #   2. wasm-bindgen bindings into client-web/ui/src/engine/pkg/ (gitignored),
 #      with wasm-bindgen-cli of exactly the wasm-bindgen version in Cargo.lock,
-#      installed into target/tools/ when missing;
+#      installed into $TSUNAGU_TOOLS_DIR (default ~/.cache/tsunagu-tools, kept
+#      across clones and CI runs on one machine) when missing;
 #   3. wasm-opt -Oz when binaryen's wasm-opt is on PATH (Debian: binaryen);
 #   4. the UI: npm ci (when node_modules is missing or stale), then
 #      `npm run build` (tsc + vite build).
@@ -21,7 +22,7 @@ fi
 
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 PKG=$ROOT/client-web/ui/src/engine/pkg
-TOOLS=$ROOT/target/tools
+TOOLS=${TSUNAGU_TOOLS_DIR:-$HOME/.cache/tsunagu-tools}
 UI=$ROOT/client-web/ui
 
 now_ms() { date +%s%3N; }
@@ -47,7 +48,10 @@ fi
 WASM_BINDGEN=$TOOLS/bin/wasm-bindgen
 if [[ ! -x "$WASM_BINDGEN" ]] || [[ "$("$WASM_BINDGEN" --version 2>/dev/null)" != "wasm-bindgen $WB_VERSION" ]]; then
     step "installing wasm-bindgen-cli $WB_VERSION into $TOOLS"
-    cargo install --locked --quiet wasm-bindgen-cli --version "=$WB_VERSION" --root "$TOOLS"
+    # --locked first (the crate's own lock file); when the registry no longer
+    # has one of its locked versions, resolve afresh (same wasm-bindgen-cli).
+    cargo install --locked --quiet wasm-bindgen-cli --version "=$WB_VERSION" --root "$TOOLS" ||
+        cargo install --quiet wasm-bindgen-cli --version "=$WB_VERSION" --root "$TOOLS"
 fi
 
 step "wasm-bindgen"

@@ -2,19 +2,25 @@
 # Runs Tsunagu's whole test suite, installing what it needs on a fresh Debian 12
 # machine that has Rust (rustup, stable):
 #
-#   1. system packages: a C compiler (build-essential) if `cc` is missing and
-#      PostgreSQL if no pg_ctl is under /usr/lib/postgresql/*/bin (apt-get; sudo
-#      only when not root), and the wasm32-unknown-unknown Rust target;
-#   2. the client library must build for wasm32 (browser) as well;
+#   1. system packages: a C compiler (build-essential) if `cc` is missing,
+#      PostgreSQL if no pg_ctl is under /usr/lib/postgresql/*/bin, Debian's
+#      chromium (browser tests) and binaryen (wasm-opt) when missing (apt-get;
+#      sudo only when not root), and the wasm32-unknown-unknown Rust target;
+#      Node.js (20.19 or later, with npm) must be there;
+#   2. the web client: client-web/build-web.sh (the client core for wasm32,
+#      wasm-bindgen, wasm-opt, the UI with Vite into client-web/ui/dist);
 #   3. cargo build --workspace --all-targets;
 #   4. cargo test --workspace, the server tests using SQLite;
-#   5. a throwaway PostgreSQL cluster (ops/pg-cluster.sh), and the server's
+#   5. the browser tests (tests/browser: playwright-core driving Debian's
+#      headless chromium against the real server serving the built UI);
+#   6. a throwaway PostgreSQL cluster (ops/pg-cluster.sh), and the server's
 #      integration tests again against it; the cluster is removed on exit.
 #
 # It prints the wall time of every phase and exits non-zero if anything fails.
 # Environment:
 #   TSUNAGU_SKIP_INSTALL=1   do not install anything (fail if something is missing)
-#   TSUNAGU_SKIP_POSTGRES=1  skip phase 5 (reported as skipped)
+#   TSUNAGU_SKIP_POSTGRES=1  skip phase 6 (reported as skipped)
+#   TSUNAGU_SKIP_BROWSER=1   skip phase 5 (reported as skipped)
 #   TEST_LOG=1               echo the test servers' logs to the test output
 #   extra arguments are passed to both `cargo test` runs (e.g. a test name filter)
 set -uo pipefail
@@ -118,6 +124,12 @@ install_deps() {
     if ! have_postgres; then
         pkgs+=(postgresql)
     fi
+    if ! command -v chromium >/dev/null 2>&1; then
+        pkgs+=(chromium)
+    fi
+    if ! command -v wasm-opt >/dev/null 2>&1; then
+        pkgs+=(binaryen)
+    fi
     if [[ ${#pkgs[@]} -gt 0 ]]; then
         if [[ -n "${TSUNAGU_SKIP_INSTALL:-}" ]]; then
             echo "missing: ${pkgs[*]} (TSUNAGU_SKIP_INSTALL is set)" >&2
@@ -148,7 +160,15 @@ install_deps() {
         fi
         rustup target add wasm32-unknown-unknown || return 1
     fi
-    cargo --version && rustc --version
+    if ! command -v npm >/dev/null 2>&1; then
+        echo "npm not found: the web client needs Node.js 20.19 or later with npm" >&2
+        return 1
+    fi
+    cargo --version && rustc --version && echo "node $(node --version), npm $(npm --version)"
+}
+
+browser_tests() {
+    TSUNAGU_SERVER_BIN="$ROOT/target/debug/tsunagu-server" bash "$ROOT/tests/browser/run.sh"
 }
 
 postgres_tests() {
@@ -167,13 +187,17 @@ postgres_tests() {
 }
 
 phase "install dependencies" install_deps
-phase "client builds for wasm32" \
-    cargo build -p tsunagu-client --target wasm32-unknown-unknown --no-default-features --lib
+phase "web client (wasm + UI)" client-web/build-web.sh
 phase "build workspace (all targets)" cargo build --workspace --all-targets
 # Both test phases run even if the first fails (--no-fail-fast: every test
 # binary runs); the script then exits non-zero.
 KEEP_GOING=1 phase "tests (SQLite)" \
     env -u TSUNAGU_TEST_POSTGRES -u TSUNAGU_TEST_POSTGRES_DATA cargo test --no-fail-fast --workspace -- "$@"
+if [[ -n "${TSUNAGU_SKIP_BROWSER:-}" ]]; then
+    skipped "browser tests" "TSUNAGU_SKIP_BROWSER"
+else
+    KEEP_GOING=1 phase "browser tests" browser_tests
+fi
 if [[ -n "${TSUNAGU_SKIP_POSTGRES:-}" ]]; then
     skipped "server tests (PostgreSQL)" "TSUNAGU_SKIP_POSTGRES"
 else

@@ -396,3 +396,12 @@ impl Facade {
         })
     }
 }
+
+/// The core's MLS costs in this browser (`bench::mls_costs`), as JSON;
+/// `now` is the clock (`() => performance.now()`).
+#[wasm_bindgen]
+pub fn bench_mls(reps: u32, now: &js_sys::Function) -> Result<String, JsValue> {
+    let clock = || now.call0(&JsValue::NULL).ok().and_then(|v| v.as_f64()).unwrap_or(0.0);
+    let costs = crate::bench::mls_costs(reps, &clock).map_err(|e| client_error(&e))?;
+    Ok(serde_json::to_string(&costs).expect("json"))
+}
