@@ -32,8 +32,12 @@ impl Node {
             .spawn()
             .expect("start the second node");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        stdout.read_line(&mut line).unwrap();
         let url = line.trim().strip_prefix("tsunagu listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}")).to_owned();
+        // Keep reading stdout (a setup link follows on a database without an
+        // organisation): a closed pipe would make the node's next print fail.
+        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
         Node { child, url, _dir: dir }
     }
 }
@@ -76,4 +80,35 @@ async fn a_post_accepted_by_one_node_reaches_a_device_on_another() {
     doctor.wait_for_seq(&timeline, reply, WAIT).await.expect("the reply crossed from node 2 to node 1");
     assert_eq!(text_at(&doctor, &timeline, reply).as_deref(), Some("Will be there at 8:30."));
     assert_eq!(doctor.export_secret(&timeline), nurse.export_secret(&timeline));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_revoked_on_one_node_is_disconnected_from_another_at_once() {
+    let node1 = TestServer::start().await;
+    let Some(database_url) = node1.database_url().map(str::to_owned) else {
+        eprintln!("a_device_revoked_on_one_node_is_disconnected_from_another_at_once: several nodes need PostgreSQL; ops/test.sh runs this test again on a PostgreSQL cluster");
+        return;
+    };
+    let node2 = Node::start(&database_url);
+
+    // The nurse's tablet uses node 1; her phone, node 2.
+    let mut tablet = node1.enrol("Nurse Tanaka").await;
+    let code = node1.new_code(tablet.account_id());
+    let mut phone = Client::enrol(&node2.url, &code, "Tanaka's phone", &node1.client_state_dir()).await.unwrap();
+    phone.connect().await.unwrap();
+
+    let phone_id = phone.device_id().to_owned();
+    tablet.revoke_device(&phone_id).await.unwrap();
+    let started = std::time::Instant::now();
+    match phone.next_post(Duration::from_secs(15)).await {
+        Err(tsunagu_client::ClientError::Disconnected(why)) => {
+            assert!(started.elapsed() < Duration::from_secs(5), "closed only after {:?}", started.elapsed());
+            assert!(why.contains("4001") || why.contains("revoked"), "close reason: {why}");
+        }
+        other => panic!("node 2 did not close the revoked phone's connection: {other:?}"),
+    }
+    match phone.connect().await {
+        Err(tsunagu_client::ClientError::Server(e)) => assert_eq!(e.code, tsunagu_protocol::ErrorCode::Unauthorized),
+        other => panic!("the revoked phone connected to node 2 again: {other:?}"),
+    }
 }

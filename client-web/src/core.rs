@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use openmls::prelude::*;
 use openmls_basic_credential::SignatureKeyPair;
-use tsunagu_protocol::frames::{AccountInfo, Delivered, ErrorFrame, MessageKind, TimelineInfo};
+use tsunagu_protocol::frames::{AccountInfo, Delivered, DeviceInfo, ErrorFrame, MessageKind, TimelineInfo};
 use tsunagu_protocol::{Bytes, ClientFrame, Envelope, ErrorCode, Post, PostKind, ServerFrame};
 
 use crate::error::mls;
@@ -62,6 +62,8 @@ pub struct Enrolment {
 enum Change {
     Add(Vec<KeyPackage>),
     Remove(Vec<String>),
+    /// Only the proposals waiting in the group (the server's removals).
+    Pending,
 }
 
 /// The sans-IO client.
@@ -85,6 +87,8 @@ pub struct Core {
     unacked: usize,
     new_posts: VecDeque<(String, ReceivedPost)>,
     warnings: Vec<String>,
+    /// Timelines whose groups hold proposals this device may commit.
+    proposals_pending: BTreeSet<String>,
 }
 
 impl std::fmt::Debug for Core {
@@ -108,6 +112,8 @@ fn frame_rid(f: &ClientFrame) -> Option<u64> {
         | ClientFrame::Commit { rid, .. }
         | ClientFrame::Send { rid, .. }
         | ClientFrame::GetGroupInfo { rid, .. }
+        | ClientFrame::ListDevices { rid }
+        | ClientFrame::RevokeDevice { rid, .. }
         | ClientFrame::Ping { rid } => Some(*rid),
         ClientFrame::Ack { .. } | ClientFrame::AckWelcome { .. } => None,
     }
@@ -128,6 +134,8 @@ fn reply_rid(f: &ServerFrame) -> Option<Option<u64>> {
         | ServerFrame::Accounts { rid, .. }
         | ServerFrame::Timelines { rid, .. }
         | ServerFrame::GroupInfo { rid, .. }
+        | ServerFrame::Devices { rid, .. }
+        | ServerFrame::DeviceRevoked { rid, .. }
         | ServerFrame::Pong { rid } => Some(Some(*rid)),
     }
 }
@@ -161,6 +169,7 @@ impl Core {
             device_token: enrolment.device_token,
             signature_key_pair: Bytes(m::tls_bytes(&signer)?),
             last_resort_published: false,
+            external_sender: None,
         };
         let state = AppState {
             device,
@@ -197,6 +206,9 @@ impl Core {
         let mut core = Core::assemble(state, provider, signer, store);
         core.groups = groups;
         core.next_outbox_order = loaded.next_outbox_order;
+        // Proposals received but not yet committed (openmls keeps them).
+        let waiting: Vec<String> = core.groups.keys().filter(|t| core.committable_proposals(t) > 0).cloned().collect();
+        core.proposals_pending.extend(waiting);
         Ok(core)
     }
 
@@ -218,6 +230,7 @@ impl Core {
             unacked: 0,
             new_posts: VecDeque::new(),
             warnings: Vec::new(),
+            proposals_pending: BTreeSet::new(),
         }
     }
 
@@ -309,11 +322,32 @@ impl Core {
             .unwrap_or_default()
     }
 
-    /// Timelines with an active MLS group on this device.
+    /// Timelines with an active MLS group on this device that it has not
+    /// left (see [`Core::has_left`]).
     pub fn timelines(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.groups.iter().filter(|(_, g)| g.is_active()).map(|(k, _)| k.clone()).collect();
+        let mut v: Vec<String> =
+            self.groups.iter().filter(|(k, g)| g.is_active() && !self.has_left(k)).map(|(k, _)| k.clone()).collect();
         v.sort();
         v
+    }
+
+    /// Whether this device was removed from a timeline, or its removal was
+    /// proposed (it was revoked): it no longer posts or commits there.
+    pub fn has_left(&self, timeline_id: &str) -> bool {
+        self.state.timelines.get(timeline_id).is_some_and(|t| t.left)
+    }
+
+    /// Proposals waiting in a timeline's group that this device may commit
+    /// (every pending proposal except one removing this device).
+    pub fn committable_proposals(&self, timeline_id: &str) -> usize {
+        let Some(g) = self.groups.get(timeline_id) else { return 0 };
+        let own = g.own_leaf_index();
+        g.pending_proposals().filter(|p| m::removed_leaf(p) != Some(own)).count()
+    }
+
+    /// The server's MLS external sender, as its last `ready` frame said.
+    pub fn server_external_sender(&self) -> Option<&tsunagu_protocol::frames::ExternalSenderInfo> {
+        self.state.device.external_sender.as_ref()
     }
 
     pub fn epoch(&self, timeline_id: &str) -> Option<u64> {
@@ -551,6 +585,8 @@ impl Core {
         };
         let mut new_post: Option<ReceivedPost> = None;
         let mut warning: Option<String> = None;
+        // A proposal this device stored: for it to commit, or its own removal.
+        let mut stored_proposal: Option<bool> = None;
         match self.groups.get_mut(&tid) {
             None => {
                 if d.kind == MessageKind::Application {
@@ -594,6 +630,19 @@ impl Core {
                             ProcessedMessageContent::OwnPrivateMessage => {
                                 new_post = Some(undecryptable(self.state.device.device_id.clone()));
                             }
+                            ProcessedMessageContent::ProposalMessage(qp) => {
+                                // Only the server's removals are accepted.
+                                match m::proposal_refusal(group, &qp, self.state.device.external_sender.as_ref()) {
+                                    Some(why) => warning = Some(format!("{tid} #{}: proposal rejected: {why}", d.seq)),
+                                    None => {
+                                        let own = m::removed_leaf(&qp) == Some(group.own_leaf_index());
+                                        match group.store_pending_proposal(self.provider.storage(), *qp) {
+                                            Ok(()) => stored_proposal = Some(own),
+                                            Err(e) => warning = Some(format!("{tid} #{}: store proposal: {e:?}", d.seq)),
+                                        }
+                                    }
+                                }
+                            }
                             _ => {
                                 warning = Some(format!("{tid} #{}: ignored proposal", d.seq));
                             }
@@ -614,7 +663,33 @@ impl Core {
         if let Some(p) = new_post {
             self.record_post(&tid, p, true);
         }
+        match stored_proposal {
+            Some(true) => self.mark_left(&tid, "the server proposed this device's removal (revoked)"),
+            Some(false) => {
+                self.proposals_pending.insert(tid.clone());
+            }
+            None => {}
+        }
+        if self.groups.get(&tid).is_some_and(|g| !g.is_active()) {
+            self.mark_left(&tid, "removed from the timeline");
+        }
         self.advance(&tid, d.seq);
+    }
+
+    /// This device left a timeline (removed, or its removal proposed): it
+    /// stops posting and committing there; its queued posts are dropped.
+    fn mark_left(&mut self, timeline_id: &str, why: &str) {
+        if self.has_left(timeline_id) {
+            return;
+        }
+        self.tl_mut(timeline_id).left = true;
+        self.proposals_pending.remove(timeline_id);
+        let dropped: Vec<String> =
+            self.state.outbox.iter().filter(|e| e.timeline_id == timeline_id).map(|e| e.msg_id.clone()).collect();
+        for msg_id in dropped {
+            self.outbox_remove(&msg_id, None);
+        }
+        self.warn(format!("{timeline_id}: left: {why}"));
     }
 
     fn process_welcome(&mut self, timeline_id: &str, seq: u64, bytes: &[u8]) {
@@ -779,9 +854,13 @@ impl Core {
                 return Err(ClientError::Timeout);
             };
             match f {
-                ServerFrame::Ready { device_id, .. } => {
+                ServerFrame::Ready { device_id, external_sender, .. } => {
                     if device_id != self.state.device.device_id {
                         return Err(ClientError::Protocol(format!("server says we are device {device_id}")));
+                    }
+                    if external_sender.is_some() && external_sender != self.state.device.external_sender {
+                        self.state.device.external_sender = external_sender;
+                        self.dirty_device = true;
                     }
                     break;
                 }
@@ -796,6 +875,7 @@ impl Core {
             other => return Err(unexpected(other)),
         }
         self.flush_acks(io).await?;
+        self.commit_pending_proposals(io).await?;
         self.resend_outbox(io).await
     }
 
@@ -847,7 +927,7 @@ impl Core {
         let mut group = MlsGroup::new_with_group_id(
             &self.provider,
             &self.signer,
-            &m::create_config(),
+            &m::create_config(self.state.device.external_sender.as_ref())?,
             m::group_id(&timeline_id),
             self.cwk(),
         )
@@ -904,6 +984,26 @@ impl Core {
         }
     }
 
+    /// Every device of this device's account (active and revoked).
+    pub async fn list_devices<T: Transport>(&mut self, io: &mut T) -> Result<Vec<DeviceInfo>, ClientError> {
+        let rid = self.rid();
+        match self.request(io, ClientFrame::ListDevices { rid }).await? {
+            ServerFrame::Devices { devices, .. } => Ok(devices),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Revoke a device of this account: the server disconnects it and
+    /// proposes its removal from every timeline (members' clients commit
+    /// it). Revoking this very device ends its connection.
+    pub async fn revoke_device<T: Transport>(&mut self, io: &mut T, device_id: &str) -> Result<(), ClientError> {
+        let rid = self.rid();
+        match self.request(io, ClientFrame::RevokeDevice { rid, device_id: device_id.into() }).await? {
+            ServerFrame::DeviceRevoked { .. } => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
     pub async fn list_timelines<T: Transport>(&mut self, io: &mut T) -> Result<Vec<TimelineInfo>, ClientError> {
         let rid = self.rid();
         match self.request(io, ClientFrame::ListTimelines { rid }).await? {
@@ -947,6 +1047,12 @@ impl Core {
         change: Change,
     ) -> Result<u64, ClientError> {
         for _attempt in 0..MAX_ATTEMPTS {
+            if matches!(change, Change::Pending) && (self.committable_proposals(timeline_id) == 0 || self.has_left(timeline_id)) {
+                return Ok(0); // nothing (left) to commit
+            }
+            if self.has_left(timeline_id) {
+                return Err(ClientError::Invalid("this device is no longer a member".into()));
+            }
             let group = self
                 .groups
                 .get_mut(timeline_id)
@@ -954,6 +1060,7 @@ impl Core {
             if !group.is_active() {
                 return Err(ClientError::Invalid("this device is no longer a member".into()));
             }
+            let own_leaf = group.own_leaf_index();
             if group.pending_commit().is_some() {
                 group.clear_pending_commit(self.provider.storage()).map_err(mls("clear pending commit"))?;
             }
@@ -986,13 +1093,16 @@ impl Core {
                     }
                     builder.propose_removals(leaves)
                 }
+                Change::Pending => builder,
             };
             let bundle = builder
                 .load_psks(self.provider.storage())
                 .map_err(mls("load psks"))?
                 .create_group_info(true)
                 .use_ratchet_tree_extension(true)
-                .build(self.provider.rand(), self.provider.crypto(), &self.signer, |_| true)
+                // Pending proposals are covered, except one removing us (a
+                // member cannot commit its own removal).
+                .build(self.provider.rand(), self.provider.crypto(), &self.signer, |p| m::removed_leaf(p) != Some(own_leaf))
                 .map_err(mls("build commit"))?
                 .stage_commit(&self.provider)
                 .map_err(mls("stage commit"))?;
@@ -1052,6 +1162,45 @@ impl Core {
         Err(ClientError::TooManyRetries(MAX_ATTEMPTS))
     }
 
+    fn check_member(&self, timeline_id: &str) -> Result<(), ClientError> {
+        match self.groups.get(timeline_id) {
+            None => Err(ClientError::Invalid(format!("no group for timeline {timeline_id}"))),
+            Some(g) if !g.is_active() || self.has_left(timeline_id) => {
+                Err(ClientError::Invalid("this device is no longer a member of the timeline".into()))
+            }
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Commit the proposals waiting in this device's groups (the server's
+    /// removals of revoked devices), one commit per timeline. Any member may;
+    /// on `epoch_conflict` it catches up and retries only while proposals
+    /// remain (another member's commit usually covered them). Returns the
+    /// seqs of the commits it made.
+    pub async fn commit_pending_proposals<T: Transport>(&mut self, io: &mut T) -> Result<Vec<(String, u64)>, ClientError> {
+        let mut done = Vec::new();
+        while let Some(tid) = self.proposals_pending.pop_first() {
+            match self.commit_change(io, &tid, Change::Pending).await {
+                Ok(0) => {}
+                Ok(seq) => done.push((tid, seq)),
+                Err(e @ (ClientError::Disconnected(_) | ClientError::Timeout)) => {
+                    self.proposals_pending.insert(tid);
+                    return Err(e);
+                }
+                Err(e) => self.warn(format!("{tid}: pending proposals not committed: {e}")),
+            }
+        }
+        Ok(done)
+    }
+
+    /// Commit pending proposals only if some are waiting (cheap otherwise).
+    async fn commit_pending_if_any<T: Transport>(&mut self, io: &mut T) -> Result<(), ClientError> {
+        if !self.proposals_pending.is_empty() {
+            self.commit_pending_proposals(io).await?;
+        }
+        Ok(())
+    }
+
     /// Post a text (queued in the outbox until accepted). Returns its seq.
     pub async fn post<T: Transport>(
         &mut self,
@@ -1064,13 +1213,7 @@ impl Core {
         if !tsunagu_protocol::ids::valid_msg_id(msg_id) {
             return Err(ClientError::Invalid(format!("bad msg_id {msg_id:?}")));
         }
-        match self.groups.get(timeline_id) {
-            None => return Err(ClientError::Invalid(format!("no group for timeline {timeline_id}"))),
-            Some(g) if !g.is_active() => {
-                return Err(ClientError::Invalid("this device is no longer a member of the timeline".into()))
-            }
-            Some(_) => {}
-        }
+        self.check_member(timeline_id)?;
         if !self.state.outbox.iter().any(|e| e.msg_id == msg_id) {
             // Saved together with the ratchet state, before the send.
             self.outbox_push(OutboxEntry {
@@ -1090,13 +1233,7 @@ impl Core {
         if !tsunagu_protocol::ids::valid_msg_id(msg_id) {
             return Err(ClientError::Invalid(format!("bad msg_id {msg_id:?}")));
         }
-        match self.groups.get(timeline_id) {
-            None => return Err(ClientError::Invalid(format!("no group for timeline {timeline_id}"))),
-            Some(g) if !g.is_active() => {
-                return Err(ClientError::Invalid("this device is no longer a member of the timeline".into()))
-            }
-            Some(_) => {}
-        }
+        self.check_member(timeline_id)?;
         if !self.state.outbox.iter().any(|e| e.msg_id == msg_id) {
             self.outbox_push(OutboxEntry { timeline_id: timeline_id.into(), msg_id: msg_id.into(), post });
         }
@@ -1113,7 +1250,11 @@ impl Core {
                 return Err(ClientError::Invalid(format!("no outbox entry {msg_id}")));
             };
             let tid = entry.timeline_id.clone();
-            if self.groups.get(&tid).is_some_and(|g| !g.is_active()) {
+            if self.proposals_pending.contains(&tid) {
+                // A revoked device must not read this post: remove it first.
+                self.commit_pending_proposals(io).await?;
+            }
+            if self.groups.get(&tid).is_some_and(|g| !g.is_active()) || self.has_left(&tid) {
                 // Removed from the timeline: this post can never be sent.
                 self.outbox_remove(msg_id, None);
                 self.save()?;
@@ -1226,11 +1367,15 @@ impl Core {
         Err(ClientError::TooManyRetries(MAX_ATTEMPTS))
     }
 
-    /// Process every frame the server sent before our `ping`.
+    /// Process every frame the server sent before our `ping`, then commit
+    /// any proposals that arrived.
     pub async fn sync<T: Transport>(&mut self, io: &mut T) -> Result<(), ClientError> {
         let rid = self.rid();
         match self.request(io, ClientFrame::Ping { rid }).await? {
-            ServerFrame::Pong { .. } => self.flush_acks(io).await,
+            ServerFrame::Pong { .. } => {
+                self.flush_acks(io).await?;
+                self.commit_pending_if_any(io).await
+            }
             other => Err(unexpected(other)),
         }
     }
@@ -1245,7 +1390,8 @@ impl Core {
         let deadline = io.now_ms() + timeout_ms;
         loop {
             if self.processed_seq(timeline_id).unwrap_or(0) >= seq {
-                return self.flush_acks(io).await;
+                self.flush_acks(io).await?;
+                return self.commit_pending_if_any(io).await;
             }
             let now = io.now_ms();
             if now >= deadline || !self.pump_one(io, deadline - now).await? {
@@ -1262,6 +1408,7 @@ impl Core {
     ) -> Result<Option<(String, ReceivedPost)>, ClientError> {
         let deadline = io.now_ms() + timeout_ms;
         loop {
+            self.commit_pending_if_any(io).await?;
             if let Some(p) = self.new_posts.pop_front() {
                 self.flush_acks(io).await?;
                 return Ok(Some(p));

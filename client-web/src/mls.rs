@@ -10,6 +10,8 @@ use openmls_basic_credential::SignatureKeyPair;
 use openmls_memory_storage::MemoryStorage;
 use openmls_rust_crypto::RustCrypto;
 
+use tsunagu_protocol::frames::ExternalSenderInfo;
+
 use crate::error::mls;
 use crate::ClientError;
 
@@ -97,14 +99,60 @@ pub fn join_config() -> MlsGroupJoinConfig {
         .build()
 }
 
-/// Configuration for groups this device creates.
-pub fn create_config() -> MlsGroupCreateConfig {
-    MlsGroupCreateConfig::builder()
+/// Configuration for groups this device creates: the server (from the
+/// `ready` frame) is the group's only external sender, so that it can
+/// propose the removal of revoked devices. Without it (a server too old to
+/// announce one) the group has no external sender, and a current server
+/// refuses it.
+pub fn create_config(server: Option<&ExternalSenderInfo>) -> Result<MlsGroupCreateConfig, ClientError> {
+    let mut builder = MlsGroupCreateConfig::builder()
         .ciphersuite(CIPHERSUITE)
         .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
         .use_ratchet_tree_extension(true)
-        .max_past_epochs(MAX_PAST_EPOCHS)
-        .build()
+        .max_past_epochs(MAX_PAST_EPOCHS);
+    if let Some(server) = server {
+        let extensions = Extensions::single(Extension::ExternalSenders(vec![external_sender(server)])).map_err(mls("external senders"))?;
+        builder = builder.with_group_context_extensions(extensions);
+    }
+    Ok(builder.build())
+}
+
+/// The server's entry in a group's `external_senders` extension.
+pub fn external_sender(server: &ExternalSenderInfo) -> ExternalSender {
+    ExternalSender::new(server.signature_key.as_slice().to_vec().into(), BasicCredential::new(server.identity.as_bytes().to_vec()).into())
+}
+
+/// The server's index in every group's `external_senders` extension.
+pub const SERVER_SENDER_INDEX: u32 = 0;
+
+/// Why an incoming proposal is not stored, or `None` if it is a Remove
+/// proposal signed by the server as external sender of `group` (openmls has
+/// already checked the signature against the group's extension; this checks
+/// that the extension's entry is the server the device talks to).
+pub fn proposal_refusal(group: &MlsGroup, proposal: &QueuedProposal, server: Option<&ExternalSenderInfo>) -> Option<String> {
+    let Sender::External(index) = proposal.sender() else {
+        return Some(format!("proposal from {:?}, not from the server", proposal.sender()));
+    };
+    let Some(server) = server else {
+        return Some("external proposal before the server announced its key".into());
+    };
+    let expected = external_sender(server);
+    let named = group.extensions().external_senders().and_then(|s| s.first());
+    if *index != SenderExtensionIndex::new(SERVER_SENDER_INDEX) || named != Some(&expected) {
+        return Some("external proposal from a sender that is not the server".into());
+    }
+    match proposal.proposal() {
+        Proposal::Remove(_) => None,
+        other => Some(format!("external {:?} proposal; only removals are accepted", other.proposal_type())),
+    }
+}
+
+/// The leaf a Remove proposal removes.
+pub fn removed_leaf(proposal: &QueuedProposal) -> Option<LeafNodeIndex> {
+    match proposal.proposal() {
+        Proposal::Remove(r) => Some(r.removed()),
+        _ => None,
+    }
 }
 
 /// The device's credential: a basic credential naming its device id.

@@ -9,7 +9,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use tsunagu_protocol::frames::{AccountInfo, EnrolRequest, EnrolResponse, ErrorFrame, HttpError, TimelineInfo};
+use tsunagu_protocol::frames::{AccountInfo, DeviceInfo, EnrolRequest, EnrolResponse, ErrorFrame, HttpError, TimelineInfo};
 use tsunagu_protocol::{Bytes, ClientFrame, ErrorCode, ServerFrame};
 
 use crate::core::{new_msg_id, Core, Enrolment};
@@ -340,6 +340,36 @@ impl Client {
         let (core, io) = self.io()?;
         let r = core.list_accounts(io).await;
         self.check(r)
+    }
+
+    /// Every device of this account, active and revoked.
+    pub async fn devices(&mut self) -> Result<Vec<DeviceInfo>, ClientError> {
+        let (core, io) = self.io()?;
+        let r = core.list_devices(io).await;
+        self.check(r)
+    }
+
+    /// Revoke a device of this account (see [`Core::revoke_device`]).
+    /// Revoking this device ends its connection.
+    pub async fn revoke_device(&mut self, device_id: &str) -> Result<(), ClientError> {
+        let (core, io) = self.io()?;
+        let r = core.revoke_device(io, device_id).await;
+        self.check(r)
+    }
+
+    /// Commit the proposals waiting in this device's timelines (the server's
+    /// removals of revoked devices). `sync`, `wait_for_seq`, `next_post`,
+    /// `connect` and `post` already do this; the seqs of the commits made.
+    pub async fn commit_pending_proposals(&mut self) -> Result<Vec<(String, u64)>, ClientError> {
+        let (core, io) = self.io()?;
+        let r = core.commit_pending_proposals(io).await;
+        self.check(r)
+    }
+
+    /// Whether this device was removed from a timeline or its removal was
+    /// proposed.
+    pub fn has_left(&self, timeline_id: &str) -> bool {
+        self.core.has_left(timeline_id)
     }
 
     pub async fn list_timelines(&mut self) -> Result<Vec<TimelineInfo>, ClientError> {

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
+use tsunagu_protocol::frames::ExternalSenderInfo;
 use tsunagu_protocol::{Bytes, Post};
 
 use crate::ClientError;
@@ -47,6 +48,9 @@ pub struct TimelineState {
     pub has_group: bool,
     /// Seqs of our own accepted messages above `processed_seq`.
     pub own_seqs: BTreeSet<u64>,
+    /// This device was removed (or its removal was proposed): it no longer
+    /// posts or commits here.
+    pub left: bool,
     pub posts: BTreeMap<u64, ReceivedPost>,
 }
 
@@ -113,6 +117,9 @@ pub struct DeviceRecord {
     /// The device's signature key pair (TLS-serialized `SignatureKeyPair`).
     pub signature_key_pair: Bytes,
     pub last_resort_published: bool,
+    /// The server's MLS external sender, from its latest `ready` frame.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_sender: Option<ExternalSenderInfo>,
 }
 
 /// A timeline's bookkeeping without its posts (`tl/<timeline>/meta`).
@@ -121,6 +128,8 @@ pub struct TimelineMeta {
     pub processed_seq: u64,
     pub has_group: bool,
     pub own_seqs: BTreeSet<u64>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub left: bool,
 }
 
 /// An outbox entry with its position in the queue (`outbox/<msg_id>`).
@@ -147,6 +156,7 @@ impl TimelineState {
             processed_seq: self.processed_seq,
             has_group: self.has_group,
             own_seqs: self.own_seqs.clone(),
+            left: self.left,
         })
     }
 }
@@ -200,6 +210,7 @@ pub fn decode(pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Option<Loaded>, ClientEr
                 tl.processed_seq = meta.processed_seq;
                 tl.has_group = meta.has_group;
                 tl.own_seqs = meta.own_seqs;
+                tl.left = meta.left;
             } else if rest.len() >= 8 + keys::POST_INFIX.len()
                 && &rest[rest.len() - 8 - keys::POST_INFIX.len()..rest.len() - 8] == keys::POST_INFIX
             {
@@ -240,7 +251,7 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let mut tl = TimelineState { processed_seq: 7, has_group: true, ..Default::default() };
+        let mut tl = TimelineState { processed_seq: 7, has_group: true, left: true, ..Default::default() };
         tl.own_seqs.insert(9);
         // A seq whose big-endian bytes contain '/'.
         for seq in [3u64, 0x2f2f, u64::MAX] {
@@ -262,6 +273,7 @@ mod tests {
             device_token: "tok".into(),
             signature_key_pair: Bytes(vec![1; 70]),
             last_resort_published: true,
+            external_sender: Some(tsunagu_protocol::frames::ExternalSenderInfo { identity: "s".into(), signature_key: Bytes(vec![2; 32]) }),
         };
         let state = AppState {
             device,

@@ -8,7 +8,8 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
-use tsunagu_protocol::frames::{AccountInfo, Delivered, DeviceKeyPackage, ErrorFrame, MessageKind};
+use openmls::prelude::{ExternalProposal, GroupEpoch, LeafNodeIndex, SenderExtensionIndex};
+use tsunagu_protocol::frames::{AccountInfo, Delivered, DeviceKeyPackage, ErrorFrame, ExternalSenderInfo, MessageKind, TimelineInfo};
 use tsunagu_protocol::{Bytes, ClientFrame, Envelope, ErrorCode, Post, PostKind, ServerFrame};
 
 use crate::core::{Core, Enrolment};
@@ -18,7 +19,7 @@ use crate::store::{Change, MemoryStore, StateStore};
 use crate::transport::Transport;
 use crate::{ClientError, PostStatus};
 
-fn block_on<F: Future>(f: F) -> F::Output {
+pub(crate) fn block_on<F: Future>(f: F) -> F::Output {
     let mut f = std::pin::pin!(f);
     let mut cx = Context::from_waker(Waker::noop());
     loop {
@@ -36,22 +37,25 @@ struct Tl {
     group_info: Vec<u8>,
 }
 
+/// The fake server (also driven by the web client's tests, `web_tests.rs`).
 #[derive(Default)]
-struct Hub {
-    accounts: Vec<AccountInfo>,
+pub(crate) struct Hub {
+    pub(crate) accounts: Vec<AccountInfo>,
     kps: HashMap<String, VecDeque<Vec<u8>>>,
     last_resort: HashMap<String, Vec<u8>>,
     tls: HashMap<String, Tl>,
-    queues: HashMap<String, VecDeque<String>>,
+    pub(crate) queues: HashMap<String, VecDeque<String>>,
     claimed: HashMap<String, Vec<String>>,
     next_welcome: u64,
     msg_ids: HashMap<(String, String), (String, u64)>,
     /// Devices whose frames are not delivered right now (simulates lag).
     held_back: HashMap<String, VecDeque<String>>,
+    /// The fake server's MLS external-sender key (set by `setup`).
+    server_key: Option<Rc<openmls_basic_credential::SignatureKeyPair>>,
 }
 
 impl Hub {
-    fn push(&mut self, device: &str, f: &ServerFrame) {
+    pub(crate) fn push(&mut self, device: &str, f: &ServerFrame) {
         let text = serde_json::to_string(f).unwrap();
         let unsolicited = matches!(f, ServerFrame::Message(_) | ServerFrame::Welcome { .. });
         if let (true, Some(held)) = (unsolicited, self.held_back.get_mut(device)) {
@@ -97,7 +101,7 @@ impl Hub {
         (seq, self.tls[tid].epoch)
     }
 
-    fn handle(&mut self, from: &str, f: ClientFrame) {
+    pub(crate) fn handle(&mut self, from: &str, f: ClientFrame) {
         match f {
             ClientFrame::Subscribe { rid } => self.push(from, &ServerFrame::CaughtUp { rid }),
             ClientFrame::Ping { rid } => self.push(from, &ServerFrame::Pong { rid }),
@@ -190,6 +194,26 @@ impl Hub {
                 let (seq, epoch) = self.store(from, &timeline_id, MessageKind::Application, &msg_id, message.0);
                 self.push(from, &ServerFrame::Accepted { rid, timeline_id, seq, epoch, duplicate: false })
             }
+            ClientFrame::ListTimelines { rid } => {
+                let timelines = self
+                    .tls
+                    .iter()
+                    .filter(|(_, tl)| tl.members.contains(from))
+                    .map(|(id, tl)| TimelineInfo {
+                        timeline_id: id.clone(),
+                        epoch: tl.epoch,
+                        head_seq: tl.msgs.len() as u64,
+                        cursor: 0,
+                        member_account_ids: self
+                            .accounts
+                            .iter()
+                            .filter(|a| a.device_ids.iter().any(|d| tl.members.contains(d)))
+                            .map(|a| a.account_id.clone())
+                            .collect(),
+                    })
+                    .collect();
+                self.push(from, &ServerFrame::Timelines { rid, timelines })
+            }
             ClientFrame::Ack { .. } | ClientFrame::AckWelcome { .. } => {}
             other => panic!("fake hub does not do {other:?}"),
         }
@@ -262,6 +286,33 @@ impl StateStore for SharedStore {
     }
 }
 
+/// How a server announces an external-sender key in `ready`.
+fn server_info(key: &openmls_basic_credential::SignatureKeyPair) -> ExternalSenderInfo {
+    ExternalSenderInfo { identity: "tsunagu-server".into(), signature_key: Bytes(key.public().to_vec()) }
+}
+
+/// Store an external proposal (signed by `signer` as external sender
+/// `index`) in a timeline, as the server does when it revokes a device.
+fn store_proposal(hub: &Rc<RefCell<Hub>>, tid: &str, epoch: u64, proposal: Ext, signer: &openmls_basic_credential::SignatureKeyPair, index: u32) -> u64 {
+    let (gid, epoch, index) = (m::group_id(tid), GroupEpoch::from(epoch), SenderExtensionIndex::new(index));
+    let message = match proposal {
+        Ext::Remove(leaf) => ExternalProposal::new_remove::<m::Provider>(LeafNodeIndex::new(leaf), gid, epoch, signer, index).unwrap(),
+        Ext::Add(kp) => ExternalProposal::new_add::<m::Provider>(kp, gid, epoch, signer, index).unwrap(),
+    };
+    let msg_id = crate::core::new_msg_id();
+    hub.borrow_mut().store("server", tid, MessageKind::Proposal, &msg_id, m::to_bytes(&message).unwrap()).0
+}
+
+/// An external proposal for [`store_proposal`] to build.
+enum Ext {
+    Remove(u32),
+    Add(openmls::prelude::KeyPackage),
+}
+
+fn remove(leaf: u32) -> Ext {
+    Ext::Remove(leaf)
+}
+
 fn text_post(text: &str) -> Post {
     Post { kind: PostKind::Text, text: text.into(), reply_to: None, sent_at: 1 }
 }
@@ -292,7 +343,7 @@ impl Dev {
 
 /// One account per device; every device connected (ready + key packages).
 fn setup(n: usize) -> (Rc<RefCell<Hub>>, Vec<Dev>) {
-    let hub = Rc::new(RefCell::new(Hub::default()));
+    let hub = Rc::new(RefCell::new(Hub { server_key: Some(Rc::new(m::new_signer().unwrap())), ..Hub::default() }));
     let mut devs = Vec::new();
     for i in 0..n {
         let device_id = uuid::Uuid::new_v4().to_string();
@@ -316,7 +367,8 @@ fn setup(n: usize) -> (Rc<RefCell<Hub>>, Vec<Dev>) {
         )
         .unwrap();
         let mut dev = Dev { core, io: Conn { hub: hub.clone(), device: device_id.clone() }, store };
-        let ready = ServerFrame::Ready { protocol: 1, account_id: dev.core.account_id().into(), device_id };
+        let external_sender = Some(server_info(hub.borrow().server_key.as_ref().unwrap()));
+        let ready = ServerFrame::Ready { protocol: 1, account_id: dev.core.account_id().into(), device_id, external_sender };
         hub.borrow_mut().push(&dev.id(), &ready);
         block_on(dev.core.on_connected(&mut dev.io)).unwrap();
         devs.push(dev);
@@ -563,7 +615,8 @@ fn a_post_is_one_write_before_sending_and_one_after() {
     let raw = d[0].core.encrypt(&tid, &Envelope::Post(text_post("fresh")).encode()).unwrap();
     let f = ClientFrame::Send { rid: 99, timeline_id: tid.clone(), msg_id: "raw".into(), message: Bytes(raw) };
     let Ok(ServerFrame::Accepted { seq: s_raw, .. }) = call!(d[0], request(f)) else { panic!("not accepted") };
-    let ready = ServerFrame::Ready { protocol: 1, account_id: account(&d[0]), device_id: d[0].id() };
+    let external_sender = Some(server_info(hub.borrow().server_key.as_ref().unwrap()));
+    let ready = ServerFrame::Ready { protocol: 1, account_id: account(&d[0]), device_id: d[0].id(), external_sender };
     hub.borrow_mut().push(&d[0].id(), &ready);
     let dv = &mut d[0];
     block_on(dv.core.on_connected(&mut dv.io)).unwrap();
@@ -640,4 +693,120 @@ fn every_commit_point_reopens() {
     let reopened = Core::open(Box::new(d[1].store.clone())).unwrap();
     assert_eq!(reopened.posts(&tid), d[1].core.posts(&tid));
     assert_eq!(reopened.export_secret(&tid), d[1].core.export_secret(&tid));
+}
+
+// ----- revocation: the server's external proposals --------------------------------------
+
+/// A, B and C share a timeline (leaves 0, 1, 2).
+fn three_members() -> (Rc<RefCell<Hub>>, Vec<Dev>, String) {
+    let (hub, mut d) = setup(3);
+    let tid = call!(d[0], create_timeline()).unwrap();
+    for i in 1..3 {
+        let acc = account(&d[i]);
+        call!(d[0], add_person(&tid, &acc)).unwrap();
+    }
+    sync(&mut d[1]);
+    sync(&mut d[2]);
+    assert_eq!(d[2].core.member_device_ids(&tid).len(), 3);
+    (hub, d, tid)
+}
+
+#[test]
+fn a_removal_proposed_by_the_server_is_committed_by_a_member_and_the_removed_device_is_left_out() {
+    let (hub, mut d, tid) = three_members();
+    let epoch = d[0].core.epoch(&tid).unwrap();
+    let key = hub.borrow().server_key.clone().unwrap();
+    // The server revokes C (leaf 2).
+    let p = store_proposal(&hub, &tid, epoch, remove(2), &key, 0);
+    // C processes its own removal: it has left and posts no more.
+    sync(&mut d[2]);
+    assert!(d[2].core.has_left(&tid));
+    assert!(d[2].core.timelines().is_empty());
+    assert!(call!(d[2], post(&tid, "c1", "still here?", None)).is_err());
+    // A, without being told, commits the proposal when it syncs.
+    sync(&mut d[0]);
+    assert_eq!(d[0].core.epoch(&tid), Some(epoch + 1));
+    assert!(d[0].core.processed_seq(&tid).unwrap() > p);
+    assert_eq!(d[0].core.member_device_ids(&tid).len(), 2);
+    assert!(!d[0].core.member_device_ids(&tid).contains(&d[2].id()));
+    // B merges A's commit (it had the proposal too, and does not commit again).
+    sync(&mut d[1]);
+    assert_eq!(d[1].core.epoch(&tid), Some(epoch + 1));
+    assert_eq!(d[1].core.committable_proposals(&tid), 0);
+    assert_eq!(d[0].core.export_secret(&tid), d[1].core.export_secret(&tid));
+    assert_eq!(hub.borrow().tls[&tid].epoch, epoch + 1, "exactly one commit");
+    // A new post cannot be read by C.
+    let s = call!(d[1], post(&tid, "b1", "after the removal", None)).unwrap();
+    sync(&mut d[0]);
+    assert_eq!(texts(&d[0], &tid).last().unwrap().1.as_deref(), Some("after the removal"));
+    sync(&mut d[2]);
+    assert!(texts(&d[2], &tid).iter().all(|(seq, text, _)| *seq != s || text.is_none()));
+    assert_ne!(d[2].core.export_secret(&tid), d[0].core.export_secret(&tid));
+}
+
+#[test]
+fn a_pending_proposal_survives_a_restart_and_is_committed_after_it() {
+    let (hub, mut d, tid) = three_members();
+    let epoch = d[0].core.epoch(&tid).unwrap();
+    let key = hub.borrow().server_key.clone().unwrap();
+    store_proposal(&hub, &tid, epoch, remove(2), &key, 0);
+    // A receives the proposal (processes up to it) but stops before committing.
+    let target = hub.borrow().tls[&tid].msgs.len() as u64;
+    let dv = &mut d[0];
+    while dv.core.processed_seq(&tid).unwrap() < target {
+        assert!(block_on(dv.core.pump_one(&mut dv.io, 0)).unwrap());
+    }
+    dv.core.save().unwrap();
+    assert_eq!(dv.core.committable_proposals(&tid), 1);
+    // Restart from the store: the proposal is still there and gets committed.
+    d[0].core = Core::open(Box::new(d[0].store.clone())).unwrap();
+    assert_eq!(d[0].core.committable_proposals(&tid), 1);
+    let done = call!(d[0], commit_pending_proposals()).unwrap();
+    assert_eq!(done.len(), 1);
+    assert_eq!(d[0].core.member_device_ids(&tid).len(), 2);
+}
+
+#[test]
+fn external_proposals_that_are_not_the_servers_removals_are_rejected() {
+    let (hub, mut d, tid) = three_members();
+    let epoch = d[0].core.epoch(&tid).unwrap();
+    let key = hub.borrow().server_key.clone().unwrap();
+    let stranger = m::new_signer().unwrap();
+    // 1. Signed by a key that is not the group's external sender.
+    store_proposal(&hub, &tid, epoch, remove(2), &stranger, 0);
+    // 2. An index the group's extension does not have.
+    store_proposal(&hub, &tid, epoch, remove(2), &key, 1);
+    // 3. The server's key, but an Add: only removals are accepted.
+    let (kps, _) = d[1].core.make_key_packages(1, false).unwrap();
+    let kp = m::parse_key_package(&m::Provider::default(), &kps[0]).unwrap();
+    store_proposal(&hub, &tid, epoch, Ext::Add(kp), &key, 0);
+    for dev in d.iter_mut() {
+        sync(dev);
+        assert_eq!(dev.core.committable_proposals(&tid), 0, "nothing was stored");
+        assert!(!dev.core.has_left(&tid));
+        let warnings = dev.core.take_warnings();
+        assert_eq!(warnings.len(), 3, "each is rejected and logged: {warnings:?}");
+        assert!(warnings[2].contains("proposal rejected"), "{warnings:?}");
+    }
+    assert_eq!(hub.borrow().tls[&tid].epoch, epoch, "nobody committed");
+}
+
+#[test]
+fn a_removal_signed_by_a_group_sender_that_is_not_this_server_is_rejected() {
+    let (hub, mut d, tid) = three_members();
+    let epoch = d[0].core.epoch(&tid).unwrap();
+    let old_key = hub.borrow().server_key.clone().unwrap();
+    // The server A talks to now announces another key (say, a different
+    // server): the group's external sender is no longer "the server".
+    let other = m::new_signer().unwrap();
+    let ready = ServerFrame::Ready { protocol: 1, account_id: account(&d[0]), device_id: d[0].id(), external_sender: Some(server_info(&other)) };
+    hub.borrow_mut().push(&d[0].id(), &ready);
+    let dv = &mut d[0];
+    block_on(dv.core.on_connected(&mut dv.io)).unwrap();
+    store_proposal(&hub, &tid, epoch, remove(2), &old_key, 0);
+    sync(&mut d[0]);
+    assert_eq!(d[0].core.committable_proposals(&tid), 0);
+    let warnings = d[0].core.take_warnings();
+    assert!(warnings.iter().any(|w| w.contains("not the server")), "{warnings:?}");
+    assert_eq!(d[0].core.epoch(&tid), Some(epoch));
 }

@@ -50,6 +50,12 @@ pub enum ClientFrame {
     /// The GroupInfo of the current epoch, for a rejoin by external commit.
     GetGroupInfo { rid: u64, timeline_id: String },
     Ping { rid: u64 },
+    /// Every device of this device's account, active and revoked.
+    ListDevices { rid: u64 },
+    /// Revoke a device of this device's account (it may be this one): it is
+    /// disconnected at once, can no longer connect, and the server proposes
+    /// its removal from every timeline it is in.
+    RevokeDevice { rid: u64, device_id: String },
 }
 
 /// Frames the server sends.
@@ -57,7 +63,15 @@ pub enum ClientFrame {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame {
     /// First frame on every connection.
-    Ready { protocol: u32, account_id: String, device_id: String },
+    Ready {
+        protocol: u32,
+        account_id: String,
+        device_id: String,
+        /// The server's MLS external sender: every timeline's group must name
+        /// it (alone) in its `external_senders` extension.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        external_sender: Option<ExternalSenderInfo>,
+    },
     /// A timeline message, delivered in `seq` order per timeline.
     Message(Delivered),
     /// An MLS Welcome for this device: it was added to `timeline_id` by the
@@ -77,6 +91,8 @@ pub enum ServerFrame {
     Timelines { rid: u64, timelines: Vec<TimelineInfo> },
     GroupInfo { rid: u64, timeline_id: String, epoch: u64, group_info: Bytes },
     Pong { rid: u64 },
+    Devices { rid: u64, devices: Vec<DeviceInfo> },
+    DeviceRevoked { rid: u64, device_id: String },
     Error(ErrorFrame),
 }
 
@@ -99,6 +115,9 @@ pub struct Delivered {
 pub enum MessageKind {
     Commit,
     Application,
+    /// An MLS proposal (PublicMessage) by the server as external sender:
+    /// the removal of a revoked device, for a member to commit.
+    Proposal,
 }
 
 impl MessageKind {
@@ -106,15 +125,44 @@ impl MessageKind {
         match self {
             MessageKind::Commit => "commit",
             MessageKind::Application => "application",
+            MessageKind::Proposal => "proposal",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "commit" => Some(MessageKind::Commit),
             "application" => Some(MessageKind::Application),
+            "proposal" => Some(MessageKind::Proposal),
             _ => None,
         }
     }
+}
+
+/// The `sender_device_id` of messages the server itself stores (proposals).
+pub const SERVER_SENDER: &str = "server";
+
+/// The server's MLS external sender (RFC 9420 §12.1.8.1): a basic credential
+/// naming `identity` and an Ed25519 signature key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExternalSenderInfo {
+    /// The basic credential's identity, UTF-8.
+    pub identity: String,
+    /// The Ed25519 public key (32 bytes).
+    pub signature_key: Bytes,
+}
+
+/// A device of the account, as `list_devices` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    pub device_id: String,
+    pub name: String,
+    /// Milliseconds since the Unix epoch.
+    pub created_at: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<u64>,
+    /// True for the device that asked.
+    #[serde(default)]
+    pub current: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -317,6 +365,37 @@ mod tests {
             r#"{"type":"publish_key_packages","rid":4,"key_packages":["Bw=="]}"#,
         );
         golden_client(ClientFrame::AckWelcome { welcome_id: 5 }, r#"{"type":"ack_welcome","welcome_id":5}"#);
+        golden_client(ClientFrame::ListDevices { rid: 6 }, r#"{"type":"list_devices","rid":6}"#);
+        golden_client(
+            ClientFrame::RevokeDevice { rid: 7, device_id: "d".into() },
+            r#"{"type":"revoke_device","rid":7,"device_id":"d"}"#,
+        );
+    }
+
+    #[test]
+    fn revocation_frames() {
+        golden_server(
+            ServerFrame::Ready {
+                protocol: 1,
+                account_id: "a".into(),
+                device_id: "d".into(),
+                external_sender: Some(ExternalSenderInfo { identity: "tsunagu-server".into(), signature_key: Bytes(vec![1]) }),
+            },
+            r#"{"type":"ready","protocol":1,"account_id":"a","device_id":"d","external_sender":{"identity":"tsunagu-server","signature_key":"AQ=="}}"#,
+        );
+        // An older server's ready frame still reads.
+        let old: ServerFrame = serde_json::from_str(r#"{"type":"ready","protocol":1,"account_id":"a","device_id":"d"}"#).unwrap();
+        assert!(matches!(old, ServerFrame::Ready { external_sender: None, .. }));
+        golden_server(
+            ServerFrame::Devices {
+                rid: 2,
+                devices: vec![DeviceInfo { device_id: "d".into(), name: "phone".into(), created_at: 5, revoked_at: Some(6), current: false }],
+            },
+            r#"{"type":"devices","rid":2,"devices":[{"device_id":"d","name":"phone","created_at":5,"revoked_at":6,"current":false}]}"#,
+        );
+        golden_server(ServerFrame::DeviceRevoked { rid: 3, device_id: "d".into() }, r#"{"type":"device_revoked","rid":3,"device_id":"d"}"#);
+        assert_eq!(serde_json::to_value(MessageKind::Proposal).unwrap(), "proposal");
+        assert_eq!(MessageKind::parse("proposal"), Some(MessageKind::Proposal));
     }
 
     #[test]

@@ -28,6 +28,9 @@ enum Event {
     /// Welcome `id` for device `d` was stored by node `n`.
     #[serde(rename = "w")]
     Welcome { n: String, id: i64, d: String },
+    /// Devices `d` were revoked by node `n`: close their connections.
+    #[serde(rename = "r")]
+    Revoked { n: String, d: Vec<String> },
 }
 
 /// This node's side of the cluster.
@@ -49,6 +52,16 @@ impl Cluster {
 
     pub async fn welcome_stored(&self, tx: &mut Tx, welcome_id: i64, device_id: &str) -> Result<(), StoreError> {
         self.notify(tx, &Event::Welcome { n: self.node_id.to_string(), id: welcome_id, d: device_id.to_owned() }).await
+    }
+
+    /// Devices were revoked in `tx`: every other node closes their
+    /// connections once it commits.
+    pub async fn devices_revoked(&self, tx: &mut Tx, device_ids: &[String]) -> Result<(), StoreError> {
+        // 100 ids (about 4 KB) a notification, under PostgreSQL's 8000 bytes.
+        for chunk in device_ids.chunks(100) {
+            self.notify(tx, &Event::Revoked { n: self.node_id.to_string(), d: chunk.to_vec() }).await?;
+        }
+        Ok(())
     }
 
     async fn notify(&self, tx: &mut Tx, event: &Event) -> Result<(), StoreError> {
@@ -106,7 +119,8 @@ async fn listen(url: &str, node_id: &str, db: &Db, hub: &Hub) -> Result<(), sqlx
 /// Push what another node stored to this node's connections.
 async fn relay(event: Event, node_id: &str, db: &Db, hub: &Hub) -> Result<(), StoreError> {
     match event {
-        Event::Messages { n, .. } | Event::Welcome { n, .. } if n == node_id => {}
+        Event::Messages { n, .. } | Event::Welcome { n, .. } | Event::Revoked { n, .. } if n == node_id => {}
+        Event::Revoked { d, .. } => hub.revoke(&d),
         Event::Messages { t, from, to, .. } => {
             for message in db.messages_after(&t, from - 1, to, to - from + 1).await? {
                 let recipients = db.recipients_at(&t, message.seq).await?;

@@ -4,9 +4,9 @@
 //! any gap (a full queue, a message published out of order) from the database,
 //! which stays the source of truth.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::mpsc;
@@ -26,6 +26,8 @@ pub enum Push {
     Welcome(Box<MessagePush>),
     /// Something may have been missed: catch up from the database.
     Resync,
+    /// The device was revoked: close the connection now.
+    Revoked,
 }
 
 #[derive(Debug, Clone)]
@@ -58,6 +60,11 @@ pub struct Hub {
     /// Member devices per timeline, valid for one epoch (members only change
     /// with a commit, and a commit ends the epoch).
     members: Mutex<HashMap<String, EpochMembers>>,
+    /// Devices revoked while this process runs (a revoked device cannot
+    /// connect again, so this only has to cover connections that were open).
+    revoked: RwLock<HashSet<String>>,
+    /// `revoked.len()`, read without the lock on every publish.
+    revoked_count: AtomicUsize,
 }
 
 /// A timeline's member devices and the epoch they are valid for.
@@ -137,9 +144,34 @@ impl Hub {
         }
     }
 
+    /// Stop delivering to these devices and tell their connections to close.
+    pub fn revoke(&self, devices: &[String]) {
+        {
+            let mut revoked = self.revoked.write().expect("hub lock");
+            revoked.extend(devices.iter().cloned());
+            self.revoked_count.store(revoked.len(), Ordering::Release);
+        }
+        let conns = self.conns.lock().expect("hub lock");
+        for device in devices {
+            for conn in conns.get(device).into_iter().flatten() {
+                if conn.tx.try_send(Push::Revoked).is_err() {
+                    // A full queue: the catch-up it causes re-checks the device.
+                    conn.lagged.store(true, Ordering::Release);
+                }
+            }
+        }
+    }
+
+    pub fn is_revoked(&self, device_id: &str) -> bool {
+        self.revoked_count.load(Ordering::Acquire) > 0 && self.revoked.read().expect("hub lock").contains(device_id)
+    }
+
     pub fn publish(&self, recipients: &[String], push: &Push) {
         let conns = self.conns.lock().expect("hub lock");
         for device in recipients {
+            if self.is_revoked(device) {
+                continue;
+            }
             for conn in conns.get(device).into_iter().flatten() {
                 if conn.tx.try_send(push.clone()).is_err() {
                     conn.lagged.store(true, Ordering::Release);

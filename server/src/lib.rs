@@ -12,6 +12,7 @@ pub mod http;
 pub mod metrics;
 pub mod mls;
 pub mod operator;
+pub mod revocation;
 pub mod writer;
 pub mod ws;
 
@@ -35,6 +36,8 @@ pub struct AppState {
     pub cluster: cluster::Cluster,
     pub config: Arc<ServeConfig>,
     pub metrics: Arc<metrics::Metrics>,
+    /// The server's MLS external-sender key (see `revocation`).
+    pub external_sender: Arc<mls::ExternalSenderKey>,
     /// Cancelled when the server starts to shut down.
     pub shutdown: CancellationToken,
     /// Every websocket connection, so a shutdown can wait for them.
@@ -58,6 +61,7 @@ impl Server {
             cluster.spawn_listener(url, db.clone(), hub.clone());
         }
         let writer = writer::Writer::start(db.clone(), hub.clone(), cluster.clone(), metrics.clone());
+        let external_sender = Arc::new(revocation::load_or_create_key(&db).await?);
         let state = AppState {
             db,
             hub,
@@ -65,9 +69,13 @@ impl Server {
             cluster,
             config: Arc::new(config),
             metrics,
+            external_sender,
             shutdown: CancellationToken::new(),
             connections: TaskTracker::new(),
         };
+        if let Err(e) = revocation::sweep(&state).await {
+            tracing::error!(code = e.code.as_str(), message = %e.message, "pending removals not proposed at start");
+        }
         Ok(Server { state })
     }
 

@@ -6,10 +6,11 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::RwLock;
 
-use openmls::prelude::tls_codec::Deserialize as _;
+use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::*;
+use openmls_basic_credential::SignatureKeyPair;
 use openmls_memory_storage::MemoryStorage;
-use openmls_rust_crypto::RustCrypto;
+use openmls_rust_crypto::{OpenMlsRustCrypto, RustCrypto};
 use tsunagu_protocol::ErrorCode;
 
 use crate::error::ApiError;
@@ -209,6 +210,130 @@ impl StagedChange {
         let StagedChange { mut state, staged, .. } = self;
         state.group.merge_commit(&state.storage, staged).map_err(|e| invalid(format!("commit does not merge: {e}")))?;
         Ok(state)
+    }
+}
+
+// ---- the server as external sender (revocation) ----------------------------------------
+
+/// The server's MLS external sender: the key that signs Remove proposals for
+/// revoked devices, and the credential every group names in its
+/// `external_senders` extension (at index 0, alone).
+pub struct ExternalSenderKey {
+    pub identity: String,
+    signer: SignatureKeyPair,
+}
+
+impl ExternalSenderKey {
+    /// A new Ed25519 key pair.
+    pub fn generate(identity: &str) -> Result<ExternalSenderKey, ApiError> {
+        let signer = SignatureKeyPair::new(SignatureScheme::ED25519).map_err(|e| {
+            tracing::error!(error = ?e, "cannot generate the external sender key");
+            ApiError::new(ErrorCode::Internal, "cannot generate a key")
+        })?;
+        Ok(ExternalSenderKey { identity: identity.to_owned(), signer })
+    }
+
+    /// From the stored form ([`Self::key_pair_bytes`]).
+    pub fn from_stored(identity: &str, key_pair: &[u8]) -> Result<ExternalSenderKey, ApiError> {
+        let signer = SignatureKeyPair::tls_deserialize_exact(key_pair).map_err(|_| corrupt("the external sender key does not decode"))?;
+        Ok(ExternalSenderKey { identity: identity.to_owned(), signer })
+    }
+
+    pub fn public_key(&self) -> &[u8] {
+        self.signer.public()
+    }
+
+    /// The key pair, TLS-encoded, for storage (it holds the private key).
+    pub fn key_pair_bytes(&self) -> Vec<u8> {
+        self.signer.tls_serialize_detached().expect("a key pair serializes")
+    }
+
+    /// The extension entry naming this key.
+    pub fn external_sender(&self) -> ExternalSender {
+        ExternalSender::new(self.signer.to_public_vec().into(), BasicCredential::new(self.identity.as_bytes().to_vec()).into())
+    }
+}
+
+/// The index of the server in every group's `external_senders` extension.
+pub const SERVER_SENDER_INDEX: u32 = 0;
+
+impl PublicState {
+    /// The group's `external_senders` extension, TLS-encoded (`None` without
+    /// one), to check that a commit leaves it unchanged.
+    pub fn external_senders_encoded(&self) -> Option<Vec<u8>> {
+        let senders = self.group.group_context().extensions().external_senders()?;
+        senders.tls_serialize_detached().ok()
+    }
+
+    /// Whether the group names exactly the server as its external sender.
+    pub fn names_external_sender(&self, key: &ExternalSenderKey) -> bool {
+        self.group.group_context().extensions().external_senders().is_some_and(|s| s.as_slice() == [key.external_sender()])
+    }
+
+    /// Leaves that a queued proposal of the server already removes.
+    fn proposed_removals(&self) -> Result<BTreeSet<LeafNodeIndex>, ApiError> {
+        let queued = self.group.queued_proposals(&self.storage).map_err(|_| corrupt("queued proposals do not load"))?;
+        Ok(queued
+            .iter()
+            .filter(|(_, q)| matches!(q.sender(), Sender::External(_)))
+            .filter_map(|(_, q)| match q.proposal() {
+                Proposal::Remove(r) => Some(r.removed()),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Devices of `devices` that are members and not yet covered by a queued
+    /// Remove proposal of the server.
+    pub fn unproposed_members(&self, devices: &BTreeSet<String>) -> Result<Vec<String>, ApiError> {
+        let proposed = self.proposed_removals()?;
+        let mut out = Vec::new();
+        for m in self.group.members() {
+            let id = identity(&m.credential)?;
+            if devices.contains(&id) && !proposed.contains(&m.index) {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Propose, as the server's external sender at the current epoch, the
+    /// removal of every leaf of `devices` that no queued proposal removes yet,
+    /// and queue each proposal in this state so that a member's commit can
+    /// cover it by reference. Returns each device with its proposal (an MLS
+    /// message holding a PublicMessage). Refused for a group that does not
+    /// name the server as its external sender.
+    pub fn propose_removals(&mut self, key: &ExternalSenderKey, devices: &BTreeSet<String>) -> Result<Vec<(String, Vec<u8>)>, ApiError> {
+        let todo = self.unproposed_members(devices)?;
+        if todo.is_empty() {
+            return Ok(Vec::new());
+        }
+        if !self.names_external_sender(key) {
+            return Err(invalid("the group does not name the server as its external sender"));
+        }
+        let leaves: HashMap<String, LeafNodeIndex> =
+            self.group.members().filter_map(|m| Some((identity(&m.credential).ok()?, m.index))).collect();
+        let mut out = Vec::new();
+        for device in todo {
+            let leaf = leaves[&device];
+            let group_id = self.group.group_id().clone();
+            let epoch = self.group.group_context().epoch();
+            let message = ExternalProposal::new_remove::<OpenMlsRustCrypto>(leaf, group_id, epoch, &key.signer, SenderExtensionIndex::new(SERVER_SENDER_INDEX))
+                .map_err(|e| invalid(format!("cannot build the removal proposal: {e}")))?;
+            let bytes = message.to_bytes().map_err(|e| invalid(format!("cannot encode the removal proposal: {e}")))?;
+            // Process our own proposal like a member will: this checks it
+            // against the group's extension and yields the queued form.
+            let MlsMessageBodyIn::PublicMessage(pm) = parse_body(&bytes)? else {
+                return Err(invalid("a proposal must be a PublicMessage"));
+            };
+            let processed = self.group.process_message(&RustCrypto::default(), pm).map_err(|e| invalid(format!("own proposal does not validate: {e}")))?;
+            let ProcessedMessageContent::ProposalMessage(queued) = processed.into_content() else {
+                return Err(invalid("own proposal did not process as a proposal"));
+            };
+            self.group.add_proposal(&self.storage, *queued).map_err(|_| corrupt("proposal not stored"))?;
+            out.push((device, bytes));
+        }
+        Ok(out)
     }
 }
 

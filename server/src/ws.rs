@@ -36,6 +36,8 @@ const MAX_IN_FLIGHT: usize = 64;
 const CLOSE_HANDSHAKE: Duration = Duration::from_secs(2);
 /// Live pushes written before one flush of the socket.
 const PUSH_BURST: usize = 128;
+/// Close code for a connection whose device was revoked (PROTOCOL.md).
+pub const CLOSE_REVOKED: u16 = 4001;
 
 type Sink = SplitSink<WebSocket, Message>;
 
@@ -76,6 +78,7 @@ pub async fn serve(socket: WebSocket, state: AppState, device: Device) {
         protocol: PROTOCOL_VERSION,
         account_id: conn.device.account_id.clone(),
         device_id: conn.device.id.clone(),
+        external_sender: Some(crate::revocation::external_sender_info(&conn.state.external_sender)),
     };
     let mut flush = tokio::time::interval(CURSOR_FLUSH);
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -161,6 +164,8 @@ const KNOWN_TYPES: &[&str] = &[
     "ack_welcome",
     "get_group_info",
     "ping",
+    "list_devices",
+    "revoke_device",
 ];
 
 fn rid_of(frame: &ClientFrame) -> Option<u64> {
@@ -176,6 +181,8 @@ fn rid_of(frame: &ClientFrame) -> Option<u64> {
         | Commit { rid, .. }
         | Send { rid, .. }
         | GetGroupInfo { rid, .. }
+        | ListDevices { rid }
+        | RevokeDevice { rid, .. }
         | Ping { rid } => Some(*rid),
         Ack { .. } | AckWelcome { .. } => None,
     }
@@ -227,6 +234,9 @@ impl Connection {
     }
 
     async fn on_text(&mut self, text: &str) -> Result<(), Closed> {
+        if self.state.hub.is_revoked(&self.device.id) {
+            return self.close_revoked().await;
+        }
         if text.len() > self.state.config.max_frame_bytes {
             let limit = self.state.config.max_frame_bytes;
             return self.send_error(None, ApiError::new(ErrorCode::FrameTooLarge, format!("frames are limited to {limit} bytes"))).await;
@@ -242,6 +252,16 @@ impl Connection {
             Err(Handled::Api(err)) => self.send_error(rid, err).await,
             Err(Handled::Closed) => Err(Closed),
         }
+    }
+
+    /// The device was revoked: say so in the close frame and end the
+    /// connection (nothing more is read, sent or delivered).
+    async fn close_revoked(&mut self) -> Result<(), Closed> {
+        tracing::info!(device = %self.device.id, "closing the connection of a revoked device");
+        let close = CloseFrame { code: CLOSE_REVOKED, reason: "device revoked".into() };
+        let _ = self.flush().await;
+        let _ = self.sink.send(Message::Close(Some(close))).await;
+        Err(Closed)
     }
 
     async fn handle(&mut self, frame: ClientFrame) -> Result<Option<ServerFrame>, Handled> {
@@ -271,7 +291,8 @@ impl Connection {
             }
             F::ClaimKeyPackages { rid, account_id } => self.claim_key_packages(rid, account_id).await?,
             F::ListAccounts { rid } => {
-                let accounts = self.db().accounts().await.map_err(ApiError::from)?;
+                // Family accounts only see (and are only seen by) their timelines' people.
+                let accounts = self.db().accounts_visible_to(&self.device.account_id).await.map_err(ApiError::from)?;
                 let accounts = accounts.into_iter().map(|(account_id, name, device_ids)| AccountInfo { account_id, name, device_ids }).collect();
                 ServerFrame::Accounts { rid, accounts }
             }
@@ -283,6 +304,15 @@ impl Connection {
             F::Send { rid, timeline_id, msg_id, message } => {
                 self.send_message(rid, timeline_id, msg_id, message).await?;
                 return Ok(None);
+            }
+            F::ListDevices { rid } => self.list_devices(rid).await?,
+            F::RevokeDevice { rid, device_id } => {
+                let own = self.db().account_devices(&self.device.account_id).await.map_err(ApiError::from)?;
+                if !own.iter().any(|d| d.id == device_id) {
+                    return Err(ApiError::new(ErrorCode::InvalidArgument, "no such device in this account").into());
+                }
+                crate::revocation::revoke_devices(&self.state, std::slice::from_ref(&device_id), "revoked_by_owner").await?;
+                ServerFrame::DeviceRevoked { rid, device_id }
             }
             F::GetGroupInfo { rid, timeline_id } => {
                 check_timeline_id(&timeline_id)?;
@@ -301,6 +331,12 @@ impl Connection {
     /// Send pending welcomes and every message after this connection's
     /// position (or the stored cursor) in every timeline of the device.
     async fn catch_up(&mut self) -> Result<(), Handled> {
+        // The database is the source of truth for revocation too (a hub
+        // signal can be lost with a full queue or another node's listener).
+        let revoked = self.db().device(&self.device.id).await.map_err(ApiError::from)?.is_none_or(|d| d.revoked);
+        if revoked || self.state.hub.is_revoked(&self.device.id) {
+            self.close_revoked().await?;
+        }
         let welcomes = self.db().pending_welcomes(&self.device.id).await.map_err(ApiError::from)?;
         for w in welcomes {
             if self.last_sent.get(&w.timeline_id).is_some_and(|&s| s >= w.seq) {
@@ -367,6 +403,7 @@ impl Connection {
                 self.last_sent.insert(timeline_id.to_string(), seq);
             }
             Push::Resync => self.catch_up().await?,
+            Push::Revoked => self.close_revoked().await?,
             Push::Message(push) => {
                 let MessagePush { timeline_id, seq, frame, stored } = *push;
                 let last = match self.last_sent.get(&*timeline_id) {
@@ -453,6 +490,21 @@ impl Connection {
         Ok(ServerFrame::KeyPackages { rid, account_id, devices })
     }
 
+    async fn list_devices(&mut self, rid: u64) -> Result<ServerFrame, Handled> {
+        let rows = self.db().account_devices(&self.device.account_id).await.map_err(ApiError::from)?;
+        let devices = rows
+            .into_iter()
+            .map(|d| tsunagu_protocol::frames::DeviceInfo {
+                current: d.id == self.device.id,
+                device_id: d.id,
+                name: d.name,
+                created_at: d.created_at.max(0) as u64,
+                revoked_at: d.revoked_at.map(|t| t.max(0) as u64),
+            })
+            .collect();
+        Ok(ServerFrame::Devices { rid, devices })
+    }
+
     // ---- timelines ---------------------------------------------------------------------
 
     async fn list_timelines(&mut self, rid: u64) -> Result<ServerFrame, Handled> {
@@ -477,6 +529,10 @@ impl Connection {
     async fn create_timeline(&mut self, rid: u64, timeline_id: String, group_info: Bytes) -> Result<ServerFrame, Handled> {
         check_timeline_id(&timeline_id)?;
         let (state, members) = PublicState::create(&timeline_id, group_info.as_slice())?;
+        if !state.names_external_sender(&self.state.external_sender) {
+            let msg = "the group must name the server (the ready frame's external_sender) as its only external sender in the external_senders extension";
+            return Err(ApiError::new(ErrorCode::InvalidMls, msg).into());
+        }
         match members.as_slice() {
             [only] => self.check_own_leaf(only)?,
             _ => return Err(ApiError::new(ErrorCode::InvalidMls, "a new timeline's only member is its creator").into()),
@@ -558,7 +614,9 @@ impl Connection {
             let current = locked.epoch as u64;
             return Err(ApiError::epoch(ErrorCode::EpochConflict, format!("epoch {} already has a commit; the timeline is at epoch {current}", incoming.epoch), current).into());
         }
-        let staged = PublicState::load(&timeline_id, &locked.public_state)?.stage(incoming)?;
+        let public = PublicState::load(&timeline_id, &locked.public_state)?;
+        let senders_before = public.external_senders_encoded();
+        let staged = public.stage(incoming)?;
         if staged.sender != self.device.id {
             return Err(ApiError::new(ErrorCode::CredentialMismatch, "the commit is signed by another member's credential").into());
         }
@@ -573,7 +631,10 @@ impl Connection {
             }
         }
         let external = staged.external;
-        let new_state = staged.merge()?;
+        let mut new_state = staged.merge()?;
+        if new_state.external_senders_encoded() != senders_before {
+            return Err(ApiError::new(ErrorCode::InvalidMls, "a commit must not change the group's external_senders extension").into());
+        }
         let new_epoch = locked.epoch + 1;
         mls::check_group_info(group_info.as_slice(), &timeline_id, new_epoch as u64)?;
         let new_members = mls::device_set(&new_state.members()?);
@@ -599,9 +660,14 @@ impl Connection {
             data: commit.into_vec(),
         };
         let cluster = &self.state.cluster;
-        let written: Result<Vec<(String, i64)>, crate::error::StoreError> = async {
+        let key = &self.state.external_sender;
+        let written: Result<(Vec<(String, i64)>, Vec<crate::revocation::Proposed>), crate::error::StoreError> = async {
             Db::insert_message(&mut tx, &stored).await?;
-            Db::advance_timeline(&mut tx, &timeline_id, new_epoch, seq, &new_state.encode(), group_info.as_slice()).await?;
+            // Revoked devices still in the group at the new epoch: their
+            // proposals died with the old epoch, so propose them again.
+            let proposals = crate::revocation::propose_locked(&mut tx, key, &timeline_id, &mut new_state, new_epoch, seq).await?;
+            let head = seq + proposals.len() as i64;
+            Db::advance_timeline(&mut tx, &timeline_id, new_epoch, head, &new_state.encode(), group_info.as_slice()).await?;
             for d in &removed {
                 Db::leave(&mut tx, &timeline_id, d, seq).await?;
             }
@@ -619,11 +685,12 @@ impl Connection {
                     welcomes.push((d.clone(), id));
                 }
             }
-            cluster.messages_stored(&mut tx, &timeline_id, seq, seq).await?;
-            Ok(welcomes)
+            cluster.messages_stored(&mut tx, &timeline_id, seq, head).await?;
+            crate::revocation::record_proposals(&mut tx, &timeline_id, &proposals).await?;
+            Ok((welcomes, proposals))
         }
         .await;
-        let welcome_ids = match written {
+        let (welcome_ids, proposals) = match written {
             Ok(ids) => ids,
             Err(e) => {
                 drop(tx);
@@ -646,6 +713,8 @@ impl Connection {
         for (device, welcome_id) in welcome_ids {
             hub.publish(&[device], &Push::welcome(welcome_id, &timeline_id, seq, welcome.unwrap_or_default().to_vec()));
         }
+        // After the welcomes: an added device gets its welcome before them.
+        crate::revocation::publish_proposals(&self.state, &new_state, &proposals)?;
         if !is_member {
             // An external join on this connection: deliver from the join on.
             self.last_sent.insert(timeline_id.clone(), seq);

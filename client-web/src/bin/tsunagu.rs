@@ -1,5 +1,5 @@
 //! `tsunagu`: the native command-line client (enrol, list, create, add,
-//! remove, post, read, follow).
+//! remove, post, read, follow, devices, revoke).
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -51,6 +51,11 @@ enum Cmd {
     Read { timeline: String },
     /// Print a timeline (or all), then live posts until Ctrl-C.
     Follow { timeline: Option<String> },
+    /// List this account's devices (id, name, enrolled, revoked; `*` marks this one).
+    Devices,
+    /// Revoke a device of this account: it is disconnected at once, can no
+    /// longer connect, and is removed from every timeline.
+    Revoke { device_id: String },
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -164,6 +169,24 @@ async fn run(cmd: Cmd, dir: PathBuf) -> Result<()> {
                 }
             }
             c.disconnect().await;
+        }
+        Cmd::Devices => {
+            let mut c = connected(&dir).await?;
+            for d in c.devices().await? {
+                let revoked = d.revoked_at.map(|t| format!("revoked {}", iso(t))).unwrap_or_else(|| "active".into());
+                let current = if d.current { " *" } else { "" };
+                println!("{}\t{}\tenrolled {}\t{}{}", d.device_id, d.name, iso(d.created_at), revoked, current);
+            }
+            c.disconnect().await;
+        }
+        Cmd::Revoke { device_id } => {
+            let mut c = connected(&dir).await?;
+            let own = device_id == c.device_id();
+            c.revoke_device(&device_id).await.context("revoking")?;
+            println!("revoked {device_id}; its removal from every timeline is proposed");
+            if !own {
+                c.disconnect().await;
+            }
         }
     }
     Ok(())

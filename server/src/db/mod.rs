@@ -9,6 +9,7 @@
 //! process instead of polling the file lock.
 
 pub mod audit;
+pub mod revocation;
 pub mod people;
 
 use std::collections::HashMap;
