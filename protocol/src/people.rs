@@ -340,6 +340,9 @@ pub struct DirectoryPerson {
     pub contact_hours: String,
     /// `/v1/people/{account_id}/photo`, when the person has a photo.
     pub photo_url: Option<String>,
+    /// In an organisation's staff list: when the person was removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed_at: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

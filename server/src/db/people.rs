@@ -492,6 +492,12 @@ impl Db {
         Ok(())
     }
 
+    /// Forget sessions that began before `before` (past their lifetime).
+    pub async fn purge_sessions(&self, before: i64) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM sessions WHERE created_at < $1").bind(before).execute(&self.write).await?;
+        Ok(done.rows_affected())
+    }
+
     pub async fn end_session(&self, token_hash: &str, now: i64) -> Result<()> {
         sqlx::query("UPDATE sessions SET ended_at = $1 WHERE token_hash = $2 AND ended_at IS NULL")
             .bind(now)
@@ -637,24 +643,12 @@ impl Db {
     /// in; a family account sees itself, the members of the timelines it was
     /// invited to and the other family accounts invited there.
     pub async fn accounts_visible_to(&self, viewer: &str) -> Result<Vec<(String, String, Vec<String>)>> {
-        let kind: Option<String> =
-            sqlx::query("SELECT kind FROM accounts WHERE id = $1").bind(viewer).fetch_optional(&self.read).await?.map(|r| r.try_get(0)).transpose()?;
-        let viewer_is_family = kind.as_deref() == Some("family");
-        let sql = if viewer_is_family {
+        let sql = format!(
             "SELECT a.id, a.name, d.id FROM accounts a LEFT JOIN devices d ON d.account_id = a.id AND d.revoked_at IS NULL \
-             WHERE a.removed_at IS NULL AND (a.id = $1 \
-               OR a.id IN (SELECT md.account_id FROM family_links fl JOIN memberships m ON m.timeline_id = fl.timeline_id AND m.left_seq IS NULL \
-                           JOIN devices md ON md.id = m.device_id WHERE fl.account_id = $1) \
-               OR a.id IN (SELECT f2.account_id FROM family_links fl JOIN family_links f2 ON f2.timeline_id = fl.timeline_id WHERE fl.account_id = $1)) \
-             ORDER BY a.name, a.id, d.id"
-        } else {
-            "SELECT a.id, a.name, d.id FROM accounts a LEFT JOIN devices d ON d.account_id = a.id AND d.revoked_at IS NULL \
-             WHERE a.removed_at IS NULL AND (a.kind <> 'family' \
-               OR a.id IN (SELECT fl.account_id FROM family_links fl JOIN memberships m ON m.timeline_id = fl.timeline_id AND m.left_seq IS NULL \
-                           JOIN devices md ON md.id = m.device_id WHERE md.account_id = $1)) \
-             ORDER BY a.name, a.id, d.id"
-        };
-        let rows = sqlx::query(sql).bind(viewer).fetch_all(&self.read).await?;
+             WHERE {} ORDER BY a.name, a.id, d.id",
+            self.visibility(viewer).await?
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(viewer).fetch_all(&self.read).await?;
         let mut out: Vec<(String, String, Vec<String>)> = Vec::new();
         for r in rows {
             let (id, name, device): (String, String, Option<String>) = (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
@@ -664,6 +658,28 @@ impl Db {
             }
         }
         Ok(out)
+    }
+
+    /// Whether `viewer` may see (and so claim key packages of) `account_id`.
+    pub async fn account_visible_to(&self, viewer: &str, account_id: &str) -> Result<bool> {
+        let sql = format!("SELECT 1 FROM accounts a WHERE a.id = $2 AND {}", self.visibility(viewer).await?);
+        Ok(sqlx::query(sqlx::AssertSqlSafe(sql)).bind(viewer).bind(account_id).fetch_optional(&self.read).await?.is_some())
+    }
+
+    /// The condition on `accounts a` of what viewer `$1` may see.
+    async fn visibility(&self, viewer: &str) -> Result<&'static str> {
+        let kind: Option<String> =
+            sqlx::query("SELECT kind FROM accounts WHERE id = $1").bind(viewer).fetch_optional(&self.read).await?.map(|r| r.try_get(0)).transpose()?;
+        Ok(if kind.as_deref() == Some("family") {
+            "a.removed_at IS NULL AND (a.id = $1 \
+               OR a.id IN (SELECT md.account_id FROM family_links fl JOIN memberships m ON m.timeline_id = fl.timeline_id AND m.left_seq IS NULL \
+                           JOIN devices md ON md.id = m.device_id WHERE fl.account_id = $1) \
+               OR a.id IN (SELECT f2.account_id FROM family_links fl JOIN family_links f2 ON f2.timeline_id = fl.timeline_id WHERE fl.account_id = $1))"
+        } else {
+            "a.removed_at IS NULL AND (a.kind <> 'family' \
+               OR a.id IN (SELECT fl.account_id FROM family_links fl JOIN memberships m ON m.timeline_id = fl.timeline_id AND m.left_seq IS NULL \
+                           JOIN devices md ON md.id = m.device_id WHERE md.account_id = $1))"
+        })
     }
 
     // ---- directory ------------------------------------------------------------------
