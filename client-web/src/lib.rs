@@ -31,3 +31,5 @@ pub use crate::native::Client;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod web_tests;
