@@ -112,6 +112,60 @@ pub async fn record(db: &Db, entry: AuditEntry<'_>) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// [`record`] for an event that has already taken effect and cannot be
+/// undone: a failure is logged, not returned.
+pub async fn record_logged(db: &Db, entry: AuditEntry<'_>) {
+    if let Err(e) = record(db, entry).await {
+        tracing::error!(error = %e, action = entry.action, "could not append to the audit log");
+    }
+}
+
+/// Record `timeline_created` (after the timeline is stored).
+pub async fn timeline_created(db: &Db, timeline_id: &str, account_id: &str, device_id: &str) {
+    let org = match organisation_of(db, account_id).await {
+        Ok(org) => org,
+        Err(e) => {
+            tracing::error!(error = %e, "could not read the organisation for the audit log");
+            None
+        }
+    };
+    let entry = AuditEntry {
+        action: "timeline_created",
+        outcome: Outcome::Ok,
+        actor_account_id: Some(account_id),
+        actor_device_id: Some(device_id),
+        organisation_id: org.as_deref(),
+        subject: Some(timeline_id),
+        detail: "",
+        remote_addr: None,
+    };
+    record_logged(db, entry).await;
+}
+
+/// Record `enrolled` for `POST /v1/enrol`: the new device of an account, or
+/// (both `None`) a refused code (`invalid_code`: unknown, used or expired).
+pub async fn enrolment(db: &Db, account_id: Option<&str>, device_id: Option<&str>, remote_addr: Option<&str>) {
+    let org = match account_id {
+        Some(a) => organisation_of(db, a).await.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "could not read the organisation for the audit log");
+            None
+        }),
+        None => None,
+    };
+    let (outcome, detail) = if device_id.is_some() { (Outcome::Ok, "enrolment_code") } else { (Outcome::Refused, "invalid_code") };
+    let entry = AuditEntry {
+        action: "enrolled",
+        outcome,
+        actor_account_id: account_id,
+        actor_device_id: device_id,
+        organisation_id: org.as_deref(),
+        subject: device_id,
+        detail,
+        remote_addr,
+    };
+    record_logged(db, entry).await;
+}
+
 /// Append an entry inside a transaction the caller holds, so that the event
 /// and its entry are stored together or not at all. Call it **last**, just
 /// before the commit: it locks the chain head until the transaction ends (see
@@ -136,6 +190,58 @@ pub async fn record_in(tx: &mut Tx, entry: AuditEntry<'_>) -> Result<(), StoreEr
     };
     stored.hash = entry_hash(&stored).map_err(|e| StoreError::Corrupt(format!("audit chain head: {e}")))?;
     Db::append_audit(tx, &stored).await
+}
+
+/// Record a commit that changed a timeline's member devices
+/// (`membership_changed`), inside the commit's transaction. One entry per
+/// organisation concerned (the committer's and those of the devices added or
+/// removed), or one without an organisation if none has one. Nothing is
+/// recorded for a commit that changes no membership (a key update).
+pub async fn record_membership_change(
+    tx: &mut Tx,
+    timeline_id: &str,
+    actor_account_id: &str,
+    actor_device_id: &str,
+    old_members: &std::collections::BTreeSet<String>,
+    new_members: &std::collections::BTreeSet<String>,
+    external: bool,
+) -> Result<(), StoreError> {
+    let added: Vec<&str> = new_members.difference(old_members).map(String::as_str).collect();
+    let removed: Vec<&str> = old_members.difference(new_members).map(String::as_str).collect();
+    if added.is_empty() && removed.is_empty() {
+        return Ok(());
+    }
+    let devices: Vec<&str> = added.iter().chain(&removed).copied().collect();
+    let orgs = Db::organisations_of(tx, &[actor_account_id], &devices).await?;
+    let detail = format!(
+        "added={} removed={}{} added_devices=[{}] removed_devices=[{}]",
+        added.len(),
+        removed.len(),
+        if external { " external_commit" } else { "" },
+        added.join(","),
+        removed.join(",")
+    );
+    let orgs: Vec<Option<&str>> = if orgs.is_empty() { vec![None] } else { orgs.iter().map(|o| Some(o.as_str())).collect() };
+    for org in orgs {
+        let entry = AuditEntry {
+            action: "membership_changed",
+            outcome: Outcome::Ok,
+            actor_account_id: Some(actor_account_id),
+            actor_device_id: Some(actor_device_id),
+            organisation_id: org,
+            subject: Some(timeline_id),
+            detail: &detail,
+            remote_addr: None,
+        };
+        record_in(tx, entry).await?;
+    }
+    Ok(())
+}
+
+/// The organisation of an account, if it has one (for callers that know
+/// only the account).
+pub async fn organisation_of(db: &Db, account_id: &str) -> Result<Option<String>, StoreError> {
+    db.account_organisation(account_id).await
 }
 
 /// The unambiguous byte string an entry's hash covers:
@@ -378,6 +484,161 @@ fn csv_line<'a>(out: &mut String, fields: impl Iterator<Item = Option<&'a str>>)
     out.push_str("\r\n");
 }
 
+// ---- operator commands ---------------------------------------------------------------
+
+/// `tsunagu-server audit verify|export`.
+pub async fn run(storage: &crate::config::StorageConfig, cmd: crate::config::AuditCommand) -> anyhow::Result<()> {
+    use crate::config::AuditCommand;
+    let db = Db::connect(storage).await?;
+    match cmd {
+        AuditCommand::Verify { anchors, json } => {
+            let verdict = verify(&db, &anchors).await?;
+            db.close().await;
+            if json {
+                println!("{}", serde_json::to_string(&verdict)?);
+            }
+            match verdict {
+                Verdict::Ok { entries, head_seq, head_hash } => {
+                    if !json {
+                        println!("audit chain OK: {entries} entries\nhead: {head_seq}:{head_hash}");
+                    }
+                    Ok(())
+                }
+                Verdict::Broken { seq, problem } => {
+                    if !json {
+                        println!("audit chain BROKEN at entry {seq}: {problem}");
+                    }
+                    std::process::exit(1);
+                }
+            }
+        }
+        AuditCommand::Export { organisation, format, since, until } => {
+            let filter = AuditFilter { organisation_id: organisation.as_deref(), since, until };
+            let found = entries(&db, &filter).await?;
+            let detail = export_detail(format, found.len());
+            record(
+                &db,
+                AuditEntry {
+                    action: "audit_exported",
+                    outcome: Outcome::Ok,
+                    actor_account_id: None,
+                    actor_device_id: None,
+                    organisation_id: organisation.as_deref(),
+                    subject: organisation.as_deref(),
+                    detail: &format!("operator {detail}"),
+                    remote_addr: None,
+                },
+            )
+            .await?;
+            db.close().await;
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            out.write_all(render(&found, format).as_bytes())?;
+            if format == Format::Json {
+                out.write_all(b"\n")?;
+            }
+            out.flush()?;
+            Ok(())
+        }
+    }
+}
+
+fn export_detail(format: Format, count: usize) -> String {
+    let format = match format {
+        Format::Json => "json",
+        Format::Csv => "csv",
+    };
+    format!("format={format} entries={count}")
+}
+
+// ---- HTTP ----------------------------------------------------------------------------
+
+/// The client's address for the audit log: the peer's address, or, when the
+/// peer is a reverse proxy on this host (a loopback address), the last
+/// address that proxy appended to `X-Forwarded-For`. `None` if unknown.
+#[derive(Debug, Clone, Default)]
+pub struct ClientAddr(pub Option<String>);
+
+impl ClientAddr {
+    pub fn as_deref(&self) -> Option<&str> {
+        self.0.as_deref()
+    }
+
+    pub fn from_parts(headers: &axum::http::HeaderMap, peer: Option<std::net::SocketAddr>) -> ClientAddr {
+        let Some(peer) = peer else { return ClientAddr(None) };
+        if peer.ip().is_loopback() {
+            let forwarded = headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .map(str::trim)
+                .rfind(|v| !v.is_empty())
+                .and_then(|v| v.parse::<std::net::IpAddr>().ok());
+            if let Some(ip) = forwarded {
+                return ClientAddr(Some(ip.to_string()));
+            }
+        }
+        ClientAddr(Some(peer.ip().to_string()))
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let peer = parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0);
+        Ok(ClientAddr::from_parts(&parts.headers, peer))
+    }
+}
+
+/// Query of `GET /v1/audit`.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct ExportQuery {
+    #[serde(default)]
+    pub format: Format,
+    /// Only entries at or after this time (ms since the Unix epoch).
+    pub since: Option<i64>,
+    /// Only entries before this time (ms since the Unix epoch).
+    pub until: Option<i64>,
+}
+
+/// `GET /v1/audit` for an organisation admin whose session the caller has
+/// already checked: the entries of `organisation_id` as JSON or CSV. The
+/// export is recorded (`audit_exported`) before it is handed out.
+pub async fn export_response(
+    db: &Db,
+    organisation_id: &str,
+    admin_account_id: &str,
+    remote_addr: Option<&str>,
+    query: &ExportQuery,
+) -> Result<axum::response::Response, crate::error::ApiError> {
+    use axum::http::header;
+    use axum::response::IntoResponse;
+    let filter = AuditFilter { organisation_id: Some(organisation_id), since: query.since, until: query.until };
+    let found = entries(db, &filter).await?;
+    record(
+        db,
+        AuditEntry {
+            action: "audit_exported",
+            outcome: Outcome::Ok,
+            actor_account_id: Some(admin_account_id),
+            actor_device_id: None,
+            organisation_id: Some(organisation_id),
+            subject: Some(organisation_id),
+            detail: &export_detail(query.format, found.len()),
+            remote_addr,
+        },
+    )
+    .await?;
+    let (content_type, ext) = match query.format {
+        Format::Json => ("application/json", "json"),
+        Format::Csv => ("text/csv; charset=utf-8", "csv"),
+    };
+    let disposition = format!("attachment; filename=\"tsunagu-audit-{}.{ext}\"", now_ms());
+    Ok(([(header::CONTENT_TYPE, content_type.to_owned()), (header::CONTENT_DISPOSITION, disposition)], render(&found, query.format)).into_response())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -444,6 +705,18 @@ mod tests {
         let text = render(&[e], Format::Csv);
         let line = text.split("\r\n").nth(1).unwrap();
         assert!(line.starts_with("7,1795000000123,enrolled,ok,,,org-1,dev-9,\"a,\"\"b\"\"\nc\",192.0.2.1,"), "{line}");
+    }
+
+    #[test]
+    fn client_addr_trusts_forwarded_for_only_from_loopback() {
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert("x-forwarded-for", "10.0.0.1, 203.0.113.7".parse().unwrap());
+        let local: std::net::SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let remote: std::net::SocketAddr = "198.51.100.2:5000".parse().unwrap();
+        assert_eq!(ClientAddr::from_parts(&headers, Some(local)).0.as_deref(), Some("203.0.113.7"));
+        assert_eq!(ClientAddr::from_parts(&headers, Some(remote)).0.as_deref(), Some("198.51.100.2"));
+        assert_eq!(ClientAddr::from_parts(&axum::http::HeaderMap::new(), Some(local)).0.as_deref(), Some("127.0.0.1"));
+        assert_eq!(ClientAddr::from_parts(&headers, None).0, None);
     }
 
     #[test]

@@ -157,6 +157,7 @@ struct FileConfig {
     public_url: Option<String>,
     session_idle_seconds: Option<u64>,
     session_lifetime_seconds: Option<u64>,
+    web_root: Option<PathBuf>,
 }
 
 impl Cli {

@@ -27,6 +27,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/enrol", post(enrol))
         .route("/v1/ws", get(websocket))
+        .merge(crate::web::routes(state.config.web_root.as_deref()))
         .with_state(state)
 }
 

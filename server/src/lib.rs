@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod mls;
 pub mod operator;
 pub mod revocation;
+pub mod web;
 pub mod writer;
 pub mod ws;
 

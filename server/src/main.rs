@@ -14,6 +14,7 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::Account(cmd)) => tsunagu_server::operator::run(&cli.serve.storage, cmd).await,
         Some(Command::Backup(args)) => backup::backup(&cli.serve.storage, args).await,
         Some(Command::Restore(args)) => backup::restore(&cli.serve.storage, args).await,
+        Some(Command::Audit(cmd)) => tsunagu_server::audit::run(&cli.serve.storage, cmd).await,
         None => {
             let listen = cli.serve.listen;
             let server = tsunagu_server::Server::prepare(cli.serve).await?;

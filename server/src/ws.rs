@@ -545,6 +545,7 @@ impl Connection {
         self.state.hub.set_members(&timeline_id, 0, vec![self.device.id.clone()]);
         self.last_sent.insert(timeline_id.clone(), 0);
         tracing::info!(device = %self.device.id, timeline = %timeline_id, "timeline created");
+        crate::audit::timeline_created(self.db(), &timeline_id, &self.device.account_id, &self.device.id).await;
         Ok(ServerFrame::Created { rid, timeline_id, epoch: 0 })
     }
 
@@ -687,6 +688,9 @@ impl Connection {
             }
             cluster.messages_stored(&mut tx, &timeline_id, seq, head).await?;
             crate::revocation::record_proposals(&mut tx, &timeline_id, &proposals).await?;
+            // Last: it holds the audit chain's lock until the commit.
+            let (account, device) = (&self.device.account_id, &self.device.id);
+            crate::audit::record_membership_change(&mut tx, &timeline_id, account, device, &old_members, &new_members, external).await?;
             Ok((welcomes, proposals))
         }
         .await;

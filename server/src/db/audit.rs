@@ -57,6 +57,51 @@ impl Db {
         Ok(())
     }
 
+    /// The organisations of these accounts and of the accounts owning these
+    /// devices (those that have one), sorted.
+    pub async fn organisations_of(tx: &mut Tx, account_ids: &[&str], device_ids: &[&str]) -> Result<Vec<String>> {
+        let mut orgs = std::collections::BTreeSet::new();
+        for chunk in account_ids.chunks(64) {
+            let sql = format!(
+                "SELECT DISTINCT organisation_id FROM accounts WHERE organisation_id IS NOT NULL AND id IN ({})",
+                placeholders(chunk.len())
+            );
+            // Only generated placeholders are spliced in; every value is bound.
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            for r in query.fetch_all(&mut **tx).await? {
+                orgs.insert(r.try_get::<String, _>(0)?);
+            }
+        }
+        for chunk in device_ids.chunks(64) {
+            let sql = format!(
+                "SELECT DISTINCT a.organisation_id FROM devices d JOIN accounts a ON a.id = d.account_id \
+                 WHERE a.organisation_id IS NOT NULL AND d.id IN ({})",
+                placeholders(chunk.len())
+            );
+            // Only generated placeholders are spliced in; every value is bound.
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            for r in query.fetch_all(&mut **tx).await? {
+                orgs.insert(r.try_get::<String, _>(0)?);
+            }
+        }
+        Ok(orgs.into_iter().collect())
+    }
+
+    /// An account's organisation, if it has one.
+    pub async fn account_organisation(&self, account_id: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT organisation_id FROM accounts WHERE id = $1").bind(account_id).fetch_optional(&self.read).await?;
+        Ok(match row {
+            Some(r) => r.try_get(0)?,
+            None => None,
+        })
+    }
+
     /// The chain head as stored (without locking): last seq and hash.
     pub async fn audit_head(&self) -> Result<(i64, String)> {
         let row = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1").fetch_optional(&self.read).await?;
@@ -98,6 +143,10 @@ impl Db {
         let rows = query.bind(limit).fetch_all(&self.read).await?;
         rows.iter().map(entry_from_row).collect()
     }
+}
+
+fn placeholders(n: usize) -> String {
+    (1..=n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
 }
 
 fn entry_from_row(r: &AnyRow) -> Result<StoredEntry> {
