@@ -169,6 +169,22 @@ async fn a_revoked_device_is_cut_off_at_once_and_leaves_every_timeline_at_the_ne
     for t in tablet.list_timelines().await.unwrap() {
         assert!(t.member_account_ids.contains(&nurse));
     }
+
+    // The audit log has the revocation and one proposed removal per timeline.
+    let out = server.run_operator(&["audit", "export", "--format", "json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let entries: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let revoked: Vec<_> = entries.iter().filter(|e| e["action"] == "device_revoked" && e["subject"] == phone_id.as_str()).collect();
+    assert_eq!(revoked.len(), 1, "{revoked:?}");
+    assert!(revoked[0]["detail"].as_str().unwrap().starts_with("revoked_by_owner"), "{revoked:?}");
+    let proposed = format!("removal_proposed device={phone_id}");
+    let removals: Vec<&str> = entries
+        .iter()
+        .filter(|e| e["action"] == "membership_changed" && e["detail"].as_str().is_some_and(|d| d.starts_with(&proposed)))
+        .filter_map(|e| e["subject"].as_str())
+        .collect();
+    assert_eq!(sorted(&removals), sorted(&[&suzuki, &yamada]));
+    assert!(server.run_operator(&["audit", "verify"]).status.success());
     drop((doctor, tablet, phone, pharmacist));
 }
 
@@ -337,4 +353,45 @@ async fn a_timeline_without_the_server_as_external_sender_is_refused() {
             other => panic!("expected invalid_mls, got {other:?}"),
         }
     }
+}
+
+/// Run the `tsunagu` command-line client (built beside the server).
+fn tsunagu(state: &std::path::Path, args: &[&str]) -> std::process::Output {
+    let bin = std::path::Path::new(harness::SERVER_BIN).with_file_name("tsunagu");
+    assert!(bin.exists(), "{} is missing: build the command-line client first (cargo build -p tsunagu-client)", bin.display());
+    std::process::Command::new(bin).arg("--state-dir").arg(state).args(args).output().expect("run tsunagu")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_client_lists_and_revokes_devices() {
+    let server = TestServer::start().await;
+    let (account, code) = server.create_account("Nurse Tanaka");
+    let (laptop, bot) = (server.client_state_dir(), server.client_state_dir());
+    assert!(tsunagu(&laptop, &["enrol", "--server", server.url(), "--code", &code, "--name", "station laptop"]).status.success());
+    let code = server.new_code(&account);
+    assert!(tsunagu(&bot, &["enrol", "--server", server.url(), "--code", &code, "--name", "old bot"]).status.success());
+
+    let out = tsunagu(&laptop, &["devices"]);
+    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{listing}");
+    let lines: Vec<&str> = listing.lines().collect();
+    assert_eq!(lines.len(), 2, "{listing}");
+    let bot_line = lines.iter().find(|l| l.contains("old bot")).unwrap();
+    assert!(bot_line.contains("active") && !bot_line.ends_with('*'), "{listing}");
+    assert!(lines.iter().any(|l| l.contains("station laptop") && l.ends_with('*')), "{listing}");
+    let bot_id = bot_line.split('\t').next().unwrap();
+
+    let out = tsunagu(&laptop, &["revoke", bot_id]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let listing = String::from_utf8_lossy(&tsunagu(&laptop, &["devices"]).stdout).into_owned();
+    assert!(listing.lines().any(|l| l.starts_with(bot_id) && l.contains("revoked")), "{listing}");
+    // The revoked bot can no longer connect.
+    let out = tsunagu(&bot, &["timelines"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unauthorized"), "{}", String::from_utf8_lossy(&out.stderr));
+    // Revoking a device of another account is refused.
+    let other = server.enrol("Dr. Sato").await;
+    let out = tsunagu(&laptop, &["revoke", other.device_id()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid_argument") || String::from_utf8_lossy(&out.stderr).contains("no such device"), "{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -195,12 +195,14 @@ pub async fn propose_locked(
 pub async fn record_proposals(tx: &mut Tx, timeline_id: &str, proposals: &[Proposed]) -> Result<(), StoreError> {
     for p in proposals {
         let detail = format!("removal_proposed device={} epoch={}", p.device_id, p.message.epoch);
+        // The organisation of the person whose device leaves.
+        let (_, organisation_id) = Db::device_owner_tx(tx, &p.device_id).await?;
         let entry = AuditEntry {
             action: "membership_changed",
             outcome: Outcome::Ok,
             actor_account_id: None,
             actor_device_id: None,
-            organisation_id: None,
+            organisation_id: organisation_id.as_deref(),
             subject: Some(timeline_id),
             detail: &detail,
             remote_addr: None,

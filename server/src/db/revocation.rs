@@ -70,9 +70,11 @@ impl Db {
 
     /// The account of a device, and the account's organisation.
     pub async fn device_owner_tx(tx: &mut Tx, device_id: &str) -> Result<(String, Option<String>)> {
-        // TODO(revocation): read accounts.organisation_id once migration 0002 (people) has landed.
-        let row = sqlx::query("SELECT account_id FROM devices WHERE id = $1").bind(device_id).fetch_one(&mut **tx).await?;
-        Ok((row.try_get(0)?, None))
+        let row = sqlx::query("SELECT a.id, a.organisation_id FROM devices d JOIN accounts a ON a.id = d.account_id WHERE d.id = $1")
+            .bind(device_id)
+            .fetch_one(&mut **tx)
+            .await?;
+        Ok((row.try_get(0)?, row.try_get(1)?))
     }
 
     /// Which of `device_ids` are revoked.
