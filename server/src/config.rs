@@ -26,6 +26,39 @@ pub enum Command {
     /// Restore a backup made by `backup` into a data directory without a
     /// database (SQLite) or an empty database (PostgreSQL).
     Restore(RestoreArgs),
+    /// The audit log: verify its hash chain, or export entries.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Walk the whole chain: recompute every hash, check every link and the
+    /// chain head. Prints OK with the entry count and head hash (exit 0), or
+    /// the first broken entry and what does not match (exit 1).
+    Verify {
+        /// A head hash kept elsewhere, as printed by an earlier verify
+        /// (`SEQ:HASH`); entry SEQ must still have HASH. Repeatable.
+        #[arg(long = "anchor")]
+        anchors: Vec<crate::audit::Anchor>,
+        /// Print the verdict as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write entries to stdout, oldest first (the export is itself audited).
+    Export {
+        /// Only entries of this organisation.
+        #[arg(long)]
+        organisation: Option<String>,
+        #[arg(long, value_enum, default_value_t = crate::audit::Format::Json)]
+        format: crate::audit::Format,
+        /// Only entries at or after this time (ms since the Unix epoch).
+        #[arg(long)]
+        since: Option<i64>,
+        /// Only entries before this time (ms since the Unix epoch).
+        #[arg(long)]
+        until: Option<i64>,
+    },
 }
 
 #[derive(Debug, Args)]
