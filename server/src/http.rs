@@ -53,7 +53,7 @@ pub fn new_token() -> String {
     hex::encode(bytes)
 }
 
-async fn enrol(State(state): State<AppState>, Json(req): Json<EnrolRequest>) -> Result<Json<EnrolResponse>, ApiError> {
+async fn enrol(State(state): State<AppState>, addr: crate::audit::ClientAddr, Json(req): Json<EnrolRequest>) -> Result<Json<EnrolResponse>, ApiError> {
     if req.signature_key.as_slice().len() != 32 {
         return Err(ApiError::new(ErrorCode::InvalidArgument, "signature_key must be a 32-byte Ed25519 public key"));
     }
@@ -72,9 +72,11 @@ async fn enrol(State(state): State<AppState>, Json(req): Json<EnrolRequest>) -> 
     let enrolled = state.db.enrol(&secret_hash(&code), &device, name, &secret_hash(&token), now_ms()).await?;
     let Some((account_id, account_name)) = enrolled else {
         tracing::info!("enrolment refused: unknown, used or expired code");
+        crate::audit::enrolment(&state.db, None, None, addr.as_deref()).await;
         return Err(ApiError::new(ErrorCode::InvalidCode, "the enrolment code is unknown, used or expired"));
     };
     tracing::info!(account = %account_id, device = %device.id, "device enrolled");
+    crate::audit::enrolment(&state.db, Some(&account_id), Some(&device.id), addr.as_deref()).await;
     Ok(Json(EnrolResponse { account_id, account_name, device_id: device.id, device_token: token }))
 }
 

@@ -94,7 +94,9 @@ impl Server {
                 token.cancel();
             }
         };
-        axum::serve(listener, http::router(self.state)).with_graceful_shutdown(signal).await?;
+        // Peer addresses reach handlers (audit::ClientAddr) as ConnectInfo.
+        let app = http::router(self.state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+        axum::serve(listener, app).with_graceful_shutdown(signal).await?;
         connections.close();
         tracing::info!(connections = connections.len(), "draining connections");
         if tokio::time::timeout(std::time::Duration::from_secs(config.drain_seconds), connections.wait()).await.is_err() {
