@@ -402,7 +402,9 @@ impl<H: Host> WebClient<H> {
         let result = async {
             let (core, mut io) = self.core_mut()?;
             while core.pump_one(&mut io, 0).await? {}
-            core.flush_acks(&mut io).await
+            core.flush_acks(&mut io).await?;
+            // The server's removals of revoked devices: any member commits them.
+            core.commit_pending_proposals(&mut io).await.map(drop)
         }
         .await;
         let after: BTreeSet<String> = self.core.as_ref().map(|c| c.timelines().into_iter().collect()).unwrap_or_default();
