@@ -27,6 +27,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/enrol", post(enrol))
         .route("/v1/ws", get(websocket))
+        .merge(crate::people::routes())
         .merge(crate::web::routes(state.config.web_root.as_deref()))
         .with_state(state)
 }
@@ -34,7 +35,11 @@ pub fn router(state: AppState) -> Router {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = match self.code {
-            ErrorCode::Unauthorized | ErrorCode::InvalidCode => StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized | ErrorCode::InvalidCode | ErrorCode::PasskeyRejected => StatusCode::UNAUTHORIZED,
+            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+            ErrorCode::NotFound | ErrorCode::UnknownInvitation => StatusCode::NOT_FOUND,
+            ErrorCode::InvitationExpired | ErrorCode::InvitationUsed => StatusCode::GONE,
+            ErrorCode::SetupDone => StatusCode::CONFLICT,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,
         };
@@ -80,16 +85,32 @@ async fn enrol(State(state): State<AppState>, addr: crate::audit::ClientAddr, Js
     Ok(Json(EnrolResponse { account_id, account_name, device_id: device.id, device_token: token }))
 }
 
-async fn websocket(State(state): State<AppState>, headers: HeaderMap, upgrade: WebSocketUpgrade) -> Result<Response, ApiError> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "send the device token as Authorization: Bearer"))?;
-    let device = state.db.device_by_token(&secret_hash(token.trim())).await?;
-    let device = match device {
-        Some(d) if !d.revoked => d,
-        _ => return Err(ApiError::new(ErrorCode::Unauthorized, "unknown or revoked device token")),
+/// `GET /v1/ws?device=ID`: a browser, authenticated by its session cookie.
+#[derive(serde::Deserialize)]
+struct WsQuery {
+    device: Option<String>,
+}
+
+async fn websocket(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    axum::extract::Query(query): axum::extract::Query<WsQuery>,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let device = match &query.device {
+        Some(device_id) => crate::people::websocket_device(&state, &headers, device_id).await?,
+        None => {
+            let token = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "send the device token as Authorization: Bearer"))?;
+            let device = state.db.device_by_token(&secret_hash(token.trim())).await?;
+            match device {
+                Some(d) if !d.revoked => d,
+                _ => return Err(ApiError::new(ErrorCode::Unauthorized, "unknown or revoked device token")),
+            }
+        }
     };
     // Small buffers: an idle connection should cost kilobytes, not the
     // library's default of 128 KiB. Larger frames still arrive whole; the

@@ -12,6 +12,7 @@ pub mod http;
 pub mod metrics;
 pub mod mls;
 pub mod operator;
+pub mod people;
 pub mod revocation;
 pub mod web;
 pub mod writer;
@@ -39,6 +40,8 @@ pub struct AppState {
     pub metrics: Arc<metrics::Metrics>,
     /// The server's MLS external-sender key (see `revocation`).
     pub external_sender: Arc<mls::ExternalSenderKey>,
+    /// Passkeys' relying party and public URL (see `people`).
+    pub people: Arc<people::People>,
     /// Cancelled when the server starts to shut down.
     pub shutdown: CancellationToken,
     /// Every websocket connection, so a shutdown can wait for them.
@@ -71,6 +74,7 @@ impl Server {
             config: Arc::new(config),
             metrics,
             external_sender,
+            people: Arc::new(people::People::default()),
             shutdown: CancellationToken::new(),
             connections: TaskTracker::new(),
         };
@@ -86,6 +90,9 @@ impl Server {
     /// database.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let AppState { db, shutdown: token, connections, config, .. } = self.state.clone();
+        // The public URL defaults to the listening port; a new database
+        // prints its one-time setup link.
+        people::on_serve(&self.state, listener.local_addr()?).await?;
         tracing::info!(addr = %listener.local_addr()?, backend = db.backend_name(), "serving");
         let signal = {
             let token = token.clone();

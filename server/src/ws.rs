@@ -477,7 +477,8 @@ impl Connection {
     }
 
     async fn claim_key_packages(&mut self, rid: u64, account_id: String) -> Result<ServerFrame, Handled> {
-        if !self.db().account_exists(&account_id).await.map_err(ApiError::from)? {
+        // Only accounts this device's person may see (family accounts: their timelines' people).
+        if !self.db().account_visible_to(&self.device.account_id, &account_id).await.map_err(ApiError::from)? {
             return Err(ApiError::new(ErrorCode::UnknownAccount, "no such account").into());
         }
         let mut devices = Vec::new();

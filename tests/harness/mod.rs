@@ -16,6 +16,8 @@
 //! while its `TestServer` is alive.
 #![allow(dead_code)]
 
+pub mod people;
+
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -331,6 +333,48 @@ impl TestServer {
         match &self.backend {
             Backend::Sqlite => None,
             Backend::Postgres { url, .. } => Some(url),
+        }
+    }
+
+    /// `http://localhost:PORT`: the server's default public URL, the origin
+    /// its passkeys belong to (a relying-party id must be a domain name).
+    pub fn public_url(&self) -> String {
+        let port = self.url.rsplit(':').next().unwrap_or_default();
+        format!("http://localhost:{port}")
+    }
+
+    /// The one-time setup link the server printed on an empty database
+    /// (`tsunagu setup link: URL`), the last one printed; waits up to 10 s.
+    pub async fn setup_link(&self) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(link) = self.log().lines().rev().find_map(|l| l.trim().strip_prefix("tsunagu setup link: ").map(str::to_owned)) {
+                return link;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the server printed no setup link within 10 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Runs one SQL statement on the server's database (SQLite file or
+    /// PostgreSQL), e.g. to make time pass for a stored expiry.
+    pub async fn execute_sql(&self, sql: &str) -> u64 {
+        use sqlx::Connection;
+        let sql = sqlx::AssertSqlSafe(sql.to_string());
+        match &self.backend {
+            Backend::Sqlite => {
+                let url = format!("sqlite://{}", self.data_dir.join("tsunagu.db").display());
+                let mut conn = sqlx::sqlite::SqliteConnection::connect(&url).await.expect("open the SQLite database");
+                let done = sqlx::raw_sql(sql).execute(&mut conn).await.expect("run SQL");
+                let _ = conn.close().await;
+                done.rows_affected()
+            }
+            Backend::Postgres { url, .. } => {
+                let mut conn = sqlx::postgres::PgConnection::connect(url).await.expect("connect to PostgreSQL");
+                let done = sqlx::raw_sql(sql).execute(&mut conn).await.expect("run SQL");
+                let _ = conn.close().await;
+                done.rows_affected()
+            }
         }
     }
 
