@@ -188,6 +188,7 @@ test("the doctor creates a patient's timeline and invites a family member, who r
 test("the doctor adds the family member and posts; the family member reads it and has no composer", async () => {
   const { page } = doctor;
   await page.goto(`${server.url}/#/t/${encodeURIComponent(timelineId)}/members`);
+  await page.reload();
   const addable = page.locator('[data-testid="addable"] li', { hasText: "Hanako Tanaka" });
   await addable.waitFor({ timeout: TIMEOUT });
   await addable.locator('[data-testid="add-person"]').click();

@@ -202,6 +202,9 @@ export async function personContext(browser, { locale = "ja-JP", viewport = { wi
   let authenticatorId = await add();
   const errors = [];
   page.on("pageerror", (e) => errors.push(String(e)));
+  if (process.env.TEST_LOG) {
+    page.on("console", (m) => process.stderr.write(`[${locale} console] ${m.type()}: ${m.text()}\n`));
+  }
   return {
     context,
     page,
