@@ -282,3 +282,24 @@ test("the status line is always visible and follows the connection", async () =>
   await context.setOffline(false);
   await page.waitForFunction(() => document.querySelector('[data-testid="status"]')?.dataset.state === "online", null, { timeout: TIMEOUT });
 });
+
+test("a post written offline is shown as pending and sent when the connection returns", async () => {
+  const { page, context } = doctor;
+  await page.goto(`${server.url}/#/t/${encodeURIComponent(timelineId)}`);
+  await page.waitForSelector('[data-testid="composer"]', { timeout: TIMEOUT });
+  // The inactive-member note is for removed devices only.
+  assert.equal(await page.isVisible(".notice:has-text('メンバーではなくなりました')"), false);
+  await context.setOffline(true);
+  await page.waitForFunction(() => document.querySelector('[data-testid="status"]')?.dataset.state === "offline", null, { timeout: TIMEOUT });
+  await page.fill('[data-testid="composer-text"]', "夜間の連絡先は訪問看護ステーションです。");
+  await page.click('[data-testid="send"]');
+  const pending = page.locator('[data-testid="post"][data-state="pending"]', { hasText: "夜間の連絡先" });
+  await pending.waitFor({ timeout: TIMEOUT });
+  await screenshot(page, "13-timeline-offline-pending");
+  await context.setOffline(false);
+  await page.locator('[data-testid="post"][data-state="sent"]', { hasText: "夜間の連絡先" }).waitFor({ timeout: 40_000 });
+  // The family member gets it too.
+  const fp = family.page;
+  await fp.goto(`${server.url}/#/t/${encodeURIComponent(timelineId)}`);
+  await fp.locator('[data-testid="post"]', { hasText: "夜間の連絡先" }).waitFor({ timeout: TIMEOUT });
+});
