@@ -248,6 +248,7 @@ async fn concurrent_appends_from_two_processes_keep_one_valid_chain() {
         database_url: server.database_url().map(str::to_owned),
     };
     let db = tsunagu_server::db::Db::connect(&storage).await.unwrap();
+    let started = std::time::Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..HTTP_TASKS {
         let server = server.clone();
@@ -281,6 +282,13 @@ async fn concurrent_appends_from_two_processes_keep_one_valid_chain() {
     }
     db.close().await;
     let total = HTTP_TASKS * HTTP_EACH + DIRECT_TASKS * DIRECT_EACH;
+    let elapsed = started.elapsed();
+    eprintln!(
+        "audit ({}): {total} appends from {} tasks in two processes in {elapsed:.2?} ({:.0}/s)",
+        server.backend(),
+        HTTP_TASKS + DIRECT_TASKS,
+        total as f64 / elapsed.as_secs_f64()
+    );
     let verdict = verify_ok(&server);
     assert_eq!(verdict["entries"], total as i64, "{verdict}");
     let mine = export(&server, &["--organisation", "org-test"]);
