@@ -203,12 +203,12 @@ test("the doctor adds the family member and posts; the family member reads it an
   await page.fill('[data-testid="composer-text"]', "本日訪問。体温 36.8℃、食欲あり。");
   await page.click('[data-testid="send"]');
   await page.waitForSelector('[data-testid="post"][data-state="sent"]', { timeout: TIMEOUT });
-  await screenshot(page, "08-timeline-doctor");
 
   const fp = family.page;
   await fp.goto(`${server.url}/#/`);
   const link = fp.locator('[data-testid="timeline-link"]');
   await link.first().waitFor({ timeout: TIMEOUT });
+  await fp.locator('[data-testid="unread"]', { hasText: "1 unread" }).waitFor({ timeout: TIMEOUT });
   await screenshot(fp, "09-timelines-family-phone");
   await link.first().click();
   await fp.waitForSelector('[data-testid="post"]', { timeout: TIMEOUT });
@@ -218,6 +218,27 @@ test("the doctor adds the family member and posts; the family member reads it an
   assert.equal(await fp.locator("textarea").count(), 0);
   assert.equal(await fp.locator(".reply-button").count(), 0);
   assert.ok(await fp.isVisible('[data-testid="read-only"]'));
+  // Opening the timeline marks it read.
+  await fp.goto(`${server.url}/#/`);
+  await link.first().waitFor({ timeout: TIMEOUT });
+  assert.equal(await fp.locator('[data-testid="unread"]').count(), 0);
+});
+
+test("a reply is threaded under its post, for the doctor and the family", async () => {
+  const { page } = doctor;
+  await page.goto(`${server.url}/#/t/${encodeURIComponent(timelineId)}`);
+  await page.locator('[data-testid="post"]', { hasText: "体温 36.8℃" }).locator(".reply-button").click();
+  assert.ok(await page.isVisible(".reply-banner"));
+  await page.fill('[data-testid="composer-text"]', "明日は薬剤師が訪問します。");
+  await page.keyboard.press("Control+Enter");
+  const reply = page.locator(".thread .replies [data-testid='post']", { hasText: "明日は薬剤師" });
+  await reply.waitFor({ timeout: TIMEOUT });
+  await page.locator(".thread .replies [data-testid='post'][data-state='sent']").waitFor({ timeout: TIMEOUT });
+  await screenshot(page, "08-timeline-doctor");
+
+  const fp = family.page;
+  await fp.goto(`${server.url}/#/t/${encodeURIComponent(timelineId)}`);
+  await fp.locator(".thread .replies [data-testid='post']", { hasText: "明日は薬剤師" }).waitFor({ timeout: TIMEOUT });
   await screenshot(fp, "10-timeline-family-phone");
 });
 

@@ -367,7 +367,11 @@ async function membersScreen(ctx: Ctx, id: string): Promise<HTMLElement> {
   };
   filter.addEventListener("input", render);
   render();
+  // A family member invited a minute ago appears once they have registered:
+  // ask the server again while this page is open.
   void engine.refreshAccounts().then(render, () => {});
+  const timer = window.setInterval(() => void engine.refreshAccounts().then(render, () => {}), 10_000);
+  ctx.onLeave(() => window.clearInterval(timer));
   ctx.onLeave(onEngine((e) => (e.type === "timelines" || e.type === "accounts" ? render() : undefined)));
 
   const familyName = input("family_name");
