@@ -56,6 +56,7 @@ async fn closed_within(client: &mut Client, limit: Duration) -> String {
     match result {
         Err(ClientError::Disconnected(why)) => {
             assert!(elapsed < limit, "closed only after {elapsed:?}");
+            eprintln!("revoked device's connection closed {} ms after the revocation was answered", elapsed.as_millis());
             why
         }
         other => panic!("expected the server to close the connection, got {other:?} after {elapsed:?}"),
@@ -142,8 +143,10 @@ async fn a_revoked_device_is_cut_off_at_once_and_leaves_every_timeline_at_the_ne
     // reading, commit the server's removal proposals: the phone leaves both
     // timelines, the tablet stays.
     let (doctor_id, tablet_id, pharmacist_id) = (doctor.device_id().to_owned(), tablet.device_id().to_owned(), pharmacist.device_id().to_owned());
+    let removing = Instant::now();
     until(&mut doctor, "the phone leaves Mrs. Suzuki's timeline", |c| !c.member_device_ids(&suzuki).contains(&phone_id)).await;
     until(&mut doctor, "the phone leaves Mr. Yamada's timeline", |c| !c.member_device_ids(&yamada).contains(&phone_id)).await;
+    eprintln!("the doctor's client removed the phone from both timelines in {} ms of syncing", removing.elapsed().as_millis());
     assert_eq!(members(&doctor, &suzuki), sorted(&[&doctor_id, &tablet_id, &pharmacist_id]));
     assert_eq!(members(&doctor, &yamada), sorted(&[&doctor_id, &tablet_id]));
     until(&mut pharmacist, "the pharmacist merges the removal", |c| c.epoch(&suzuki) == doctor.epoch(&suzuki)).await;
