@@ -6,9 +6,12 @@
 #      with wasm-bindgen-cli of exactly the wasm-bindgen version in Cargo.lock,
 #      installed into $TSUNAGU_TOOLS_DIR (default ~/.cache/tsunagu-tools, kept
 #      across clones and CI runs on one machine) when missing;
-#   3. wasm-opt -Oz when binaryen's wasm-opt is on PATH (Debian: binaryen);
+#   3. wasm-opt -Oz: binaryen from npm, pinned in client-web/tools (Debian 12's
+#      binaryen 108 cannot read what current rustc and wasm-bindgen emit);
+#      TSUNAGU_WASM_OPT names another wasm-opt;
 #   4. the UI: npm ci (when node_modules is missing or stale), then
-#      `npm run build` (tsc + vite build).
+#      `npm run build` (tsc + vite build), and gzip copies of the text and
+#      wasm files for the server to send precompressed.
 #
 # Prints the wasm size (raw and gzip) and the time of each step.
 # Environment: TSUNAGU_SKIP_WASM_OPT=1 skips step 3; CARGO_TARGET_DIR is honoured.
@@ -23,6 +26,7 @@ fi
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 PKG=$ROOT/client-web/ui/src/engine/pkg
 TOOLS=${TSUNAGU_TOOLS_DIR:-$HOME/.cache/tsunagu-tools}
+NPM_TOOLS=$ROOT/client-web/tools
 UI=$ROOT/client-web/ui
 
 now_ms() { date +%s%3N; }
@@ -63,17 +67,20 @@ WASM=$PKG/tsunagu_client_bg.wasm
 
 if [[ -n "${TSUNAGU_SKIP_WASM_OPT:-}" ]]; then
     step "wasm-opt skipped (TSUNAGU_SKIP_WASM_OPT)"
-elif command -v wasm-opt >/dev/null 2>&1; then
-    step "wasm-opt -Oz ($(wasm-opt --version))"
+else
+    WASM_OPT=${TSUNAGU_WASM_OPT:-$NPM_TOOLS/node_modules/.bin/wasm-opt}
+    if [[ -z "${TSUNAGU_WASM_OPT:-}" ]] && { [[ ! -x "$WASM_OPT" ]] || [[ "$NPM_TOOLS/package-lock.json" -nt "$NPM_TOOLS/node_modules/.package-lock.json" ]]; }; then
+        step "npm ci (client-web/tools: binaryen)"
+        (cd "$NPM_TOOLS" && npm ci --no-audit --no-fund --loglevel=error)
+    fi
+    step "wasm-opt -Oz ($("$WASM_OPT" --version))"
     before=$(stat -c %s "$WASM")
     # The features rustc enables by default for wasm32-unknown-unknown.
-    wasm-opt -Oz --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext \
+    "$WASM_OPT" -Oz --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext \
         --enable-mutable-globals --enable-reference-types --enable-multivalue \
         -o "$WASM.opt" "$WASM"
     mv "$WASM.opt" "$WASM"
     echo "    wasm-opt: $before -> $(stat -c %s "$WASM") bytes"
-else
-    step "wasm-opt not found (Debian: apt-get install binaryen); the wasm is not optimised further"
 fi
 echo "    wasm size: $(stat -c %s "$WASM") bytes raw, $(gzip -9 -c "$WASM" | wc -c) bytes gzip -9"
 
@@ -84,4 +91,8 @@ if [[ ! -d node_modules ]] || [[ package-lock.json -nt node_modules/.package-loc
 fi
 step "npm run build"
 npm run build
+# Gzip copies next to the files; the server sends them to browsers that
+# accept gzip (the wasm shrinks to about a third).
+find dist -type f \( -name '*.wasm' -o -name '*.js' -o -name '*.css' -o -name '*.html' -o -name '*.svg' -o -name '*.json' \) \
+    -exec gzip -9 -k -f {} +
 step "done: $UI/dist"

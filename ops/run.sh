@@ -5,9 +5,8 @@
 #
 #   ops/run.sh [extra server flags...]
 #
-# The web client build needs Node.js (20.19 or later) with npm; wasm-opt
-# (Debian package binaryen) is installed with apt-get when missing and
-# possible. TSUNAGU_SKIP_WEB=1 skips the web build (serve what was built).
+# The web client build needs Node.js (20.19 or later) with npm.
+# TSUNAGU_SKIP_WEB=1 skips the web build (serve what was built).
 #
 # Defaults: data in ./tsunagu-data, listening on 127.0.0.1:8080.
 # Override with TSUNAGU_DATA_DIR / TSUNAGU_LISTEN, or with flags:
@@ -52,15 +51,6 @@ if [[ -z "${TSUNAGU_SKIP_WEB:-}" ]]; then
     if ! command -v npm >/dev/null 2>&1; then
         echo "ops/run.sh: npm (Node.js 20.19 or later) is needed to build the web client; install Node.js, or set TSUNAGU_SKIP_WEB=1" >&2
         exit 1
-    fi
-    if ! command -v wasm-opt >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
-        if [[ $(id -u) -eq 0 ]]; then
-            DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends binaryen >/dev/null 2>&1 ||
-                { apt-get update >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends binaryen >/dev/null 2>&1; } ||
-                echo "ops/run.sh: could not install binaryen (wasm-opt); the web client is built without it" >&2
-        elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-            sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends binaryen >/dev/null 2>&1 || true
-        fi
     fi
     "$ROOT/client-web/build-web.sh"
 fi

@@ -4,7 +4,7 @@
 #
 #   1. system packages: a C compiler (build-essential) if `cc` is missing,
 #      PostgreSQL if no pg_ctl is under /usr/lib/postgresql/*/bin, Debian's
-#      chromium (browser tests) and binaryen (wasm-opt) when missing (apt-get;
+#      chromium (browser tests) when missing (apt-get;
 #      sudo only when not root), and the wasm32-unknown-unknown Rust target;
 #      Node.js (20.19 or later, with npm) must be there;
 #   2. the web client: client-web/build-web.sh (the client core for wasm32,
@@ -126,9 +126,6 @@ install_deps() {
     fi
     if ! command -v chromium >/dev/null 2>&1; then
         pkgs+=(chromium)
-    fi
-    if ! command -v wasm-opt >/dev/null 2>&1; then
-        pkgs+=(binaryen)
     fi
     if [[ ${#pkgs[@]} -gt 0 ]]; then
         if [[ -n "${TSUNAGU_SKIP_INSTALL:-}" ]]; then

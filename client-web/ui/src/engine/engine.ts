@@ -1,93 +1,534 @@
-// NOT IMPLEMENTED YET: this first version only fixes the signatures the UI
-// codes against (see index.ts for the documentation). Every method that
-// needs the wasm core rejects with EngineError "not_implemented" until the
-// facade lands.
+// The Engine (documented in index.ts): the wasm client core plus the IO it
+// does not do itself — IndexedDB (idb.ts), the websocket with reconnect, and
+// the HTTP calls of device registration.
+//
+// Persistence: the core hands every change to `Host.persist`, which writes it
+// in one IndexedDB transaction and resolves only when that transaction has
+// completed; the core awaits it before it sends any frame (see
+// client-web/src/web.rs). So a frame never leaves before the state it
+// depends on is stored.
+//
+// Concurrency: the core runs one operation at a time. Every call into it goes
+// through `enqueue`, a promise chain; the views read the core directly when
+// it is idle and fall back to the copy taken after the last operation while
+// one is running.
+import init, { Facade } from "./pkg/tsunagu_client.js";
 import type {
   AccountView,
   ConnectionStatus,
   DeviceInfo,
+  EngineEvent,
   EngineListener,
   EngineOptions,
   PostView,
   TimelineSummary,
 } from "./index.ts";
 import { EngineError } from "./index.ts";
+import { deleteDatabase, Kv } from "./idb.ts";
 
-function notYet(): never {
-  throw new EngineError("not_implemented", "the web engine is not implemented yet");
+/** Reconnect delays: 1 s doubling to 30 s (with jitter). */
+const BACKOFF_MIN_MS = 1000;
+const BACKOFF_MAX_MS = 30_000;
+/** A ping after this much quiet checks the connection is alive. */
+const KEEPALIVE_MS = 25_000;
+
+let wasmReady: Promise<unknown> | null = null;
+
+function loadWasm(): Promise<unknown> {
+  wasmReady ??= init();
+  return wasmReady;
+}
+
+/** An EngineError from whatever a core call or fetch rejected with. */
+function toEngineError(e: unknown): EngineError {
+  if (e instanceof EngineError) return e;
+  const err = e as { code?: unknown; message?: unknown };
+  const code = typeof err?.code === "string" ? err.code : "internal";
+  const message = typeof err?.message === "string" ? err.message : String(e);
+  return new EngineError(code, message);
+}
+
+async function httpError(resp: Response): Promise<EngineError> {
+  let code = resp.status === 401 ? "unauthorized" : "internal";
+  let message = `HTTP ${resp.status}`;
+  try {
+    const body = (await resp.json()) as { code?: string; message?: string };
+    if (body.code) code = body.code;
+    if (body.message) message = body.message;
+  } catch {
+    // Not JSON: keep the status.
+  }
+  return new EngineError(code, message);
+}
+
+/** Holds the tab's Web Lock for the database until `release`. */
+async function acquireLock(name: string): Promise<(() => void) | null> {
+  const locks = (navigator as Navigator & { locks?: LockManager }).locks;
+  if (!locks) return () => {};
+  return new Promise((resolve) => {
+    void locks.request(name, { ifAvailable: true }, (lock) => {
+      if (!lock) {
+        resolve(null);
+        return undefined;
+      }
+      return new Promise<void>((release) => resolve(() => release()));
+    });
+  });
+}
+
+function wsUrl(serverUrl: string, deviceId: string): string {
+  const u = new URL("/v1/ws", serverUrl);
+  u.protocol = u.protocol === "https:" ? "wss:" : "ws:";
+  u.searchParams.set("device", deviceId);
+  return u.toString();
 }
 
 export class Engine {
+  private facade: Facade | null;
+  private readonly kv: Kv;
+  private readonly serverUrl: string;
+  private readonly dbName: string;
+  private releaseLock: (() => void) | null;
   private listeners = new Set<EngineListener>();
+  private chain: Promise<unknown> = Promise.resolve();
 
-  private constructor(readonly options: EngineOptions) {}
+  // Views as of the last idle moment.
+  private cachedDevice: DeviceInfo | null = null;
+  private cachedTimelines: TimelineSummary[] = [];
+  private cachedPosts = new Map<string, PostView[]>();
+  private cachedAccounts: AccountView[] = [];
+
+  // Connection.
+  private wanted = false;
+  private ws: WebSocket | null = null;
+  private currentStatus: ConnectionStatus = "offline";
+  private backoffMs = BACKOFF_MIN_MS;
+  private reconnectTimer: ReturnType<typeof setTimeout> | null = null;
+  private keepaliveTimer: ReturnType<typeof setTimeout> | null = null;
+  private drainQueued = false;
+  private sendQueued = false;
+  private readonly onOnline = () => {
+    if (this.wanted && !this.ws) this.reconnectNow();
+  };
+
+  private constructor(facade: Facade, kv: Kv, serverUrl: string, dbName: string, releaseLock: () => void) {
+    this.facade = facade;
+    this.kv = kv;
+    this.serverUrl = serverUrl;
+    this.dbName = dbName;
+    this.releaseLock = releaseLock;
+    this.refreshCaches();
+  }
 
   static async open(options: EngineOptions = {}): Promise<Engine> {
-    return new Engine(options);
+    const serverUrl = options.serverUrl ?? location.origin;
+    const dbName = options.dbName ?? "tsunagu";
+    const release = await acquireLock(`tsunagu-engine:${dbName}`);
+    if (!release) {
+      throw new EngineError("locked", "Tsunagu is open in another tab of this browser");
+    }
+    try {
+      await loadWasm();
+      const kv = await Kv.open(dbName);
+      const { keys, values } = await kv.loadAll();
+      const host = {
+        persist: (putKeys: Uint8Array[], putValues: Uint8Array[], deleteKeys: Uint8Array[]) =>
+          kv.commit(putKeys, putValues, deleteKeys),
+        send: (text: string) => {
+          // The engine owns `ws`; read it at call time.
+          const ws = engine.ws;
+          if (!ws || ws.readyState !== WebSocket.OPEN) throw new Error("not connected");
+          ws.send(text);
+        },
+        sleep: (ms: number) => new Promise<void>((r) => setTimeout(r, ms)),
+      };
+      let facade: Facade;
+      try {
+        facade = Facade.load(host, keys, values);
+      } catch (e) {
+        kv.close();
+        throw toEngineError(e);
+      }
+      const engine: Engine = new Engine(facade, kv, serverUrl, dbName, release);
+      return engine;
+    } catch (e) {
+      release();
+      throw toEngineError(e);
+    }
   }
 
-  device(): DeviceInfo | null {
-    return null;
-  }
-
-  async registerDevice(_name: string): Promise<DeviceInfo> {
-    notYet();
-  }
-
-  connect(): void {}
-
-  disconnect(): void {}
-
-  status(): ConnectionStatus {
-    return "offline";
-  }
+  // ----- events and the operation queue ---------------------------------------------------
 
   on(listener: EngineListener): () => void {
     this.listeners.add(listener);
-    return () => this.listeners.delete(listener);
+    return () => {
+      this.listeners.delete(listener);
+    };
+  }
+
+  private emit(event: EngineEvent): void {
+    for (const l of [...this.listeners]) {
+      try {
+        l(event);
+      } catch (e) {
+        console.error("engine listener failed", e);
+      }
+    }
+  }
+
+  private live(): Facade {
+    if (!this.facade) throw new EngineError("wiped", "the engine's local data was wiped");
+    return this.facade;
+  }
+
+  /** Runs `op` after every earlier operation; then reports the core's events. */
+  private enqueue<T>(op: (f: Facade) => Promise<T>): Promise<T> {
+    const run = this.chain.then(async () => {
+      const f = this.live();
+      try {
+        return await op(f);
+      } catch (e) {
+        throw toEngineError(e);
+      } finally {
+        if (this.facade) this.afterOperation();
+      }
+    });
+    this.chain = run.catch(() => undefined);
+    return run;
+  }
+
+  private afterOperation(): void {
+    const f = this.facade;
+    if (!f || f.busy()) return;
+    const events = JSON.parse(f.take_events() as string) as EngineEvent[];
+    this.refreshCaches();
+    for (const e of events) {
+      if (e.type === "posts") this.cachedPosts.delete(e.timelineId);
+      this.emit(e);
+    }
+  }
+
+  private refreshCaches(): void {
+    const f = this.facade;
+    if (!f || f.busy()) return;
+    this.cachedDevice = JSON.parse((f.device() as string | null) ?? "null") as DeviceInfo | null;
+    this.cachedTimelines = JSON.parse(f.timelines() as string) as TimelineSummary[];
+    this.cachedAccounts = JSON.parse(f.accounts() as string) as AccountView[];
+  }
+
+  // ----- views ----------------------------------------------------------------------
+
+  device(): DeviceInfo | null {
+    if (this.facade && !this.facade.busy()) this.refreshCaches();
+    return this.cachedDevice;
+  }
+
+  status(): ConnectionStatus {
+    return this.currentStatus;
   }
 
   timelines(): TimelineSummary[] {
-    return [];
+    if (this.facade && !this.facade.busy()) {
+      this.cachedTimelines = JSON.parse(this.facade.timelines() as string) as TimelineSummary[];
+    }
+    return this.cachedTimelines;
   }
 
-  posts(_timelineId: string): PostView[] {
-    return [];
+  posts(timelineId: string): PostView[] {
+    if (this.facade && !this.facade.busy()) {
+      const posts = JSON.parse(this.facade.posts(timelineId) as string) as PostView[];
+      this.cachedPosts.set(timelineId, posts);
+      return posts;
+    }
+    return this.cachedPosts.get(timelineId) ?? [];
   }
 
   accounts(): AccountView[] {
-    return [];
+    if (this.facade && !this.facade.busy()) {
+      this.cachedAccounts = JSON.parse(this.facade.accounts() as string) as AccountView[];
+    }
+    return this.cachedAccounts;
   }
 
+  // ----- registration ---------------------------------------------------------------
+
+  async registerDevice(name: string): Promise<DeviceInfo> {
+    return this.enqueue(async (f) => {
+      if (this.device()) throw new EngineError("invalid", "this browser already has a device");
+      const signatureKey = (await f.new_device_key()) as string;
+      const resp = await fetch(new URL("/v1/devices", this.serverUrl), {
+        method: "POST",
+        credentials: "same-origin",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ name, signature_key: signatureKey }),
+      });
+      if (!resp.ok) throw await httpError(resp);
+      const reg = (await resp.json()) as { device_id: string; device_token: string; account_id: string };
+      let accountName = "";
+      const me = await fetch(new URL("/v1/me", this.serverUrl), { credentials: "same-origin" });
+      if (me.ok) accountName = ((await me.json()) as { display_name?: string }).display_name ?? "";
+      const device = JSON.parse(
+        (await f.register(
+          JSON.stringify({
+            serverUrl: this.serverUrl,
+            accountId: reg.account_id,
+            accountName,
+            deviceId: reg.device_id,
+            deviceToken: reg.device_token,
+          }),
+        )) as string,
+      ) as DeviceInfo;
+      this.cachedDevice = device;
+      return device;
+    });
+  }
+
+  // ----- connection -----------------------------------------------------------------
+
+  connect(): void {
+    if (this.wanted) return;
+    this.wanted = true;
+    window.addEventListener("online", this.onOnline);
+    this.openSocket();
+  }
+
+  disconnect(): void {
+    this.wanted = false;
+    window.removeEventListener("online", this.onOnline);
+    this.clearTimers();
+    this.closeSocket();
+    this.setStatus("offline");
+  }
+
+  private setStatus(s: ConnectionStatus): void {
+    if (s === this.currentStatus) return;
+    this.currentStatus = s;
+    this.emit({ type: "status", status: s });
+  }
+
+  private clearTimers(): void {
+    if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
+    if (this.keepaliveTimer) clearTimeout(this.keepaliveTimer);
+    this.reconnectTimer = null;
+    this.keepaliveTimer = null;
+  }
+
+  private closeSocket(): void {
+    const ws = this.ws;
+    this.ws = null;
+    this.facade?.socket_closed();
+    if (ws && ws.readyState <= WebSocket.OPEN) ws.close(1000);
+  }
+
+  private reconnectNow(): void {
+    if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = null;
+    this.backoffMs = BACKOFF_MIN_MS;
+    this.openSocket();
+  }
+
+  private scheduleReconnect(): void {
+    if (!this.wanted || this.reconnectTimer) return;
+    const delay = this.backoffMs * (0.75 + Math.random() * 0.5);
+    this.backoffMs = Math.min(this.backoffMs * 2, BACKOFF_MAX_MS);
+    this.reconnectTimer = setTimeout(() => {
+      this.reconnectTimer = null;
+      this.openSocket();
+    }, delay);
+  }
+
+  private openSocket(): void {
+    const device = this.device();
+    if (!this.wanted || !device || this.ws || !this.facade) return;
+    this.setStatus("connecting");
+    let opened = false;
+    const ws = new WebSocket(wsUrl(this.serverUrl, device.deviceId));
+    this.ws = ws;
+    ws.onopen = () => {
+      if (ws !== this.ws) return;
+      opened = true;
+      this.facade?.socket_opened();
+      this.enqueue((f) => f.connected()).then(
+        () => {
+          if (ws !== this.ws) return;
+          this.backoffMs = BACKOFF_MIN_MS;
+          this.setStatus("online");
+          this.armKeepalive();
+          if (this.facade && this.facade.queued_frames() > 0) this.scheduleDrain();
+        },
+        (e: EngineError) => {
+          if (ws !== this.ws) return;
+          this.emit({ type: "warning", message: `connecting failed: ${e.message}`, code: e.code });
+          // Drop this socket; onclose schedules the next attempt.
+          ws.close(4000);
+        },
+      );
+    };
+    ws.onmessage = (ev: MessageEvent) => {
+      if (ws !== this.ws || typeof ev.data !== "string") return;
+      this.facade?.push_frame(ev.data);
+      this.armKeepalive();
+      this.scheduleDrain();
+    };
+    ws.onclose = () => {
+      if (ws !== this.ws) return;
+      this.ws = null;
+      this.facade?.socket_closed();
+      if (this.keepaliveTimer) clearTimeout(this.keepaliveTimer);
+      this.keepaliveTimer = null;
+      this.setStatus(this.wanted ? "connecting" : "offline");
+      if (!opened) {
+        // The upgrade was refused or the server is unreachable: find out
+        // which before trying again.
+        void this.checkAccess().then((ok) => {
+          if (ok) {
+            this.setStatus("offline");
+            this.scheduleReconnect();
+          }
+        });
+      } else {
+        this.setStatus("offline");
+        this.scheduleReconnect();
+      }
+    };
+  }
+
+  /** After a refused connection: false when the session ended (signed_out)
+   *  or the device was revoked (wiped); true to retry later. */
+  private async checkAccess(): Promise<boolean> {
+    let resp: Response;
+    try {
+      resp = await fetch(new URL("/v1/devices", this.serverUrl), { credentials: "same-origin" });
+    } catch {
+      return true; // unreachable: offline
+    }
+    if (resp.status === 401) {
+      this.disconnect();
+      this.emit({ type: "signed_out" });
+      return false;
+    }
+    if (!resp.ok) return true;
+    const device = this.device();
+    try {
+      const devices = (await resp.json()) as { device_id: string; revoked_at?: number | null }[];
+      const mine = devices.find((d) => d.device_id === device?.deviceId);
+      if (!mine || mine.revoked_at) {
+        await this.destroy("revoked");
+        return false;
+      }
+    } catch {
+      return true;
+    }
+    return true;
+  }
+
+  private armKeepalive(): void {
+    if (this.keepaliveTimer) clearTimeout(this.keepaliveTimer);
+    this.keepaliveTimer = setTimeout(() => {
+      this.keepaliveTimer = null;
+      const ws = this.ws;
+      if (!ws || this.currentStatus !== "online") return;
+      this.enqueue((f) => f.ping()).then(
+        () => this.armKeepalive(),
+        () => {
+          // Silent or broken: start over.
+          if (ws === this.ws) ws.close(4001);
+        },
+      );
+    }, KEEPALIVE_MS);
+  }
+
+  private scheduleDrain(): void {
+    if (this.drainQueued) return;
+    this.drainQueued = true;
+    this.enqueue(async (f) => {
+      this.drainQueued = false;
+      if (f.queued_frames() > 0) await f.drain();
+    }).catch((e: EngineError) => {
+      if (e.code !== "offline") this.emit({ type: "warning", message: e.message, code: e.code });
+    });
+  }
+
+  private scheduleSend(): void {
+    if (this.sendQueued || this.currentStatus !== "online") return;
+    this.sendQueued = true;
+    this.enqueue(async (f) => {
+      this.sendQueued = false;
+      await f.send_outbox();
+    }).catch((e: EngineError) => {
+      if (e.code !== "offline") this.emit({ type: "warning", message: e.message, code: e.code });
+    });
+  }
+
+  private requireOnline(): void {
+    if (this.currentStatus !== "online") {
+      throw new EngineError("offline", "this needs a connection to the server");
+    }
+  }
+
+  // ----- workflows ------------------------------------------------------------------
+
   async refreshAccounts(): Promise<AccountView[]> {
-    notYet();
+    this.requireOnline();
+    return this.enqueue(async (f) => JSON.parse((await f.refresh_accounts()) as string) as AccountView[]);
   }
 
   async createTimeline(): Promise<string> {
-    notYet();
+    this.requireOnline();
+    return this.enqueue(async (f) => (await f.create_timeline()) as string);
   }
 
-  async addPerson(_timelineId: string, _accountId: string): Promise<void> {
-    notYet();
+  async addPerson(timelineId: string, accountId: string): Promise<void> {
+    this.requireOnline();
+    await this.enqueue((f) => f.add_person(timelineId, accountId));
   }
 
-  async removePerson(_timelineId: string, _accountId: string): Promise<void> {
-    notYet();
+  async removePerson(timelineId: string, accountId: string): Promise<void> {
+    this.requireOnline();
+    await this.enqueue((f) => f.remove_person(timelineId, accountId));
   }
 
   async post(
-    _timelineId: string,
-    _text: string,
-    _options: { replyTo?: number; kind?: "text" | "report" } = {},
+    timelineId: string,
+    text: string,
+    options: { replyTo?: number; kind?: "text" | "report" } = {},
   ): Promise<PostView> {
-    notYet();
+    const view = await this.enqueue(
+      async (f) =>
+        JSON.parse(
+          (await f.queue_post(timelineId, text, options.replyTo ?? undefined, options.kind ?? "text")) as string,
+        ) as PostView,
+    );
+    this.scheduleSend();
+    return view;
   }
 
-  async markRead(_timelineId: string, _seq?: number): Promise<void> {
-    notYet();
+  async markRead(timelineId: string, seq?: number): Promise<void> {
+    await this.enqueue((f) => f.mark_read(timelineId, seq ?? undefined));
   }
+
+  // ----- wiping ---------------------------------------------------------------------
 
   async wipe(): Promise<void> {
-    notYet();
+    await this.destroy("logout");
+  }
+
+  private async destroy(reason: "logout" | "revoked"): Promise<void> {
+    if (!this.facade) return;
+    this.disconnect();
+    // The closed socket makes a waiting operation fail at once.
+    await Promise.race([this.chain, new Promise((r) => setTimeout(r, 5000))]);
+    const f = this.facade;
+    this.facade = null;
+    f.free();
+    this.kv.close();
+    await deleteDatabase(this.dbName);
+    this.cachedDevice = null;
+    this.cachedTimelines = [];
+    this.cachedPosts.clear();
+    this.cachedAccounts = [];
+    this.releaseLock?.();
+    this.releaseLock = null;
+    this.emit({ type: "wiped", reason });
   }
 }
