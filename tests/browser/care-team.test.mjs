@@ -94,9 +94,13 @@ test("the admin invites a nurse by link and QR code; the nurse registers, logs o
   await page.waitForSelector('[data-testid="staff-list"] li', { timeout: TIMEOUT });
   assert.match(await page.textContent('[data-testid="staff-list"]'), /佐藤 花子/);
 
-  // Logout, then login with the passkey saved in the authenticator.
+  // The browser registered itself as the nurse's device and keeps its state in IndexedDB.
+  await np.waitForFunction(async () => (await indexedDB.databases()).some((d) => d.name === "tsunagu"), null, { timeout: TIMEOUT });
+  // Logout wipes this browser's local data, then login with the passkey
+  // saved in the authenticator.
   await np.click('button:has-text("ログアウト")');
   await np.waitForSelector('[data-testid="login-form"]', { timeout: TIMEOUT });
+  assert.equal(await np.evaluate(async () => (await indexedDB.databases()).some((d) => d.name === "tsunagu")), false, "local data wiped");
   await screenshot(np, "03-login");
   await np.click('[data-testid="login-form"] button[type="submit"]');
   await np.waitForSelector('main[data-screen="timelines"]', { timeout: TIMEOUT });
@@ -254,12 +258,14 @@ test("what the server refuses a family account today: the directory (403)", asyn
   assert.equal(r.body.code, "forbidden");
 });
 
-test("a reload keeps everything: session, timeline, posts", async () => {
+test("a reload keeps everything: session, timeline, posts", async (t) => {
   for (const person of [doctor, family]) {
     const { page } = person;
     await page.goto(`${server.url}/#/t/${encodeURIComponent(timelineId)}`);
+    const t0 = Date.now();
     await page.reload();
     await page.waitForSelector('[data-testid="post"]', { timeout: TIMEOUT });
+    t.diagnostic(`figure: reload to decrypted posts on screen (${person === doctor ? "tablet" : "phone"} viewport): ${Date.now() - t0} ms`);
     assert.match(await page.textContent('[data-testid="posts"]'), /体温 36\.8℃/);
   }
   assert.match(await doctor.page.textContent('[data-testid="timeline-title"]'), /田中 一郎 様/);
@@ -323,4 +329,17 @@ test("a post written offline is shown as pending and sent when the connection re
   const fp = family.page;
   await fp.goto(`${server.url}/#/t/${encodeURIComponent(timelineId)}`);
   await fp.locator('[data-testid="post"]', { hasText: "夜間の連絡先" }).waitFor({ timeout: TIMEOUT });
+});
+
+test("the nurse revokes this browser's device: its local data is wiped and she must log in again", async () => {
+  const { page } = nurse;
+  await page.goto(`${server.url}/#/devices`);
+  const mine = page.locator('[data-testid="device-list"] li', { hasText: "この端末" });
+  await mine.waitFor({ timeout: TIMEOUT });
+  page.once("dialog", (d) => d.accept());
+  await mine.locator("button.danger").click();
+  await page.waitForSelector('[data-testid="login-form"]', { timeout: 40_000 });
+  await page.waitForFunction(async () => !(await indexedDB.databases()).some((d) => d.name === "tsunagu"), null, { timeout: TIMEOUT });
+  const devices = await apiFrom(page, "GET", "/v1/devices");
+  assert.ok(devices.body.every((d) => d.revoked_at), "every device of the nurse is revoked");
 });

@@ -2,7 +2,7 @@
 // browser as a device the first time, keeps it connected, and feeds its
 // connection status to the status line. A lost session (idle timeout) only
 // disconnects it and keeps the local data; logout and revocation wipe it.
-import type { Me } from "./api.ts";
+import { api, type Me } from "./api.ts";
 import { releaseFromEngine, setFromEngine } from "./connection.ts";
 import { Engine, type EngineError, type EngineEvent } from "./engine/index.ts";
 
@@ -112,12 +112,29 @@ export function pauseEngine(): void {
   releaseFromEngine();
 }
 
-/** Logout: the engine deletes all local data of this browser. */
+/**
+ * Logout: this browser's device is revoked on the server (its keys are about
+ * to be deleted, so it could never read again; revoking takes it out of
+ * every timeline instead of leaving a dead member), then the engine deletes
+ * all local data. Offline, the revocation is skipped: the device stays
+ * listed until it is revoked from the devices page of another one.
+ */
 export async function wipeEngine(): Promise<void> {
   const pending = opening;
   if (pending) await pending.catch(() => null);
   const e = engine;
+  const deviceId = e?.device()?.deviceId;
+  // Stop listening first: the server's answer to the revocation must not
+  // look like a revocation from elsewhere.
   detach();
+  e?.disconnect();
+  if (deviceId) {
+    try {
+      await api.revokeDevice(deviceId);
+    } catch {
+      // Offline or already revoked: wiping the local data matters more.
+    }
+  }
   if (!e) return;
   try {
     await e.wipe();
