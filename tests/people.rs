@@ -432,7 +432,10 @@ async fn a_browser_registers_its_device_connects_with_its_cookie_and_revokes_it(
     assert_eq!(status(connect(nurse.cookie.clone(), &device_id, Some("https://evil.example")).await), 403, "another origin");
 
     // Revoking: the device can no longer connect.
-    admin.request("DELETE", &format!("/v1/devices/{device_id}"), None).await.refused(404, "not_found");
+    // Someone else's device: only its owner or their organisation's admin may revoke it.
+    let admin_key = base64::engine::general_purpose::STANDARD.encode([9u8; 32]);
+    let admin_device = admin.post("/v1/devices", json!({"name": "clinic pc", "signature_key": admin_key})).await.ok();
+    nurse.request("DELETE", &format!("/v1/devices/{}", admin_device["device_id"].as_str().unwrap()), None).await.refused(404, "not_found");
     assert_eq!(nurse.request("DELETE", &format!("/v1/devices/{device_id}"), None).await.status, 204);
     assert!(nurse.get("/v1/devices").await.ok()[0]["revoked_at"].is_u64());
     assert_eq!(status(connect(nurse.cookie.clone(), &device_id, None).await), 401, "a revoked device");
@@ -441,6 +444,15 @@ async fn a_browser_registers_its_device_connects_with_its_cookie_and_revokes_it(
 
     // Removing the nurse from the organisation: sessions end, login is
     // refused, every device is revoked, and she is gone from account lists.
+    // The admin sees and revokes a staff member's device.
+    let key2 = base64::engine::general_purpose::STANDARD.encode([8u8; 32]);
+    let spare = nurse.post("/v1/devices", json!({"name": "spare tablet", "signature_key": key2})).await.ok()["device_id"].as_str().unwrap().to_owned();
+    let theirs = admin.get(&format!("/v1/organisations/{org}/staff/{nurse_id}/devices")).await.ok();
+    assert!(theirs.as_array().unwrap().iter().any(|d| d["device_id"] == spare.as_str() && d["revoked_at"].is_null()), "{theirs}");
+    nurse.get(&format!("/v1/organisations/{org}/staff/{nurse_id}/devices")).await.refused(403, "forbidden");
+    assert_eq!(admin.request("DELETE", &format!("/v1/devices/{spare}"), None).await.status, 204);
+    assert!(has_entry(&audit_entries(&server), "device_revoked", "ok", "revoked_by_admin"));
+
     let mut nurse_native = native_device(&server, &mut nurse, "nurse phone").await;
     let mut doctor = native_device(&server, &mut admin, "clinic laptop").await;
     let timeline = doctor.create_timeline().await.unwrap();
@@ -460,4 +472,60 @@ async fn a_browser_registers_its_device_connects_with_its_cookie_and_revokes_it(
     let entries = audit_entries(&server);
     assert!(has_entry(&entries, "person_removed", "ok", ""));
     assert!(has_entry(&entries, "login_failed", "refused", "removed"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_organisation_joins_by_invitation_and_keeps_its_own_staff_and_audit() {
+    let server = TestServer::start().await;
+    let (mut clinic_admin, clinic) = set_up(&server).await;
+    let (mut nurse, _) = invite_staff(&server, &mut clinic_admin, "田中 花子", "たなか はなこ", "nurse").await;
+    nurse.post("/v1/invitations", json!({"kind": "organisation"})).await.refused(403, "forbidden");
+
+    let inv = clinic_admin.post("/v1/invitations", json!({"kind": "organisation", "display_name": "さくら薬局"})).await.ok();
+    let token = inv["token"].as_str().unwrap().to_owned();
+    let info = Browser::new(&server).get(&format!("/v1/invitations/{token}")).await.ok();
+    assert_eq!((info["kind"].as_str(), info["invited_by"].as_str()), (Some("organisation"), Some("佐藤 一郎")));
+    let mut pharmacy_admin = Browser::new(&server);
+    pharmacy_admin
+        .post(&format!("/v1/invitations/{token}/start"), json!({"person": person("鈴木 薬子", "すずき やくこ", Some("pharmacist"), "")}))
+        .await
+        .refused(400, "invalid_argument");
+    let start = pharmacy_admin
+        .post(
+            &format!("/v1/invitations/{token}/start"),
+            json!({"person": person("鈴木 薬子", "すずき やくこ", Some("pharmacist"), "平日 9-18"),
+                   "organisation": organisation("さくら薬局", "さくらやっきょく", "pharmacy", "大塚", true)}),
+        )
+        .await
+        .ok();
+    let cred = pharmacy_admin.passkey.register(&pharmacy_admin.origin.clone(), &start["options"]).unwrap();
+    let session = pharmacy_admin.post(&format!("/v1/invitations/{token}/finish"), json!({"ceremony_id": start["ceremony_id"], "credential": cred})).await.ok();
+    let me = &session["me"];
+    assert_eq!((me["role"].as_str(), me["organisation_name"].as_str()), (Some("admin"), Some("さくら薬局")));
+    let pharmacy = me["organisation_id"].as_str().unwrap().to_owned();
+    assert_ne!(pharmacy, clinic);
+
+    // Its admin invites its own staff; each admin manages only their own organisation.
+    let (mut pharmacist, _) = invite_staff(&server, &mut pharmacy_admin, "高橋 次郎", "たかはし じろう", "pharmacist").await;
+    assert_eq!(pharmacist.get("/v1/me").await.ok()["organisation_id"], pharmacy.as_str());
+    clinic_admin.get(&format!("/v1/organisations/{pharmacy}/staff")).await.refused(403, "forbidden");
+    assert_eq!(pharmacy_admin.get(&format!("/v1/organisations/{pharmacy}/staff")).await.ok().as_array().unwrap().len(), 2);
+
+    // The directory spans organisations.
+    let orgs = nurse.get("/v1/directory/organisations?area=%E5%A4%A7%E5%A1%9A").await.ok(); // 大塚
+    assert_eq!(orgs.as_array().unwrap().len(), 2);
+    let pharmacies = nurse.get("/v1/directory/organisations?org_type=pharmacy").await.ok();
+    assert_eq!(pharmacies[0]["name"], "さくら薬局");
+    let people = nurse.get("/v1/directory/people?org_type=pharmacy").await.ok();
+    let names: Vec<&str> = people.as_array().unwrap().iter().map(|p| p["display_name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["鈴木 薬子", "高橋 次郎"]);
+
+    // Each admin's audit export holds only their organisation's entries.
+    let log = pharmacy_admin.get("/v1/audit?format=json").await.ok();
+    let log = log.as_array().unwrap();
+    assert!(log.iter().all(|e| e["organisation_id"] == pharmacy.as_str()));
+    assert!(has_entry(log, "organisation_created", "ok", &format!("invited_by_organisation={clinic}")), "{log:#?}");
+    let csv = clinic_admin.get("/v1/audit?format=csv").await;
+    assert_eq!(csv.status, 200);
+    assert!(!csv.body.as_str().unwrap().contains(&pharmacy), "the clinic's export holds none of the pharmacy's entries");
 }

@@ -101,9 +101,14 @@ string_enum! {
 }
 
 string_enum! {
+    /// `staff`: joins the inviter's organisation; `family`: a family
+    /// account for one timeline; `organisation`: the first admin of a new
+    /// organisation (the invitee enters it), e.g. a pharmacy or a hospital
+    /// joining the regional network.
     InvitationKind {
         Staff = "staff",
         Family = "family",
+        Organisation = "organisation",
     }
 }
 
@@ -264,6 +269,9 @@ pub struct InvitationSummary {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InvitationStartRequest {
     pub person: PersonInput,
+    /// Required for an `organisation` invitation: the new organisation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub organisation: Option<OrgInput>,
 }
 
 /// `POST /v1/devices`: a browser registers its MLS device after login.

@@ -558,20 +558,25 @@ impl Db {
         rows.iter().map(invitation_from_row).collect()
     }
 
-    /// Use an invitation and create the invitee's account, passkey, family
-    /// link and session in one transaction. `false` (nothing stored) if the
+    /// Use an invitation and create the invitee's organisation (for an
+    /// organisation invitation), account, passkey, family link and session in
+    /// one transaction. `false` (nothing stored) if the
     /// invitation was used meanwhile or has expired.
     pub async fn finish_invitation(
         &self,
         invitation_id: &str,
         account: &NewAccount,
         passkey: &NewPasskey,
+        new_organisation: Option<&NewOrganisation>,
         family_link: Option<(&str, &str)>,
         session: &NewSession,
         now: i64,
     ) -> Result<bool> {
         // The account first: `used_by` refers to it.
         let mut tx = self.begin().await?;
+        if let Some(org) = new_organisation {
+            Self::insert_organisation(&mut tx, org, now).await?;
+        }
         Self::insert_person(&mut tx, account, now).await?;
         let used = sqlx::query(
             "UPDATE invitations SET used_at = $1, used_by = $2 WHERE id = $3 AND used_at IS NULL AND expires_at > $1 RETURNING id",

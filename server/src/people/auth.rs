@@ -124,6 +124,21 @@ fn validate_org(org: &OrgInput) -> Result<OrgInput, ApiError> {
     })
 }
 
+fn new_organisation(org: &OrgInput) -> NewOrganisation {
+    NewOrganisation {
+        id: uuid::Uuid::new_v4().to_string(),
+        name: org.name.clone(),
+        kana: org.kana.clone(),
+        org_type: org.org_type.as_str().to_owned(),
+        area: org.area.clone(),
+        address: org.address.clone(),
+        phone: org.phone.clone(),
+        fax: org.fax.clone(),
+        home_visits: org.home_visits,
+        search_text: search_text(&org.name, &org.kana),
+    }
+}
+
 fn new_account(account_id: &str, person: &PersonInput, kind: AccountKind, organisation_id: Option<String>, role: &str) -> NewAccount {
     NewAccount {
         id: account_id.to_owned(),
@@ -215,19 +230,8 @@ pub async fn setup_finish(State(state): State<AppState>, addr: ClientAddr, Json(
     let (Some(org), Some(token_hash)) = (reg.organisation.as_ref(), reg.setup_token_hash.as_ref()) else {
         return Err(internal("setup ceremony without organisation"));
     };
-    let org_id = uuid::Uuid::new_v4().to_string();
-    let new_org = NewOrganisation {
-        id: org_id.clone(),
-        name: org.name.clone(),
-        kana: org.kana.clone(),
-        org_type: org.org_type.as_str().to_owned(),
-        area: org.area.clone(),
-        address: org.address.clone(),
-        phone: org.phone.clone(),
-        fax: org.fax.clone(),
-        home_visits: org.home_visits,
-        search_text: search_text(&org.name, &org.kana),
-    };
+    let new_org = new_organisation(org);
+    let org_id = new_org.id.clone();
     let admin = new_account(&reg.account_id, &reg.person, AccountKind::Professional, Some(org_id.clone()), "admin");
     let (token, session) = new_session();
     let now = now_ms();
@@ -418,6 +422,15 @@ pub async fn create_invitation(
             }
             (Some(org.to_owned()), None)
         }
+        InvitationKind::Organisation => {
+            if session.admin_of().is_none() {
+                return Err(ApiError::new(ErrorCode::Forbidden, "only an organisation admin can invite a new organisation"));
+            }
+            if req.timeline_id.is_some() {
+                return Err(ApiError::new(ErrorCode::InvalidArgument, "an organisation invitation is not for a timeline"));
+            }
+            (None, None)
+        }
         InvitationKind::Family => {
             let Some(timeline_id) = req.timeline_id.clone() else {
                 return Err(ApiError::new(ErrorCode::InvalidArgument, "a family invitation needs the timeline_id of the patient's timeline"));
@@ -528,11 +541,18 @@ pub async fn invitation_start(
     let inv = usable_invitation(&state, &token, addr.as_deref()).await?;
     let kind = if inv.kind == "family" { AccountKind::Family } else { AccountKind::Professional };
     let person = validate_person(&req.person, kind)?;
+    let organisation = match (inv.kind.as_str(), &req.organisation) {
+        ("organisation", Some(org)) => Some(validate_org(org)?),
+        ("organisation", None) => {
+            return Err(ApiError::new(ErrorCode::InvalidArgument, "this invitation is for a new organisation: send `organisation`"))
+        }
+        _ => None,
+    };
     let reg = Registration {
         account_id: uuid::Uuid::new_v4().to_string(),
         person,
         setup_token_hash: None,
-        organisation: None,
+        organisation,
         invitation_id: Some(inv.id),
     };
     start_registration(&state, "invitation", reg).await
@@ -557,15 +577,24 @@ pub async fn invitation_finish(
         return Err(ApiError::new(ErrorCode::UnknownCeremony, "this registration was started for another invitation; start again"));
     }
     let family = inv.kind == "family";
-    let (kind, org) = if family { (AccountKind::Family, None) } else { (AccountKind::Professional, inv.organisation_id.clone()) };
-    let account = new_account(&reg.account_id, &reg.person, kind, org.clone(), "member");
+    let new_org = match (inv.kind.as_str(), &reg.organisation) {
+        ("organisation", Some(o)) => Some(new_organisation(o)),
+        ("organisation", None) => return Err(internal("organisation invitation without organisation")),
+        _ => None,
+    };
+    let (kind, org, role) = match (&new_org, family) {
+        (Some(o), _) => (AccountKind::Professional, Some(o.id.clone()), "admin"),
+        (None, true) => (AccountKind::Family, None, "member"),
+        (None, false) => (AccountKind::Professional, inv.organisation_id.clone(), "member"),
+    };
+    let account = new_account(&reg.account_id, &reg.person, kind, org.clone(), role);
     let link = match (&inv.timeline_id, family) {
         (Some(t), true) => Some((t.as_str(), inv.invited_by.as_str())),
         _ => None,
     };
     let (session_token, session) = new_session();
     let now = now_ms();
-    if !state.db.finish_invitation(&inv.id, &account, &new_passkey(&passkey)?, link, &session, now).await? {
+    if !state.db.finish_invitation(&inv.id, &account, &new_passkey(&passkey)?, new_org.as_ref(), link, &session, now).await? {
         // Used or expired between the check and now.
         return Err(usable_invitation(&state, &token, remote).await.err().unwrap_or_else(|| internal("invitation not finished")));
     }
@@ -575,6 +604,11 @@ pub async fn invitation_finish(
         None => crate::audit::organisation_of(&state.db, &inv.invited_by).await.ok().flatten(),
     };
     let detail = format!("invitation kind={}", inv.kind);
+    if let Some(o) = &new_org {
+        let inviter_org = crate::audit::organisation_of(&state.db, &inv.invited_by).await.ok().flatten();
+        let detail = format!("invited_by_organisation={}", inviter_org.as_deref().unwrap_or("-"));
+        audit(&state, "organisation_created", Outcome::Ok, Some(&account.id), Some(&o.id), Some(&o.id), &detail, remote).await;
+    }
     audit(&state, "enrolled", Outcome::Ok, Some(&account.id), audit_org.as_deref(), Some(&account.id), &detail, remote).await;
     audit(&state, "passkey_added", Outcome::Ok, Some(&account.id), audit_org.as_deref(), Some(&account.id), "registration", remote).await;
     tracing::info!(account = %account.id, kind = kind.as_str(), "registered by invitation");

@@ -41,24 +41,48 @@ pub async fn register(
 }
 
 pub async fn list(State(state): State<AppState>, session: Session) -> Result<Json<Vec<DeviceSummary>>, ApiError> {
-    let rows = state.db.account_devices(session.account_id()).await?;
-    Ok(Json(
-        rows.into_iter()
-            .map(|d| DeviceSummary { device_id: d.id, name: d.name, created_at: d.created_at as u64, revoked_at: d.revoked_at.map(|r| r as u64) })
-            .collect(),
-    ))
+    Ok(Json(summaries(state.db.account_devices(session.account_id()).await?)))
 }
 
-/// Revoke one of the session's own devices: it leaves every timeline (the
-/// server proposes its removal) and cannot connect any more.
+/// Revoke a device — one's own, or (an organisation admin) one of a person
+/// of the organisation: it leaves every timeline (the server proposes its
+/// removal) and cannot connect any more.
 pub async fn revoke(State(state): State<AppState>, session: Session, Path(device_id): Path<String>) -> Result<StatusCode, ApiError> {
-    let device = state.db.device(&device_id).await?;
-    match device {
-        Some(d) if d.account_id == session.account_id() => {}
-        _ => return Err(ApiError::new(ErrorCode::NotFound, "no such device of yours")),
-    }
-    crate::revocation::revoke_devices(&state, &[device_id], "revoked_by_owner").await?;
+    let not_found = || ApiError::new(ErrorCode::NotFound, "no such device of yours or of your organisation");
+    let device = state.db.device(&device_id).await?.ok_or_else(not_found)?;
+    let reason = if device.account_id == session.account_id() {
+        "revoked_by_owner"
+    } else {
+        let owner = state.db.profile(&device.account_id).await?.ok_or_else(not_found)?;
+        match (session.admin_of(), owner.organisation_id.as_deref()) {
+            (Some(admin_org), Some(owner_org)) if admin_org == owner_org => "revoked_by_admin",
+            _ => return Err(not_found()),
+        }
+    };
+    crate::revocation::revoke_devices(&state, &[device_id], reason).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// An organisation admin's view of a staff member's (or bot's) devices.
+pub async fn staff_devices(
+    State(state): State<AppState>,
+    session: Session,
+    Path((organisation_id, account_id)): Path<(String, String)>,
+) -> Result<Json<Vec<DeviceSummary>>, ApiError> {
+    if session.admin_of() != Some(organisation_id.as_str()) {
+        return Err(ApiError::new(ErrorCode::Forbidden, "only an admin of this organisation can do this"));
+    }
+    match state.db.profile(&account_id).await? {
+        Some(p) if p.organisation_id.as_deref() == Some(organisation_id.as_str()) => {}
+        _ => return Err(ApiError::new(ErrorCode::NotFound, "no such person in this organisation")),
+    }
+    Ok(Json(summaries(state.db.account_devices(&account_id).await?)))
+}
+
+fn summaries(rows: Vec<crate::db::people::DeviceRow>) -> Vec<DeviceSummary> {
+    rows.into_iter()
+        .map(|d| DeviceSummary { device_id: d.id, name: d.name, created_at: d.created_at as u64, revoked_at: d.revoked_at.map(|r| r as u64) })
+        .collect()
 }
 
 pub async fn issue_code(

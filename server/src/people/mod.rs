@@ -119,6 +119,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/directory/organisations", get(directory::search_organisations))
         .route("/v1/organisations/{organisation_id}/staff", get(directory::staff))
         .route("/v1/organisations/{organisation_id}/staff/{account_id}", delete(directory::remove_staff))
+        .route("/v1/organisations/{organisation_id}/staff/{account_id}/devices", get(devices::staff_devices))
         .route("/v1/audit", get(directory::audit_export))
 }
 
