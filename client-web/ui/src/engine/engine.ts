@@ -31,6 +31,8 @@ const BACKOFF_MIN_MS = 1000;
 const BACKOFF_MAX_MS = 30_000;
 /** A ping after this much quiet checks the connection is alive. */
 const KEEPALIVE_MS = 25_000;
+/** How long a call that needs the server waits for a connection in progress. */
+const ONLINE_WAIT_MS = 15_000;
 
 let wasmReady: Promise<unknown> | null = null;
 
@@ -460,31 +462,47 @@ export class Engine {
     });
   }
 
-  private requireOnline(): void {
-    if (this.currentStatus !== "online") {
-      throw new EngineError("offline", "this needs a connection to the server");
+  /** Resolves once online; while the engine is still connecting (just after
+   *  opening, or reconnecting) it waits up to `ONLINE_WAIT_MS`. */
+  private async requireOnline(): Promise<void> {
+    if (this.currentStatus === "online") return;
+    if (this.wanted && this.currentStatus === "connecting") {
+      const online = await new Promise<boolean>((resolve) => {
+        const timer = setTimeout(() => {
+          off();
+          resolve(false);
+        }, ONLINE_WAIT_MS);
+        const off = this.on((e) => {
+          if (e.type !== "status" || e.status === "connecting") return;
+          clearTimeout(timer);
+          off();
+          resolve(e.status === "online");
+        });
+      });
+      if (online) return;
     }
+    throw new EngineError("offline", "this needs a connection to the server");
   }
 
   // ----- workflows ------------------------------------------------------------------
 
   async refreshAccounts(): Promise<AccountView[]> {
-    this.requireOnline();
+    await this.requireOnline();
     return this.enqueue(async (f) => JSON.parse((await f.refresh_accounts()) as string) as AccountView[]);
   }
 
   async createTimeline(): Promise<string> {
-    this.requireOnline();
+    await this.requireOnline();
     return this.enqueue(async (f) => (await f.create_timeline()) as string);
   }
 
   async addPerson(timelineId: string, accountId: string): Promise<void> {
-    this.requireOnline();
+    await this.requireOnline();
     await this.enqueue((f) => f.add_person(timelineId, accountId));
   }
 
   async removePerson(timelineId: string, accountId: string): Promise<void> {
-    this.requireOnline();
+    await this.requireOnline();
     await this.enqueue((f) => f.remove_person(timelineId, accountId));
   }
 
