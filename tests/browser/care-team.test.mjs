@@ -343,3 +343,25 @@ test("the nurse revokes this browser's device: its local data is wiped and she m
   const devices = await apiFrom(page, "GET", "/v1/devices");
   assert.ok(devices.body.every((d) => d.revoked_at), "every device of the nurse is revoked");
 });
+
+test("the keyboard alone logs in: skip link, then Tab to the passkey button and Enter", async () => {
+  const { page } = nurse;
+  await page.goto(`${server.url}/#/login`);
+  await page.waitForSelector('[data-testid="login-form"]', { timeout: TIMEOUT });
+  // The screen's heading has the focus after a route change; the skip link
+  // is the first stop of the page.
+  assert.equal(await page.evaluate(() => document.activeElement?.tagName), "H1");
+  await page.focus(".skip-link");
+  assert.ok(await page.isVisible(".skip-link"));
+  await page.keyboard.press("Enter");
+  assert.equal(await page.evaluate(() => document.activeElement?.id), "main");
+  await page.keyboard.press("Tab");
+  assert.equal(await page.evaluate(() => document.activeElement?.textContent), "パスキーでログイン");
+  await page.keyboard.press("Enter");
+  await page.waitForSelector('main[data-screen="timelines"]', { timeout: TIMEOUT });
+  // A new device for this browser; the revoked one stays revoked.
+  await page.waitForFunction(async () => {
+    const r = await fetch("/v1/devices");
+    return (await r.json()).some((d) => !d.revoked_at);
+  }, null, { timeout: TIMEOUT });
+});

@@ -63,6 +63,27 @@ async function withEngine(ctx: Ctx): Promise<Engine | HTMLElement> {
   }
 }
 
+/**
+ * Resolves once the engine is online, or after `ms` (the operation then
+ * fails with the engine's own "offline" error). Creating a timeline or adding
+ * a person right after login should wait for the connection being opened,
+ * not fail.
+ */
+function whenOnline(engine: Engine, ms = 15_000): Promise<void> {
+  if (engine.status() === "online") return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => {
+      off();
+      window.clearTimeout(timer);
+      resolve();
+    };
+    const off = engine.on((e) => {
+      if (e.type === "status" && e.status === "online") done();
+    });
+    const timer = window.setTimeout(done, ms);
+  });
+}
+
 function isProfessional(ctx: Ctx): boolean {
   return ctx.me?.kind === "professional";
 }
@@ -133,6 +154,7 @@ export async function createTimelineScreen(ctx: Ctx): Promise<HTMLElement> {
   );
   onSubmit(form, async () => {
     try {
+      await whenOnline(engine);
       const id = await engine.createTimeline();
       setTitle(id, name.value.trim());
       ctx.navigate(`#/t/${encodeURIComponent(id)}/members`);
@@ -334,6 +356,7 @@ async function membersScreen(ctx: Ctx, id: string): Promise<HTMLElement> {
   const add = async (accountId: string, name: string, button: HTMLButtonElement) => {
     button.disabled = true;
     try {
+      await whenOnline(engine);
       await engine.addPerson(id, accountId);
       ctx.notify(t("timeline.added", { name }));
       render();
