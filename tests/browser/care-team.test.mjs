@@ -365,3 +365,24 @@ test("the keyboard alone logs in: skip link, then Tab to the passkey button and 
     return (await r.json()).some((d) => !d.revoked_at);
   }, null, { timeout: TIMEOUT });
 });
+
+test("the admin creates a bot with an enrolment code, and removes the nurse, whose browser is signed out", async () => {
+  const { page } = doctor;
+  await page.goto(`${server.url}/#/admin`);
+  await page.waitForSelector('[data-testid="bot-form"]', { timeout: TIMEOUT });
+  await page.fill('[data-testid="bot-form"] input[name="bot_name"]', "バイタル連携ボット");
+  await page.click('[data-testid="bot-form"] button[type="submit"]');
+  await page.waitForSelector('[data-testid="bot-form"] ~ div [data-testid="bot-code"]', { timeout: TIMEOUT });
+  await page.locator('[data-testid="staff-row"]', { hasText: "バイタル連携ボット" }).waitFor({ timeout: TIMEOUT });
+
+  const row = page.locator('[data-testid="staff-row"]', { hasText: "佐藤 花子" });
+  page.once("dialog", (d) => d.accept());
+  await row.locator("button.danger").click();
+  await row.locator(".badge-muted").waitFor({ timeout: TIMEOUT });
+  assert.equal(await row.locator("button.danger").count(), 0, "a removed person has no remove button");
+  await screenshot(page, "14-admin-staff-removed");
+
+  // The nurse's browser loses its session and shows the login.
+  await nurse.page.waitForSelector('[data-testid="login-form"]', { timeout: 40_000 });
+  assert.equal((await apiFrom(nurse.page, "GET", "/v1/me")).status, 401);
+});

@@ -100,6 +100,8 @@ export interface DirectoryPerson {
   contact_hours: string;
   /** Set when the person has a face photo. */
   photo_url: string | null;
+  /** In an organisation's staff list: when the person was removed. */
+  removed_at?: number;
 }
 
 export interface DirectoryOrganisation {
@@ -238,6 +240,8 @@ export const api = {
     request<DirectoryPerson[]>("GET", `/v1/organisations/${encodeURIComponent(orgId)}/staff`),
   removeStaff: (orgId: string, accountId: string) =>
     request<unknown>("DELETE", `/v1/organisations/${encodeURIComponent(orgId)}/staff/${encodeURIComponent(accountId)}`),
+  createBot: (display_name: string) =>
+    request<{ account_id: string; code: string; expires_at: number }>("POST", "/v1/bots", { display_name }),
   audit: () => request<AuditRow[]>("GET", "/v1/audit?format=json"),
   auditCsvUrl: () => "/v1/audit?format=csv",
 };

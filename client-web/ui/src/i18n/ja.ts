@@ -220,6 +220,16 @@ export const ja = {
   "auditAction.timeline_created": "タイムラインの作成",
   "auditOutcome.ok": "成功",
   "auditOutcome.refused": "拒否",
+  "admin.removedAt": "外した日時 {time}",
+  "admin.bots": "ボット・コマンドライン端末",
+  "admin.botIntro": "組織のボット（自動投稿など）のアカウントを作り、その最初の端末を登録する一度だけのコードを発行します。",
+  "admin.botName": "ボットの名前",
+  "admin.createBot": "ボットを作成してコードを発行",
+  "admin.botCode": "ボットの登録コード",
+  "admin.newCodeFor": "コードを発行",
+  "auditAction.bot_created": "ボットの作成",
+  "auditAction.enrolment_code_issued": "登録コードの発行",
+  "auditAction.organisation_created": "組織の作成",
   "admin.notAdmin": "このページは組織の管理者のみが使えます。",
 } as const;
 

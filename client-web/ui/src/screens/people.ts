@@ -273,8 +273,28 @@ export async function adminScreen(ctx: Ctx): Promise<HTMLElement> {
     replace(staffList, staff.map((s) => staffRow(s)));
   }
   function staffRow(s: DirectoryPerson): HTMLElement {
+    const codeOut = h("div", { class: "grow-full", "aria-live": "polite" });
+    // A bot's devices are enrolled with codes its admin issues.
+    const botCode =
+      s.kind === "bot" && !s.removed_at
+        ? h(
+            "button",
+            {
+              type: "button",
+              onclick: async () => {
+                try {
+                  const c = await api.deviceCode(s.account_id);
+                  replace(codeOut, copyBox(t("admin.botCode"), c.code, "bot-code"));
+                } catch (e) {
+                  ctx.notify(errorText(e), "error");
+                }
+              },
+            },
+            t("admin.newCodeFor"),
+          )
+        : null;
     const remove =
-      s.account_id === me.account_id
+      s.account_id === me.account_id || s.removed_at
         ? null
         : h(
             "button",
@@ -296,16 +316,20 @@ export async function adminScreen(ctx: Ctx): Promise<HTMLElement> {
           );
     return h(
       "li",
-      { class: "person-card" },
+      { class: `person-card wrap${s.removed_at ? " removed" : ""}`, "data-testid": "staff-row" },
       avatar(s.account_id, s.display_name, !!s.photo_url),
       h(
         "div",
         { class: "grow" },
         h("strong", null, s.display_name),
         s.kana ? h("span", { class: "kana" }, ` (${s.kana})`) : null,
+        s.kind === "bot" ? h("span", { class: "badge" }, t("kind.bot")) : null,
+        s.removed_at ? h("span", { class: "badge badge-muted" }, t("admin.removedAt", { time: formatTime(s.removed_at, lang()) })) : null,
         h("div", null, [tEnum("profession", s.profession), tEnum("role", s.role)].filter(Boolean).join(" · ")),
       ),
+      botCode,
       remove,
+      codeOut,
     );
   }
   await loadStaff();
@@ -335,6 +359,22 @@ export async function adminScreen(ctx: Ctx): Promise<HTMLElement> {
     await loadInvitations();
   });
   await loadInvitations().catch((e) => replace(sent, h("li", { role: "alert" }, errorText(e))));
+
+  const botName = input("bot_name", { required: true, maxlength: 100 });
+  const botOut = h("div", { "aria-live": "polite" });
+  const botForm = h(
+    "form",
+    { "data-testid": "bot-form" },
+    h("p", null, t("admin.botIntro")),
+    field(t("admin.botName"), botName),
+    h("button", { type: "submit" }, t("admin.createBot")),
+  );
+  onSubmit(botForm, async () => {
+    const c = await api.createBot(botName.value.trim());
+    replace(botOut, copyBox(t("admin.botCode"), c.code, "bot-code"), h("p", { class: "hint" }, t("invite.expires", { time: formatTime(c.expires_at, lang()) })));
+    botName.value = "";
+    await loadStaff();
+  });
 
   const auditBody = h("tbody");
   const who = (id: string | null) => (id && names.get(id)) || h("span", { class: "mono", title: id ?? "" }, short(id));
@@ -366,6 +406,7 @@ export async function adminScreen(ctx: Ctx): Promise<HTMLElement> {
     { class: "stack" },
     h("section", { class: "card" }, h("h1", null, t("admin.title")), h("h2", null, t("admin.staff")), staffList),
     h("section", { class: "card" }, h("h2", null, t("admin.invitations")), inviteForm, inviteOut, h("h3", null, t("admin.sentInvitations")), sent),
+    h("section", { class: "card" }, h("h2", null, t("admin.bots")), botForm, botOut),
     h(
       "section",
       { class: "card" },
