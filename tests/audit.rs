@@ -91,6 +91,19 @@ async fn enrolments_and_membership_changes_are_recorded_without_content_and_the_
     let mut doctor = server.enrol("Dr. Sato").await;
     let nurse = server.enrol("Nurse Ito").await;
     refused_enrolment(&server).await;
+    // The doctor and the nurse work for two organisations (set directly: the
+    // operator's accounts have none).
+    let db = open_db(&server).await;
+    for (org, account) in [("org-clinic", doctor.account_id().to_string()), ("org-nursing", nurse.account_id().to_string())] {
+        sqlx::query("INSERT INTO organisations (id, name, org_type, created_at) VALUES ($1, $2, 'clinic', 0)")
+            .bind(org)
+            .bind(org)
+            .execute(&db)
+            .await
+            .unwrap();
+        sqlx::query("UPDATE accounts SET organisation_id = $1 WHERE id = $2").bind(org).bind(&account).execute(&db).await.unwrap();
+    }
+    db.close().await;
     let timeline = doctor.create_timeline().await.unwrap();
     let secret = harness::unique_marker();
     doctor.post(&timeline, &secret).await.unwrap();
@@ -109,9 +122,15 @@ async fn enrolments_and_membership_changes_are_recorded_without_content_and_the_
             ("timeline_created", "ok"),
             ("membership_changed", "ok"),
             ("membership_changed", "ok"),
+            ("membership_changed", "ok"),
+            ("membership_changed", "ok"),
         ],
         "{entries:#?}"
     );
+    // One entry per organisation concerned: the committer's and the added or
+    // removed device's.
+    let orgs: Vec<&str> = entries.iter().map(|e| e["organisation_id"].as_str().unwrap_or("-")).collect();
+    assert_eq!(orgs, ["-", "-", "-", "org-clinic", "org-clinic", "org-nursing", "org-clinic", "org-nursing"]);
     let doctor_device = doctor.device_id().to_string();
     let nurse_device = nurse.device_id().to_string();
     assert_eq!(entries[0]["actor_account_id"], doctor.account_id().to_string());
@@ -123,8 +142,10 @@ async fn enrolments_and_membership_changes_are_recorded_without_content_and_the_
     assert_eq!(entries[3]["actor_device_id"], doctor_device);
     let added = entries[4]["detail"].as_str().unwrap();
     assert!(added.starts_with("added=1 removed=0") && added.contains(&nurse_device), "{added}");
-    let removed = entries[5]["detail"].as_str().unwrap();
+    assert_eq!(entries[5]["detail"], added);
+    let removed = entries[6]["detail"].as_str().unwrap();
     assert!(removed.starts_with("added=0 removed=1") && removed.contains(&nurse_device), "{removed}");
+    assert_eq!(entries[7]["detail"], removed);
     for (i, e) in entries.iter().enumerate() {
         assert_eq!(e["seq"], i as i64 + 1);
         let prev = if i == 0 { "0".repeat(64) } else { entries[i - 1]["hash"].as_str().unwrap().to_owned() };
@@ -135,21 +156,21 @@ async fn enrolments_and_membership_changes_are_recorded_without_content_and_the_
 
     let verdict = verify_ok(&server);
     // The export above was itself recorded.
-    assert_eq!(verdict["entries"], 7, "{verdict}");
+    assert_eq!(verdict["entries"], 9, "{verdict}");
     let last = export(&server, &[]);
-    assert_eq!(last[6]["action"], "audit_exported");
-    assert_eq!(last[6]["detail"], "operator format=json entries=6");
-    assert_eq!(verdict["head_hash"], last[6]["hash"]);
+    assert_eq!(last[8]["action"], "audit_exported");
+    assert_eq!(last[8]["detail"], "operator format=json entries=8");
+    assert_eq!(verdict["head_hash"], last[8]["hash"]);
 
     // Text output for people, CSV export.
     let out = server.run_operator(&["audit", "verify"]);
     assert!(out.status.success());
-    assert!(stdout(&out).starts_with("audit chain OK: 8 entries\nhead: 8:"), "{}", stdout(&out));
+    assert!(stdout(&out).starts_with("audit chain OK: 10 entries\nhead: 10:"), "{}", stdout(&out));
     let out = server.run_operator(&["audit", "export", "--format", "csv"]);
     let csv = stdout(&out);
     let lines: Vec<&str> = csv.split("\r\n").filter(|l| !l.is_empty()).collect();
     assert_eq!(lines[0], "seq,at,action,outcome,actor_account_id,actor_device_id,organisation_id,subject,detail,remote_addr,prev_hash,hash");
-    assert_eq!(lines.len(), 1 + 8, "the header and entries 1-8: {csv}");
+    assert_eq!(lines.len(), 1 + 10, "the header and entries 1-10: {csv}");
     assert!(lines[3].starts_with("3,") && lines[3].contains(",enrolled,refused,,,,,invalid_code,127.0.0.1,"), "{}", lines[3]);
     drop((doctor, nurse));
 }
