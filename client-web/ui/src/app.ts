@@ -270,10 +270,11 @@ export class App {
     this.leaveFns = leaveFns;
     this.main.dataset.screen = route.name;
     replace(this.main, view);
+    window.scrollTo(0, 0);
     const heading = this.main.querySelector("h1");
     if (heading) {
       heading.setAttribute("tabindex", "-1");
-      heading.focus({ preventScroll: false });
+      heading.focus({ preventScroll: true });
     }
   }
 }

@@ -172,6 +172,8 @@ export async function timelineScreen(ctx: Ctx): Promise<HTMLElement> {
   if (engine instanceof HTMLElement) return engine;
   const summary = () => engine.timelines().find((s) => s.timelineId === id);
   if (!summary()) {
+    // A timeline one was just added to appears when its welcome arrives.
+    ctx.onLeave(onEngine((e) => (e.type === "timelines" && summary() ? ctx.rerender() : undefined)));
     return h("section", { class: "card" }, h("h1", null, t("timeline.notFound")), h("a", { href: "#/" }, t("common.back")));
   }
   const professional = isProfessional(ctx);
@@ -193,7 +195,9 @@ export async function timelineScreen(ctx: Ctx): Promise<HTMLElement> {
     );
   };
 
+  const posts0 = engine.posts(id).length;
   const renderPosts = () => {
+    const nearBottom = window.innerHeight + window.scrollY >= document.body.scrollHeight - 80;
     const posts = engine.posts(id);
     if (posts.length === 0) {
       replace(postsEl, h("li", { class: "empty" }, t("timeline.empty")));
@@ -224,6 +228,8 @@ export async function timelineScreen(ctx: Ctx): Promise<HTMLElement> {
         );
       }),
     );
+    // Follow new posts when the reader is already at the bottom.
+    if (nearBottom && postsEl.isConnected) postsEl.lastElementChild?.scrollIntoView({ block: "end" });
   };
 
   // The composer: professionals only. Families are readers and get no
@@ -292,6 +298,11 @@ export async function timelineScreen(ctx: Ctx): Promise<HTMLElement> {
   renderHeader();
   renderPosts();
   markRead();
+  // The newest posts are at the bottom, next to the composer: start there.
+  requestAnimationFrame(() => {
+    const last = postsEl.lastElementChild;
+    if (last && posts0 > 0) last.scrollIntoView({ block: "end" });
+  });
   ctx.onLeave(
     onEngine((e) => {
       if (e.type === "posts" && e.timelineId === id) {
