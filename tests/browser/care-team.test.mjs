@@ -41,6 +41,7 @@ async function registerFromInvitation(person, url, { name, kana, profession }) {
   await page.fill('input[name="display_name"]', name);
   if (kana) await page.fill('input[name="kana"]', kana);
   if (profession) await page.selectOption('select[name="profession"]', profession);
+  if (person === family) await screenshot(page, "09-invitation-family-phone");
   await page.click('[data-testid="invite-form"] button[type="submit"]');
   await page.waitForSelector('main[data-screen="timelines"]', { timeout: TIMEOUT });
 }
@@ -125,6 +126,19 @@ test("the directory finds the nurse by kana and by profession", async () => {
     null,
     { timeout: TIMEOUT },
   );
+  // Organisations by type and home visits.
+  await page.selectOption('form[role="search"] select[name="profession"]', "");
+  await page.selectOption('form[role="search"] select[name="org_type"]', "clinic");
+  await page.check('form[role="search"] input[name="home_visits"]');
+  await page.click('form[role="search"] button[type="submit"]');
+  await page.locator('[data-testid="org-card"]', { hasText: "つなぐ在宅クリニック" }).waitFor({ timeout: TIMEOUT });
+  await page.selectOption('form[role="search"] select[name="org_type"]', "pharmacy");
+  await page.click('form[role="search"] button[type="submit"]');
+  await page.waitForFunction(() => document.querySelectorAll('[data-testid="org-card"]').length === 0, null, { timeout: TIMEOUT });
+  await page.selectOption('form[role="search"] select[name="org_type"]', "");
+  await page.uncheck('form[role="search"] input[name="home_visits"]');
+  await page.click('form[role="search"] button[type="submit"]');
+  await page.locator('[data-testid="org-card"]').first().waitFor({ timeout: TIMEOUT });
   await screenshot(page, "04-directory");
 });
 
@@ -213,7 +227,7 @@ test("the doctor adds the family member and posts; the family member reads it an
   const link = fp.locator('[data-testid="timeline-link"]');
   await link.first().waitFor({ timeout: TIMEOUT });
   await fp.locator('[data-testid="unread"]', { hasText: "1 unread" }).waitFor({ timeout: TIMEOUT });
-  await screenshot(fp, "09-timelines-family-phone");
+  await screenshot(fp, "10-timelines-family-phone");
   await link.first().click();
   await fp.waitForSelector('[data-testid="post"]', { timeout: TIMEOUT });
   assert.match(await fp.textContent('[data-testid="posts"]'), /体温 36\.8℃/);
@@ -239,11 +253,14 @@ test("a reply is threaded under its post, for the doctor and the family", async 
   await reply.waitFor({ timeout: TIMEOUT });
   await page.locator(".thread .replies [data-testid='post'][data-state='sent']").waitFor({ timeout: TIMEOUT });
   await screenshot(page, "08-timeline-doctor");
+  await page.goto(`${server.url}/#/`);
+  await page.locator('[data-testid="timeline-link"]').first().waitFor({ timeout: TIMEOUT });
+  await screenshot(page, "08-timelines-doctor");
 
   const fp = family.page;
   await fp.goto(`${server.url}/#/t/${encodeURIComponent(timelineId)}`);
   await fp.locator(".thread .replies [data-testid='post']", { hasText: "明日は薬剤師" }).waitFor({ timeout: TIMEOUT });
-  await screenshot(fp, "10-timeline-family-phone");
+  await screenshot(fp, "11-timeline-family-phone");
 });
 
 test("what the server refuses a family account today: the directory (403)", async () => {
@@ -284,7 +301,7 @@ test("Japanese and English both render, and the switch and large type are kept",
   await page.waitForSelector('main[data-screen="timelines"]', { timeout: TIMEOUT });
   assert.equal(await page.getAttribute("html", "lang"), "ja");
   assert.ok(await page.evaluate(() => document.documentElement.classList.contains("large-type")));
-  await screenshot(page, "11-family-ja-large-type");
+  await screenshot(page, "12-family-ja-large-type");
   await page.selectOption("#lang-select", "en");
   assert.match(await page.textContent("main h1"), /Timelines/);
 
@@ -294,7 +311,7 @@ test("Japanese and English both render, and the switch and large type are kept",
   await dp.goto(`${server.url}/#/devices`);
   await dp.waitForSelector('[data-testid="device-list"] li', { timeout: TIMEOUT });
   assert.match(await dp.textContent("main h1"), /Devices & passkeys/);
-  await screenshot(dp, "12-devices-en");
+  await screenshot(dp, "13-devices-en");
   await dp.selectOption("#lang-select", "ja");
 });
 
@@ -322,7 +339,7 @@ test("a post written offline is shown as pending and sent when the connection re
   await page.click('[data-testid="send"]');
   const pending = page.locator('[data-testid="post"][data-state="pending"]', { hasText: "夜間の連絡先" });
   await pending.waitFor({ timeout: TIMEOUT });
-  await screenshot(page, "13-timeline-offline-pending");
+  await screenshot(page, "14-timeline-offline-pending");
   await context.setOffline(false);
   await page.locator('[data-testid="post"][data-state="sent"]', { hasText: "夜間の連絡先" }).waitFor({ timeout: 40_000 });
   // The family member gets it too.
@@ -380,7 +397,7 @@ test("the admin creates a bot with an enrolment code, and removes the nurse, who
   await row.locator("button.danger").click();
   await row.locator(".badge-muted").waitFor({ timeout: TIMEOUT });
   assert.equal(await row.locator("button.danger").count(), 0, "a removed person has no remove button");
-  await screenshot(page, "14-admin-staff-removed");
+  await screenshot(page, "15-admin-staff-removed");
 
   // The nurse's browser loses its session and shows the login.
   await nurse.page.waitForSelector('[data-testid="login-form"]', { timeout: 40_000 });
