@@ -227,6 +227,8 @@ test("the doctor adds the family member and posts; the family member reads it an
   const link = fp.locator('[data-testid="timeline-link"]');
   await link.first().waitFor({ timeout: TIMEOUT });
   await fp.locator('[data-testid="unread"]', { hasText: "1 unread" }).waitFor({ timeout: TIMEOUT });
+  assert.equal(await fp.textContent('[data-testid="nav-unread"]'), "1 unread");
+  assert.match(await fp.title(), /^\(1\) Tsunagu/);
   await screenshot(fp, "10-timelines-family-phone");
   await link.first().click();
   await fp.waitForSelector('[data-testid="post"]', { timeout: TIMEOUT });
@@ -240,6 +242,7 @@ test("the doctor adds the family member and posts; the family member reads it an
   await fp.goto(`${server.url}/#/`);
   await link.first().waitFor({ timeout: TIMEOUT });
   assert.equal(await fp.locator('[data-testid="unread"]').count(), 0);
+  assert.ok(await fp.locator('[data-testid="nav-unread"]').isHidden());
 });
 
 test("a reply is threaded under its post, for the doctor and the family", async () => {

@@ -69,6 +69,7 @@ export class App {
   private statusEl!: HTMLElement;
   private notices!: HTMLElement;
   private renderToken = 0;
+  private unread = 0;
   /** Called when the session changes (login, logout), e.g. to start or stop the engine. */
   onSession: (me: Me | null) => void = () => {};
   /** Runs before an explicit logout (wipes this browser's local data). */
@@ -129,7 +130,12 @@ export class App {
       ? h(
           "nav",
           { "aria-label": t("nav.main"), class: "nav" },
-          link("timelines", "#/", t("nav.timelines")),
+          h(
+            "a",
+            { href: "#/", class: "nav-link", "aria-current": current === "timelines" || current === "t" ? "page" : false },
+            t("nav.timelines"),
+            h("span", { class: "nav-unread", "data-testid": "nav-unread", hidden: this.unread === 0 }, this.unread > 0 ? t("timelines.unread", { count: this.unread }) : ""),
+          ),
           me.kind === "professional" ? link("directory", "#/directory", t("nav.directory")) : null,
           link("me", "#/me", t("nav.profile")),
           link("devices", "#/devices", t("nav.devices")),
@@ -188,6 +194,17 @@ export class App {
       h("span", { class: "visually-hidden" }, `${t("status.label")}: `),
       t(`status.${state}`),
     );
+  }
+
+  /** The total of unread posts, shown in the navigation and the tab title. */
+  setUnread(count: number): void {
+    this.unread = count;
+    document.title = count > 0 ? `(${count}) ${t("app.name")}` : t("app.name");
+    const badge = this.header.querySelector<HTMLElement>(".nav-unread");
+    if (badge) {
+      badge.hidden = count === 0;
+      badge.textContent = count > 0 ? t("timelines.unread", { count }) : "";
+    }
   }
 
   notify(message: string, kind: "info" | "error" = "info"): void {

@@ -66,13 +66,13 @@ export function ensureEngine(me: Me): Promise<Engine> {
     const device = e.device();
     if (device) localStorage.setItem("tsunagu.deviceId", device.deviceId);
     e.connect();
-    emit({ type: "timelines" });
     return e;
   })();
   opening = attempt;
   attempt.then(
     () => {
       if (opening === attempt) opening = null;
+      emit({ type: "timelines" });
     },
     (err: unknown) => {
       if (opening === attempt) opening = null;

@@ -1,7 +1,7 @@
 // Entry point: the screens by route name, and the session's life cycle
 // (open the engine after login, wipe it on logout or revocation).
 import { App, type ScreenDef } from "./app.ts";
-import { ensureEngine, hostEvents, pauseEngine, wipeEngine } from "./engine-host.ts";
+import { currentEngine, ensureEngine, hostEvents, onEngine, pauseEngine, wipeEngine } from "./engine-host.ts";
 import { t } from "./i18n/index.ts";
 import { inviteScreen, loginScreen, setupScreen } from "./screens/auth.ts";
 import { adminScreen, devicesScreen, directoryScreen, profileScreen } from "./screens/people.ts";
@@ -41,5 +41,11 @@ hostEvents.wiped = (reason) => {
     app.navigate("#/login");
   }
 };
+
+onEngine((e) => {
+  if (e.type !== "timelines" && e.type !== "posts") return;
+  const engine = currentEngine();
+  app.setUnread(engine ? engine.timelines().reduce((n, s) => n + s.unread, 0) : 0);
+});
 
 void app.start();
