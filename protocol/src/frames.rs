@@ -258,6 +258,10 @@ pub enum ErrorCode {
     SetupDone,
     /// The server could not do it; nothing was stored. Retry later.
     Internal,
+    /// An attachment blob larger than the server accepts; nothing was stored.
+    BlobTooLarge,
+    /// The server's blob store is full; nothing was stored.
+    StorageFull,
 }
 
 impl ErrorCode {
@@ -288,6 +292,8 @@ impl ErrorCode {
             ErrorCode::UnknownCeremony => "unknown_ceremony",
             ErrorCode::SetupDone => "setup_done",
             ErrorCode::Internal => "internal",
+            ErrorCode::BlobTooLarge => "blob_too_large",
+            ErrorCode::StorageFull => "storage_full",
         }
     }
 }
@@ -309,6 +315,14 @@ pub struct EnrolResponse {
     pub device_id: String,
     /// Bearer token for `GET /v1/ws`. Shown once; the server keeps its hash.
     pub device_token: String,
+}
+
+/// `POST /v1/blobs` success body: the blob's id (hex SHA-256 of the
+/// ciphertext) and its size in bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobStored {
+    pub blob_id: String,
+    pub size: u64,
 }
 
 /// Body of every HTTP error response.
@@ -434,8 +448,26 @@ mod tests {
 
     #[test]
     fn error_code_strings_match_serde() {
-        for code in [ErrorCode::MalformedFrame, ErrorCode::StaleEpoch, ErrorCode::MsgIdReused, ErrorCode::Internal] {
+        for code in [
+            ErrorCode::MalformedFrame,
+            ErrorCode::StaleEpoch,
+            ErrorCode::MsgIdReused,
+            ErrorCode::Internal,
+            ErrorCode::BlobTooLarge,
+            ErrorCode::StorageFull,
+        ] {
             assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
         }
+    }
+
+    #[test]
+    fn golden_blob_bodies() {
+        let stored = BlobStored { blob_id: "ab".repeat(32), size: 1234 };
+        let json = format!(r#"{{"blob_id":"{}","size":1234}}"#, "ab".repeat(32));
+        assert_eq!(serde_json::to_string(&stored).unwrap(), json);
+        assert_eq!(serde_json::from_str::<BlobStored>(&json).unwrap(), stored);
+        let err = HttpError { code: ErrorCode::BlobTooLarge, message: "too large".into() };
+        assert_eq!(serde_json::to_string(&err).unwrap(), r#"{"code":"blob_too_large","message":"too large"}"#);
+        assert_eq!(serde_json::to_value(ErrorCode::StorageFull).unwrap(), "storage_full");
     }
 }

@@ -136,6 +136,15 @@ pub struct ServeConfig {
     /// Largest websocket frame accepted, in bytes; larger ones get `frame_too_large`.
     #[arg(long, env = "TSUNAGU_MAX_FRAME_BYTES", default_value_t = tsunagu_protocol::DEFAULT_MAX_FRAME_BYTES)]
     pub max_frame_bytes: usize,
+    /// Largest attachment blob accepted by `POST /v1/blobs`, in bytes; larger
+    /// ones get 413 `blob_too_large` and nothing is stored.
+    #[arg(long, env = "TSUNAGU_MAX_BLOB_BYTES", default_value_t = crate::blobs::DEFAULT_MAX_BLOB_BYTES)]
+    pub max_blob_bytes: u64,
+    /// Directory of the attachment blob store (encrypted files). Default:
+    /// `blobs/` in the data directory. Several nodes on one PostgreSQL must
+    /// all name the same shared directory (e.g. an NFS mount).
+    #[arg(long, env = "TSUNAGU_BLOB_STORE_DIR")]
+    pub blob_store_dir: Option<PathBuf>,
     /// Live frames queued per connection before it falls back to catching up from the database.
     #[arg(long, env = "TSUNAGU_CONNECTION_QUEUE", default_value_t = 1024)]
     pub connection_queue: usize,
@@ -191,6 +200,8 @@ struct FileConfig {
     session_idle_seconds: Option<u64>,
     session_lifetime_seconds: Option<u64>,
     web_root: Option<PathBuf>,
+    blob_store_dir: Option<PathBuf>,
+    max_blob_bytes: Option<u64>,
 }
 
 impl Cli {
@@ -237,6 +248,12 @@ impl Cli {
         }
         if let (Some(v), true) = (file.web_root, unset("web_root")) {
             serve.web_root = Some(v);
+        }
+        if let (Some(v), true) = (file.blob_store_dir, unset("blob_store_dir")) {
+            serve.blob_store_dir = Some(v);
+        }
+        if let (Some(v), true) = (file.max_blob_bytes, unset("max_blob_bytes")) {
+            serve.max_blob_bytes = v;
         }
         Ok(cli)
     }

@@ -28,6 +28,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/enrol", post(enrol))
         .route("/v1/ws", get(websocket))
         .merge(crate::people::routes())
+        .merge(crate::blobs::routes())
         .merge(crate::web::routes(state.config.web_root.as_deref()))
         .with_state(state)
 }
@@ -41,6 +42,8 @@ impl IntoResponse for ApiError {
             ErrorCode::InvitationExpired | ErrorCode::InvitationUsed => StatusCode::GONE,
             ErrorCode::SetupDone => StatusCode::CONFLICT,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::BlobTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
             _ => StatusCode::BAD_REQUEST,
         };
         (status, Json(HttpError { code: self.code, message: self.message })).into_response()

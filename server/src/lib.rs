@@ -3,6 +3,7 @@
 //! public state. `main.rs` and the tests call [`run`].
 
 pub mod audit;
+pub mod blobs;
 pub mod cluster;
 pub mod config;
 pub mod db;

@@ -11,6 +11,7 @@
 pub mod audit;
 pub mod revocation;
 pub mod people;
+pub mod blobs;
 
 use std::collections::HashMap;
 use std::time::Duration;
