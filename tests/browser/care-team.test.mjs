@@ -6,7 +6,7 @@
 // Screenshots of the main screens go to target/screenshots/.
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
-import { apiFrom, launchBrowser, personContext, screenshot, startServer } from "./harness.mjs";
+import { SCREENSHOTS, apiFrom, launchBrowser, personContext, screenshot, startServer } from "./harness.mjs";
 
 let server;
 let browser;
@@ -256,6 +256,10 @@ test("a reply is threaded under its post, for the doctor and the family", async 
   await reply.waitFor({ timeout: TIMEOUT });
   await page.locator(".thread .replies [data-testid='post'][data-state='sent']").waitFor({ timeout: TIMEOUT });
   await screenshot(page, "08-timeline-doctor");
+  await page.setViewportSize({ width: 390, height: 844 });
+  await page.waitForTimeout(200);
+  await page.screenshot({ path: `${SCREENSHOTS}/08-timeline-doctor-phone.png` });
+  await page.setViewportSize({ width: 1280, height: 800 });
   await page.goto(`${server.url}/#/`);
   await page.locator('[data-testid="timeline-link"]').first().waitFor({ timeout: TIMEOUT });
   await screenshot(page, "08-timelines-doctor");
