@@ -394,6 +394,40 @@ test("the keyboard alone logs in: skip link, then Tab to the passkey button and 
   }, null, { timeout: TIMEOUT });
 });
 
+test("the doctor adds the nurse to the timeline, then removes her: her copy becomes read-only history", async () => {
+  const { page } = doctor;
+  // The nurse's new device has connected (and published its key packages).
+  await nurse.page.waitForFunction(() => document.querySelector('[data-testid="status"]')?.dataset.state === "online", null, { timeout: TIMEOUT });
+  await page.goto(`${server.url}/#/t/${encodeURIComponent(timelineId)}/members`);
+  await page.reload();
+  const addable = page.locator('[data-testid="addable"] li', { hasText: "佐藤 花子" });
+  await addable.waitFor({ timeout: TIMEOUT });
+  await addable.locator('[data-testid="add-person"]').click();
+  const member = page.locator('[data-testid="member"]', { hasText: "佐藤 花子" });
+  await member.waitFor({ timeout: TIMEOUT });
+
+  // The nurse's browser gets the timeline and what is posted after she joined.
+  await page.goto(`${server.url}/#/t/${encodeURIComponent(timelineId)}`);
+  await page.waitForSelector('[data-testid="composer"]', { timeout: TIMEOUT });
+  await page.fill('[data-testid="composer-text"]', "看護師の佐藤さんが参加しました。");
+  await page.click('[data-testid="send"]');
+  const np = nurse.page;
+  await np.goto(`${server.url}/#/t/${encodeURIComponent(timelineId)}`);
+  await np.locator('[data-testid="post"]', { hasText: "佐藤さんが参加" }).waitFor({ timeout: TIMEOUT });
+  assert.equal(await np.locator('[data-testid="composer"]').count(), 1, "a professional member can post");
+
+  page.once("dialog", (d) => d.accept());
+  await page.goto(`${server.url}/#/t/${encodeURIComponent(timelineId)}/members`);
+  await member.locator('[data-testid="remove-person"]').click();
+  await page.waitForFunction(() => ![...document.querySelectorAll('[data-testid="member"]')].some((li) => li.textContent.includes("佐藤 花子")), null, {
+    timeout: TIMEOUT,
+  });
+  // Her device learns it left: history stays readable, the composer goes.
+  await np.locator(".notice", { hasText: "メンバーではなくなりました" }).waitFor({ timeout: 40_000 });
+  assert.ok(await np.locator('[data-testid="composer"]').isHidden());
+  assert.ok(await np.locator('[data-testid="post"]', { hasText: "佐藤さんが参加" }).isVisible());
+});
+
 test("the admin creates a bot with an enrolment code, and removes the nurse, whose browser is signed out", async () => {
   const { page } = doctor;
   await page.goto(`${server.url}/#/admin`);

@@ -381,11 +381,29 @@ async function membersScreen(ctx: Ctx, id: string): Promise<HTMLElement> {
     const b: HTMLButtonElement = h("button", { type: "button", "data-testid": "add-person", onclick: () => void add(accountId, name, b) }, t("timeline.add"));
     return b;
   };
+  const remove = async (accountId: string, name: string, button: HTMLButtonElement) => {
+    if (!confirm(t("timeline.confirmRemove", { name }))) return;
+    button.disabled = true;
+    try {
+      await whenOnline(engine);
+      await engine.removePerson(id, accountId);
+      ctx.notify(t("timeline.removed", { name }));
+      render();
+    } catch (e) {
+      ctx.notify(engineErrorText(e), "error");
+      button.disabled = false;
+    }
+  };
   const render = () => {
     const n = names();
     replace(
       members,
-      [...memberIds()].map((a) => h("li", { class: "list-item" }, a === ctx.me?.account_id ? `${n.get(a) ?? ""} (${t("timeline.you")})` : (n.get(a) ?? a))),
+      [...memberIds()].map((a) => {
+        const name = n.get(a) ?? a;
+        if (a === ctx.me?.account_id) return h("li", { class: "list-item" }, `${name} (${t("timeline.you")})`);
+        const b: HTMLButtonElement = h("button", { type: "button", class: "danger", "data-testid": "remove-person", onclick: () => void remove(a, name, b) }, t("timeline.remove"));
+        return h("li", { class: "list-item", "data-testid": "member" }, h("span", { class: "grow" }, name), b);
+      }),
     );
     const f = filter.value.trim().toLowerCase();
     const addable = engine
