@@ -455,14 +455,29 @@ async fn a_browser_registers_its_device_connects_with_its_cookie_and_revokes_it(
 
     let mut nurse_native = native_device(&server, &mut nurse, "nurse phone").await;
     let mut doctor = native_device(&server, &mut admin, "clinic laptop").await;
-    let timeline = doctor.create_timeline().await.unwrap();
-    doctor.add_person(&timeline, &nurse_id).await.unwrap();
+    let timelines = [doctor.create_timeline().await.unwrap(), doctor.create_timeline().await.unwrap()];
+    for t in &timelines {
+        let seq = doctor.add_person(t, &nurse_id).await.unwrap();
+        nurse_native.wait_for_seq(t, seq, Duration::from_secs(20)).await.unwrap();
+    }
     nurse.request("DELETE", &format!("/v1/organisations/{org}/staff/{nurse_id}"), None).await.refused(403, "forbidden");
     assert_eq!(admin.request("DELETE", &format!("/v1/organisations/{org}/staff/{nurse_id}"), None).await.status, 204);
     nurse.get("/v1/me").await.refused(401, "unauthorized");
     nurse.login().await.refused(401, "unauthorized");
     nurse_native.disconnect().await;
     assert!(nurse_native.connect().await.is_err(), "a removed person's device must not connect");
+    // Her device leaves every timeline: the server proposed the removals, and
+    // the doctor's client commits them on its own while syncing.
+    let nurse_device = nurse_native.device_id().to_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    for t in &timelines {
+        while doctor.member_device_ids(t).contains(&nurse_device) {
+            assert!(std::time::Instant::now() < deadline, "the removed nurse's device is still in {t}");
+            doctor.sync().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_ne!(doctor.export_secret(t), nurse_native.export_secret(t), "the removed device must not share the new epoch's secrets");
+    }
     let accounts: Vec<String> = doctor.list_accounts().await.unwrap().into_iter().map(|a| a.account_id).collect();
     assert!(!accounts.contains(&nurse_id), "a removed person is not listed");
     let staff = admin.get(&format!("/v1/organisations/{org}/staff")).await.ok();
