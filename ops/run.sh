@@ -52,7 +52,7 @@ if [[ -z "${TSUNAGU_SKIP_WEB:-}" ]]; then
         echo "ops/run.sh: npm (Node.js 20.19 or later) is needed to build the web client; install Node.js, or set TSUNAGU_SKIP_WEB=1" >&2
         exit 1
     fi
-    "$ROOT/client-web/build-web.sh"
+    bash "$ROOT/client-web/build-web.sh"
 fi
 case " $* " in *" --web-root"*) ;; *) args+=(--web-root "$ROOT/client-web/ui/dist") ;; esac
 exec cargo run --release --manifest-path "$ROOT/Cargo.toml" -p tsunagu-server -- "${args[@]}" "$@"

@@ -184,7 +184,7 @@ postgres_tests() {
 }
 
 phase "install dependencies" install_deps
-phase "web client (wasm + UI)" client-web/build-web.sh
+phase "web client (wasm + UI)" bash client-web/build-web.sh
 phase "build workspace (all targets)" cargo build --workspace --all-targets
 # Both test phases run even if the first fails (--no-fail-fast: every test
 # binary runs); the script then exits non-zero.
