@@ -106,7 +106,7 @@ fn plaintext(i: u32) -> Vec<u8> {
     while text.len() < 120 {
         text.push('x');
     }
-    Envelope::Post(Post { kind: PostKind::Text, text, reply_to: None, sent_at: 1_700_000_000_000 }).encode()
+    Envelope::Post(Post { kind: PostKind::Text, text, reply_to: None, sent_at: 1_700_000_000_000, attachments: Vec::new() }).encode()
 }
 
 /// Measure with `clock` (milliseconds, monotonic where possible).

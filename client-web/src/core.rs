@@ -1219,9 +1219,16 @@ impl Core {
             self.outbox_push(OutboxEntry {
                 timeline_id: timeline_id.into(),
                 msg_id: msg_id.into(),
-                post: Post { kind: PostKind::Text, text: text.into(), reply_to, sent_at: io.now_ms() },
+                post: Post { kind: PostKind::Text, text: text.into(), reply_to, sent_at: io.now_ms(), attachments: Vec::new() },
             });
         }
+        self.send_outbox_entry(io, msg_id).await
+    }
+
+    /// Post a prepared [`Post`] (e.g. one with attachments, whose blobs are
+    /// already uploaded): queued in the outbox, then sent like [`Core::post`].
+    pub async fn post_prepared<T: Transport>(&mut self, io: &mut T, timeline_id: &str, msg_id: &str, post: Post) -> Result<u64, ClientError> {
+        self.queue_post(timeline_id, msg_id, post)?;
         self.send_outbox_entry(io, msg_id).await
     }
 

@@ -35,6 +35,10 @@ pub enum ClientError {
     /// A caller-side mistake: unknown timeline, no group, bad id.
     #[error("invalid: {0}")]
     Invalid(String),
+    /// An attachment's blob does not match its reference (tampered with,
+    /// truncated, the wrong blob) or uses an unknown cipher.
+    #[error("attachment rejected: {0}")]
+    Attachment(String),
     /// A commit could not be placed after repeated conflicts.
     #[error("gave up after {0} attempts")]
     TooManyRetries(u32),

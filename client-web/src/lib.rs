@@ -2,6 +2,7 @@
 //! and the browser build) and, with the `native` feature, a tokio websocket
 //! transport and the `Client` API used by the `tsunagu` command.
 
+pub mod attachments;
 pub mod bench;
 pub mod core;
 pub mod error;

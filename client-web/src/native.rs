@@ -9,8 +9,8 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use tsunagu_protocol::frames::{AccountInfo, DeviceInfo, EnrolRequest, EnrolResponse, ErrorFrame, HttpError, TimelineInfo};
-use tsunagu_protocol::{Bytes, ClientFrame, ErrorCode, ServerFrame};
+use tsunagu_protocol::frames::{AccountInfo, BlobStored, DeviceInfo, EnrolRequest, EnrolResponse, ErrorFrame, HttpError, TimelineInfo};
+use tsunagu_protocol::{Attachment, Bytes, ClientFrame, ErrorCode, ServerFrame};
 
 use crate::core::{new_msg_id, Core, Enrolment};
 use crate::store::{FileStore, StateStore};
@@ -122,6 +122,47 @@ pub async fn enrol_http(server_url: &str, body: &EnrolRequest) -> Result<EnrolRe
             Err(_) => Err(ClientError::Http { status: status.as_u16(), message: String::from_utf8_lossy(&bytes).into() }),
         }
     }
+}
+
+fn http_failure(status: reqwest::StatusCode, bytes: &[u8]) -> ClientError {
+    match serde_json::from_slice::<HttpError>(bytes) {
+        Ok(e) => ClientError::Server(ErrorFrame { rid: None, code: e.code, message: e.message, current_epoch: None }),
+        Err(_) => ClientError::Http { status: status.as_u16(), message: String::from_utf8_lossy(bytes).into() },
+    }
+}
+
+/// `POST /v1/blobs`: store a ciphertext; the server answers with its id.
+pub async fn upload_blob(server_url: &str, token: &str, ciphertext: Vec<u8>) -> Result<BlobStored, ClientError> {
+    let url = format!("{}/v1/blobs", server_url.trim_end_matches('/'));
+    let resp = reqwest::Client::new()
+        .post(&url)
+        .bearer_auth(token)
+        .header("content-type", "application/octet-stream")
+        .body(ciphertext)
+        .send()
+        .await
+        .map_err(disconnected)?;
+    let status = resp.status();
+    let bytes = resp.bytes().await.map_err(disconnected)?;
+    if !status.is_success() {
+        return Err(http_failure(status, &bytes));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol(format!("blob response: {e}")))
+}
+
+/// `GET /v1/blobs/{id}`: a stored ciphertext.
+pub async fn download_blob(server_url: &str, token: &str, blob_id: &str) -> Result<Vec<u8>, ClientError> {
+    if !blob_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ClientError::Invalid(format!("bad blob id {blob_id:?}")));
+    }
+    let url = format!("{}/v1/blobs/{blob_id}", server_url.trim_end_matches('/'));
+    let resp = reqwest::Client::new().get(&url).bearer_auth(token).send().await.map_err(disconnected)?;
+    let status = resp.status();
+    let bytes = resp.bytes().await.map_err(disconnected)?;
+    if !status.is_success() {
+        return Err(http_failure(status, &bytes));
+    }
+    Ok(bytes.to_vec())
 }
 
 /// A Tsunagu device: its saved state and, when connected, its websocket.
@@ -282,6 +323,45 @@ impl Client {
         self.check(r)
     }
 
+    /// Encrypt a file with a fresh key, upload the ciphertext and return
+    /// the reference to attach to a post (no connection needed: HTTP).
+    pub async fn upload_attachment(&self, bytes: &[u8], mime: &str, name: &str) -> Result<Attachment, ClientError> {
+        let sealed = crate::attachments::seal(bytes, mime, name)?;
+        let size = sealed.ciphertext.len() as u64;
+        let stored = upload_blob(self.core.server_url(), self.core.device_token(), sealed.ciphertext).await?;
+        if stored.blob_id != sealed.reference.blob_id || stored.size != size {
+            return Err(ClientError::Protocol("the server stored a different blob than was sent".into()));
+        }
+        Ok(sealed.reference)
+    }
+
+    /// Post a text with attachments made by [`Client::upload_attachment`].
+    pub async fn post_with_attachments(
+        &mut self,
+        timeline_id: &str,
+        text: &str,
+        reply_to: Option<u64>,
+        attachments: Vec<Attachment>,
+    ) -> Result<u64, ClientError> {
+        let (core, io) = self.io()?;
+        let post = tsunagu_protocol::Post {
+            kind: tsunagu_protocol::PostKind::Text,
+            text: text.into(),
+            reply_to,
+            sent_at: io.now_ms(),
+            attachments,
+        };
+        let r = core.post_prepared(io, timeline_id, &new_msg_id(), post).await;
+        self.check(r)
+    }
+
+    /// Download an attachment's blob, decrypt it and check it against the
+    /// reference (hash of the blob, GCM tag, size and hash of the file).
+    pub async fn download_attachment(&self, attachment: &Attachment) -> Result<Vec<u8>, ClientError> {
+        let blob = download_blob(self.core.server_url(), self.core.device_token(), &attachment.blob_id).await?;
+        crate::attachments::open(attachment, &blob)
+    }
+
     pub async fn sync(&mut self) -> Result<(), ClientError> {
         let (core, io) = self.io()?;
         let r = core.sync(io).await;
@@ -399,6 +479,7 @@ impl Client {
             text: text.into(),
             reply_to: None,
             sent_at: now_ms(),
+            attachments: Vec::new(),
         };
         self.core.encrypt(timeline_id, &tsunagu_protocol::Envelope::Post(post).encode())
     }

@@ -314,7 +314,7 @@ fn remove(leaf: u32) -> Ext {
 }
 
 fn text_post(text: &str) -> Post {
-    Post { kind: PostKind::Text, text: text.into(), reply_to: None, sent_at: 1 }
+    Post { kind: PostKind::Text, text: text.into(), reply_to: None, sent_at: 1, attachments: Vec::new() }
 }
 
 fn has_put(changes: &[Change], key: &[u8]) -> bool {

@@ -13,7 +13,7 @@ pub mod ids;
 pub mod people;
 
 pub use bytes::Bytes;
-pub use envelope::{Envelope, Post, PostKind};
+pub use envelope::{Attachment, Envelope, Post, PostKind};
 pub use frames::{ClientFrame, ErrorCode, ServerFrame};
 
 /// The protocol version spoken by this crate; announced in `ready`.

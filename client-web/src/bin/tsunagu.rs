@@ -1,5 +1,5 @@
 //! `tsunagu`: the native command-line client (enrol, list, create, add,
-//! remove, post, read, follow, devices, revoke).
+//! remove, post (with attachments), read, fetch, follow, devices, revoke).
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -40,12 +40,22 @@ enum Cmd {
     Add { timeline: String, account_id: String },
     /// Remove every device of an account from a timeline.
     Remove { timeline: String, account_id: String },
-    /// Post a text.
+    /// Post a text, with files attached (each encrypted with its own key).
     Post {
         timeline: String,
         text: String,
         #[arg(long)]
         reply_to: Option<u64>,
+        /// A file to attach (photo, PDF, …); repeatable.
+        #[arg(long = "attach", value_name = "FILE")]
+        attach: Vec<PathBuf>,
+    },
+    /// Download, decrypt and check the attachments of post SEQ into DIR.
+    Fetch {
+        timeline: String,
+        seq: u64,
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
     },
     /// Catch up and print a timeline.
     Read { timeline: String },
@@ -121,11 +131,43 @@ async fn run(cmd: Cmd, dir: PathBuf) -> Result<()> {
             println!("removed at #{seq}");
             c.disconnect().await;
         }
-        Cmd::Post { timeline, text, reply_to } => {
+        Cmd::Post { timeline, text, reply_to, attach } => {
             let mut c = connected(&dir).await?;
-            let id = tsunagu_client::core::new_msg_id();
-            let seq = c.post_reply(&timeline, &id, &text, reply_to).await?;
+            let seq = if attach.is_empty() {
+                let id = tsunagu_client::core::new_msg_id();
+                c.post_reply(&timeline, &id, &text, reply_to).await?
+            } else {
+                let mut refs = Vec::new();
+                for path in &attach {
+                    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+                    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "attachment".into());
+                    let r = c.upload_attachment(&bytes, mime_of(path), &name).await.with_context(|| format!("uploading {}", path.display()))?;
+                    refs.push(r);
+                }
+                c.post_with_attachments(&timeline, &text, reply_to, refs).await?
+            };
             println!("#{seq}");
+            c.disconnect().await;
+        }
+        Cmd::Fetch { timeline, seq, out } => {
+            let mut c = connected(&dir).await?;
+            let post = c.posts(&timeline).into_iter().find(|p| p.seq == seq).and_then(|p| p.post);
+            let Some(post) = post else { bail!("this device has no readable post #{seq} in {timeline}") };
+            if post.attachments.is_empty() {
+                bail!("post #{seq} has no attachments");
+            }
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            for a in &post.attachments {
+                let bytes = c.download_attachment(a).await.with_context(|| format!("fetching {}", a.name))?;
+                let path = out.join(safe_name(&a.name));
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&path)
+                    .with_context(|| format!("creating {} (existing files are not overwritten)", path.display()))?;
+                std::io::Write::write_all(&mut f, &bytes)?;
+                println!("{}\t{}\t{} bytes", path.display(), a.mime, bytes.len());
+            }
             c.disconnect().await;
         }
         Cmd::Read { timeline } => {
@@ -226,11 +268,38 @@ fn format_post(p: &ReceivedPost, names: &HashMap<String, String>) -> String {
     match (&p.status, &p.post) {
         (PostStatus::Ok, Some(post)) => {
             let reply = post.reply_to.map(|r| format!("(re #{r}) ")).unwrap_or_default();
-            format!("#{} {} {} {}{}", p.seq, who, iso(post.sent_at), reply, post.text)
+            let mut line = format!("#{} {} {} {}{}", p.seq, who, iso(post.sent_at), reply, post.text);
+            for (i, a) in post.attachments.iter().enumerate() {
+                line.push_str(&format!("\n    attachment {}: {} ({}, {} bytes)", i + 1, a.name, a.mime, a.size));
+            }
+            line
         }
         (PostStatus::Unsupported, _) => format!("#{} {} - [unsupported message]", p.seq, who),
         _ => format!("#{} {} - [undecryptable]", p.seq, who),
     }
+}
+
+/// A media type from a file's extension (the receiver shows or opens by it).
+fn mime_of(path: &std::path::Path) -> &'static str {
+    let ext = path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
+    match ext.as_str() {
+        "jpg" | "jpeg" => "image/jpeg",
+        "png" => "image/png",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        "heic" => "image/heic",
+        "pdf" => "application/pdf",
+        "txt" => "text/plain",
+        _ => "application/octet-stream",
+    }
+}
+
+/// An attachment's name as a file name in the output directory: no
+/// directories, no hidden files.
+fn safe_name(name: &str) -> String {
+    let base: String = name.rsplit(['/', '\\']).next().unwrap_or("").chars().filter(|c| !c.is_control()).collect();
+    let base = base.trim_start_matches('.').trim();
+    if base.is_empty() { "attachment".into() } else { base.into() }
 }
 
 /// Milliseconds since the Unix epoch as `YYYY-MM-DDTHH:MM:SSZ`.
@@ -257,5 +326,13 @@ mod tests {
     fn iso_dates() {
         assert_eq!(super::iso(0), "1970-01-01T00:00:00Z");
         assert_eq!(super::iso(1_700_000_000_000), "2023-11-14T22:13:20Z");
+    }
+
+    #[test]
+    fn attachment_names_stay_in_the_output_directory() {
+        assert_eq!(super::safe_name("../../etc/passwd"), "passwd");
+        assert_eq!(super::safe_name("..\\x.png"), "x.png");
+        assert_eq!(super::safe_name(".."), "attachment");
+        assert_eq!(super::safe_name(".bashrc"), "bashrc");
     }
 }

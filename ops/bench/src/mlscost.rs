@@ -41,7 +41,7 @@ fn post_plaintext(i: usize) -> Vec<u8> {
     while text.len() < 120 {
         text.push('x');
     }
-    Envelope::Post(Post { kind: PostKind::Text, text, reply_to: None, sent_at: 1_700_000_000_000 }).encode()
+    Envelope::Post(Post { kind: PostKind::Text, text, reply_to: None, sent_at: 1_700_000_000_000, attachments: Vec::new() }).encode()
 }
 
 // ----- Tsunagu: the core against a fake server ---------------------------------------
