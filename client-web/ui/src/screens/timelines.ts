@@ -368,7 +368,18 @@ async function membersScreen(ctx: Ctx, id: string): Promise<HTMLElement> {
     button.disabled = true;
     try {
       await whenOnline(engine);
-      await engine.addPerson(id, accountId);
+      // A device registered a moment ago (the family member who just
+      // scanned the QR code) publishes its key packages once connected:
+      // retry for a little while before saying it is not ready.
+      for (let attempt = 0; ; attempt++) {
+        try {
+          await engine.addPerson(id, accountId);
+          break;
+        } catch (e) {
+          if (!(e instanceof EngineError) || e.code !== "no_key_packages" || attempt >= 5) throw e;
+          await new Promise((r) => window.setTimeout(r, 2000));
+        }
+      }
       ctx.notify(t("timeline.added", { name }));
       render();
     } catch (e) {
