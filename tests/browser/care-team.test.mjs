@@ -351,6 +351,12 @@ test("a post written offline is shown as pending and sent when the connection re
   const pending = page.locator('[data-testid="post"][data-state="pending"]', { hasText: "夜間の連絡先" });
   await pending.waitFor({ timeout: TIMEOUT });
   await screenshot(page, "14-timeline-offline-pending");
+  // Reloading while offline: the service worker has the app shell and the
+  // engine has the timeline, so everything stays readable, the pending post too.
+  await page.reload();
+  await page.locator('[data-testid="post"]', { hasText: "体温 36.8℃" }).waitFor({ timeout: TIMEOUT });
+  await page.locator('[data-testid="post"][data-state="pending"]', { hasText: "夜間の連絡先" }).waitFor({ timeout: TIMEOUT });
+  assert.equal(await page.getAttribute('[data-testid="status"]', "data-state"), "offline");
   await context.setOffline(false);
   await page.locator('[data-testid="post"][data-state="sent"]', { hasText: "夜間の連絡先" }).waitFor({ timeout: 40_000 });
   // The family member gets it too.

@@ -182,7 +182,7 @@ export async function launchBrowser() {
  * verification), a locale and a viewport.
  */
 export async function personContext(browser, { locale = "ja-JP", viewport = { width: 1280, height: 800 } } = {}) {
-  const context = await browser.newContext({ locale, viewport, serviceWorkers: "block" });
+  const context = await browser.newContext({ locale, viewport, serviceWorkers: "allow" });
   const page = await context.newPage();
   const cdp = await context.newCDPSession(page);
   await cdp.send("WebAuthn.enable");

@@ -49,3 +49,11 @@ onEngine((e) => {
 });
 
 void app.start();
+
+// The app shell for offline use (see public/sw.js). Browsers allow service
+// workers on https and on localhost only.
+if ("serviceWorker" in navigator && window.isSecureContext) {
+  window.addEventListener("load", () => {
+    navigator.serviceWorker.register("/sw.js").catch(() => {});
+  });
+}
