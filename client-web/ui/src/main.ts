@@ -2,7 +2,7 @@
 // (open the engine after login, wipe it on logout or revocation).
 import { App, type ScreenDef } from "./app.ts";
 import { currentEngine, ensureEngine, hostEvents, onEngine, pauseEngine, wipeEngine } from "./engine-host.ts";
-import { t } from "./i18n/index.ts";
+import { t, type MessageKey } from "./i18n/index.ts";
 import { inviteScreen, loginScreen, setupScreen } from "./screens/auth.ts";
 import { adminScreen, devicesScreen, directoryScreen, profileScreen } from "./screens/people.ts";
 import { createTimelineScreen, timelineScreen, timelinesScreen } from "./screens/timelines.ts";
@@ -42,7 +42,21 @@ hostEvents.wiped = (reason) => {
   }
 };
 
+const shownWarnings = new Map<string, number>();
 onEngine((e) => {
+  // Background problems (a queued post the server refused, a message that
+  // could not be processed) are shown, never swallowed.
+  if (e.type === "warning") {
+    const key = `engine.${e.code ?? ""}` as MessageKey;
+    const text = t(key) !== key ? t(key) : t("common.error", { message: e.message });
+    // A reconnecting engine may repeat itself: one notice a minute per text.
+    const now = Date.now();
+    if ((shownWarnings.get(text) ?? 0) > now - 60_000) return;
+    shownWarnings.set(text, now);
+    console.warn("engine:", e.code, e.message);
+    app.notify(text, "error");
+    return;
+  }
   if (e.type !== "timelines" && e.type !== "posts") return;
   const engine = currentEngine();
   app.setUnread(engine ? engine.timelines().reduce((n, s) => n + s.unread, 0) : 0);
