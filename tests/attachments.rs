@@ -10,6 +10,7 @@ mod harness;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use harness::people::set_up;
 use harness::{files_containing, unique_marker, TestServer};
 use tsunagu_client::native::{download_blob, upload_blob};
 use tsunagu_client::{ClientError, PostStatus};
@@ -296,4 +297,85 @@ async fn blobs_need_an_active_device_or_a_session() {
     let _ = colleague.revoke_device(&own).await;
     let err = download_blob(server.url(), &token, &a.blob_id).await.unwrap_err();
     assert_eq!(server_code(&err), Some(ErrorCode::Unauthorized), "{err}");
+}
+
+/// The browser's way: the session cookie uploads and fetches (what the web
+/// client does after login); after logout the cookie no longer works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logged_in_browser_uploads_and_fetches_with_its_session_cookie() {
+    let server = TestServer::start().await;
+    let (mut admin, _org) = set_up(&server).await;
+    let cookie = format!("tsunagu_session={}", admin.cookie.clone().expect("logged in"));
+    let http = reqwest::Client::new();
+    let sealed = tsunagu_client::attachments::seal(&png("from the browser"), "image/png", "b.png").unwrap();
+    let resp = http
+        .post(format!("{}/v1/blobs", server.url()))
+        .header("Cookie", &cookie)
+        .body(sealed.ciphertext.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 201);
+    let stored: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(stored["blob_id"], sealed.reference.blob_id.as_str());
+    assert_eq!(stored["size"], sealed.ciphertext.len() as u64);
+
+    // A native device's blob, fetched by the browser.
+    let doctor = server.enrol("Dr. Sato").await;
+    let a = doctor.upload_attachment(b"%PDF-1.4 discharge summary", "application/pdf", "summary.pdf").await.unwrap();
+    let (status, ct, bytes) = admin.get_bytes(&format!("/v1/blobs/{}", a.blob_id)).await;
+    assert_eq!((status, ct.as_str()), (200, "application/octet-stream"));
+    assert_eq!(tsunagu_client::attachments::open(&a, &bytes).unwrap(), b"%PDF-1.4 discharge summary");
+    let (status, _, bytes) = admin.get_bytes(&format!("/v1/blobs/{}", sealed.reference.blob_id)).await;
+    assert_eq!(status, 200);
+    assert_eq!(tsunagu_client::attachments::open(&sealed.reference, &bytes).unwrap(), png("from the browser"));
+
+    admin.post("/v1/logout", serde_json::json!({})).await;
+    let resp = http.get(format!("{}/v1/blobs/{}", server.url(), a.blob_id)).header("Cookie", &cookie).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 401, "an ended session fetches nothing");
+}
+
+/// The command-line client: `post --attach`, `read` lists, `fetch` writes the
+/// decrypted file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_client_attaches_lists_and_fetches() {
+    use std::process::Command;
+    let bin = Path::new(harness::SERVER_BIN).with_file_name("tsunagu");
+    assert!(bin.exists(), "{} is missing: build the command-line client first (cargo build -p tsunagu-client)", bin.display());
+    let run = |state: &Path, args: &[&str]| -> String {
+        let out = Command::new(&bin).arg("--state-dir").arg(state).args(args).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "tsunagu {args:?} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        stdout
+    };
+    let server = TestServer::start().await;
+    let (_, doctor_code) = server.create_account("Dr. Sato");
+    let (nurse_account, nurse_code) = server.create_account("Nurse Tanaka");
+    let (doctor, nurse) = (server.client_state_dir(), server.client_state_dir());
+    run(&doctor, &["enrol", "--server", server.url(), "--code", &doctor_code]);
+    run(&nurse, &["enrol", "--server", server.url(), "--code", &nurse_code]);
+    let timeline = run(&doctor, &["create"]).trim().to_owned();
+    run(&doctor, &["add", &timeline, &nurse_account]);
+
+    let files = server.client_state_dir();
+    let photo_path = files.join("heel.png");
+    let pdf_path = files.join("plan.pdf");
+    std::fs::write(&photo_path, png("cli photo")).unwrap();
+    std::fs::write(&pdf_path, b"%PDF-1.4 care plan").unwrap();
+    let posted = run(&doctor, &["post", &timeline, "Photo and plan", "--attach", photo_path.to_str().unwrap(), "--attach", pdf_path.to_str().unwrap()]);
+    let seq = posted.trim().trim_start_matches('#').to_owned();
+
+    let read = run(&nurse, &["read", &timeline]);
+    assert!(read.contains("Photo and plan"), "{read}");
+    assert!(read.contains(&format!("attachment 1: heel.png (image/png, {} bytes)", png("cli photo").len())), "{read}");
+    assert!(read.contains("attachment 2: plan.pdf (application/pdf, 18 bytes)"), "{read}");
+
+    let out = server.client_state_dir().join("out");
+    let fetched = run(&nurse, &["fetch", &timeline, &seq, "--out", out.to_str().unwrap()]);
+    assert!(fetched.contains("heel.png"), "{fetched}");
+    assert_eq!(std::fs::read(out.join("heel.png")).unwrap(), png("cli photo"));
+    assert_eq!(std::fs::read(out.join("plan.pdf")).unwrap(), b"%PDF-1.4 care plan");
+    // A second fetch does not overwrite what is there.
+    let again = Command::new(&bin).arg("--state-dir").arg(&nurse).args(["fetch", &timeline, &seq, "--out", out.to_str().unwrap()]).output().unwrap();
+    assert!(!again.status.success(), "fetch must not overwrite existing files");
 }
