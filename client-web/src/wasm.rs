@@ -382,6 +382,27 @@ impl Facade {
         })
     }
 
+    /// Like `queue_post`, with `attachments`: a JSON array of references
+    /// from `seal_attachment` whose blobs are already uploaded.
+    pub fn queue_post_with_attachments(
+        &self,
+        timeline_id: String,
+        text: String,
+        reply_to: Option<f64>,
+        kind: String,
+        attachments: String,
+    ) -> Promise {
+        self.run(move |mut c| async move {
+            let kind = if kind == "report" { PostKind::Report } else { PostKind::Text };
+            let reply_to = reply_to.filter(|s| *s >= 1.0).map(|s| s as u64);
+            let r = match serde_json::from_str::<Vec<tsunagu_protocol::Attachment>>(&attachments) {
+                Ok(list) => c.queue_post_with_attachments(&timeline_id, &text, reply_to, kind, list).await.map(|p| json(&p)),
+                Err(e) => Err(ClientError::Invalid(format!("attachments: {e}"))),
+            };
+            (c, r)
+        })
+    }
+
     pub fn send_outbox(&self) -> Promise {
         self.run(move |mut c| async move {
             let r = c.send_outbox().await.map(|()| JsValue::UNDEFINED);
@@ -395,6 +416,29 @@ impl Facade {
             (c, r)
         })
     }
+}
+
+/// Encrypt a file for attaching (no client needed): a fresh key per file.
+/// Returns `{ ciphertext: Uint8Array, reference: string }`: POST the
+/// ciphertext to `/v1/blobs` (the answer's `blob_id` must equal the
+/// reference's), then pass the reference JSON to `queue_post_with_attachments`.
+#[wasm_bindgen]
+pub fn seal_attachment(bytes: &[u8], mime: &str, name: &str) -> Result<JsValue, JsValue> {
+    let sealed = crate::attachments::seal(bytes, mime, name).map_err(|e| client_error(&e))?;
+    let out = js_sys::Object::new();
+    js_sys::Reflect::set(&out, &"ciphertext".into(), &Uint8Array::from(sealed.ciphertext.as_slice()))?;
+    js_sys::Reflect::set(&out, &"reference".into(), &json(&sealed.reference))?;
+    Ok(out.into())
+}
+
+/// Decrypt a blob (`GET /v1/blobs/{blob_id}`) with its reference JSON (one
+/// of a `PostView`'s `attachments`); rejects with code `attachment_rejected`
+/// if the blob was changed or is not this attachment's.
+#[wasm_bindgen]
+pub fn open_attachment(reference: &str, bytes: &[u8]) -> Result<Vec<u8>, JsValue> {
+    let reference: tsunagu_protocol::Attachment =
+        serde_json::from_str(reference).map_err(|e| js_error("invalid", &format!("attachment reference: {e}")))?;
+    crate::attachments::open(&reference, bytes).map_err(|e| client_error(&e))
 }
 
 /// The core's MLS costs in this browser (`bench::mls_costs`), as JSON;

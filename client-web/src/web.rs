@@ -191,6 +191,10 @@ pub struct PostView {
     pub reply_to: Option<u64>,
     pub sent_at: u64,
     pub state: PostState,
+    /// The post's attachments as in the envelope (PROTOCOL.md): show `name`,
+    /// `mime`, `size`; pass one back to `open_attachment` with the bytes of
+    /// `GET /v1/blobs/{blob_id}` to get the file.
+    pub attachments: Vec<tsunagu_protocol::Attachment>,
 }
 
 /// One row of the timeline list (`TimelineSummary` in index.ts).
@@ -229,6 +233,7 @@ pub fn error_code(e: &ClientError) -> &'static str {
         ClientError::Disconnected(_) | ClientError::NotConnected | ClientError::Timeout => "offline",
         ClientError::Invalid(_) => "invalid",
         ClientError::Http { status: 401, .. } => "unauthorized",
+        ClientError::Attachment(_) => "attachment_rejected",
         _ => "internal",
     }
 }
@@ -515,11 +520,24 @@ impl<H: Host> WebClient<H> {
         reply_to: Option<u64>,
         kind: PostKind,
     ) -> Result<PostView, ClientError> {
+        self.queue_post_with_attachments(timeline_id, text, reply_to, kind, Vec::new()).await
+    }
+
+    /// Queue a post with attachments whose blobs are already uploaded
+    /// (`attachments::seal`, then `POST /v1/blobs`); like [`WebClient::queue_post`].
+    pub async fn queue_post_with_attachments(
+        &mut self,
+        timeline_id: &str,
+        text: &str,
+        reply_to: Option<u64>,
+        kind: PostKind,
+        attachments: Vec<tsunagu_protocol::Attachment>,
+    ) -> Result<PostView, ClientError> {
         let msg_id = new_msg_id();
         let now = self.host.now_ms();
         let result = async {
             let core = self.core.as_mut().ok_or_else(not_registered)?;
-            let post = Post { kind, text: text.into(), reply_to, sent_at: now, attachments: Vec::new() };
+            let post = Post { kind, text: text.into(), reply_to, sent_at: now, attachments };
             core.queue_post(timeline_id, &msg_id, post)?;
             self.posts(timeline_id)
                 .into_iter()
@@ -607,6 +625,7 @@ impl<H: Host> WebClient<H> {
                     reply_to: p.post.as_ref().and_then(|p| p.reply_to),
                     sent_at: p.post.as_ref().map(|p| p.sent_at).unwrap_or(0),
                     state,
+                    attachments: p.post.as_ref().map(|p| p.attachments.clone()).unwrap_or_default(),
                 });
             }
         }
@@ -624,6 +643,7 @@ impl<H: Host> WebClient<H> {
                 reply_to: e.post.reply_to,
                 sent_at: e.post.sent_at,
                 state: PostState::Pending,
+                attachments: e.post.attachments.clone(),
             });
         }
         out

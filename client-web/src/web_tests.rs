@@ -271,3 +271,31 @@ fn offline_posts_survive_a_reload_and_go_out_on_reconnect() {
     assert_eq!(seen[0].sender_name, "Dr. Sato");
     assert!(doctor.host().violations.is_empty() && family.host().violations.is_empty());
 }
+
+#[test]
+fn a_photo_reference_reaches_the_other_browser_and_opens_there() {
+    // The blob itself goes over HTTP (tests/attachments.rs); here: the
+    // reference travels in the post, survives a reload, and opens the blob.
+    let hub = Rc::new(RefCell::new(Hub::default()));
+    let mut doctor = browser(&hub, "Dr. Sato");
+    let mut daughter = browser(&hub, "Suzuki Hanako");
+    let tid = block_on(doctor.create_timeline()).unwrap();
+    let account = daughter.device().unwrap().account_id;
+    block_on(doctor.add_person(&tid, &account)).unwrap();
+    block_on(daughter.drain()).unwrap();
+
+    let photo = b"\x89PNG\r\n\x1a\n a wound photo".to_vec();
+    let sealed = crate::attachments::seal(&photo, "image/png", "heel.png").unwrap();
+    let queued =
+        block_on(doctor.queue_post_with_attachments(&tid, "写真です", None, PostKind::Text, vec![sealed.reference.clone()])).unwrap();
+    assert_eq!((queued.state.clone(), queued.attachments.len()), (PostState::Pending, 1));
+    block_on(doctor.send_outbox()).unwrap();
+    block_on(daughter.drain()).unwrap();
+
+    let seen = daughter.posts(&tid).into_iter().find(|p| p.text == "写真です").expect("the daughter has the post");
+    assert_eq!(seen.attachments, vec![sealed.reference.clone()]);
+    let json = serde_json::to_value(&seen).unwrap();
+    assert_eq!(json["attachments"][0]["name"], "heel.png", "the view's JSON carries the reference: {json}");
+    assert_eq!(crate::attachments::open(&seen.attachments[0], &sealed.ciphertext).unwrap(), photo);
+    assert_eq!(reload(&daughter).posts(&tid), daughter.posts(&tid));
+}
