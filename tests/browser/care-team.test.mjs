@@ -6,7 +6,7 @@
 // Screenshots of the main screens go to target/screenshots/.
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
-import { SCREENSHOTS, apiFrom, launchBrowser, personContext, screenshot, startServer } from "./harness.mjs";
+import { SCREENSHOTS, accessibilityProblems, apiFrom, launchBrowser, personContext, screenshot, startServer } from "./harness.mjs";
 
 let server;
 let browser;
@@ -41,7 +41,10 @@ async function registerFromInvitation(person, url, { name, kana, profession }) {
   await page.fill('input[name="display_name"]', name);
   if (kana) await page.fill('input[name="kana"]', kana);
   if (profession) await page.selectOption('select[name="profession"]', profession);
-  if (person === family) await screenshot(page, "09-invitation-family-phone");
+  if (person === family) {
+    await screenshot(page, "09-invitation-family-phone");
+    assert.deepEqual(await accessibilityProblems(page), []);
+  }
   await page.click('[data-testid="invite-form"] button[type="submit"]');
   await page.waitForSelector('main[data-screen="timelines"]', { timeout: TIMEOUT });
 }
@@ -64,6 +67,7 @@ test("first-run setup creates the clinic and its admin, who registers a passkey"
   await page.selectOption('select[name="profession"]', "doctor");
   await page.fill('input[name="contact_hours"]', "ケアマネタイム 火曜 13:00〜14:00");
   await screenshot(page, "01-setup");
+  assert.deepEqual(await accessibilityProblems(page), []);
   const t1 = Date.now();
   await page.click('[data-testid="setup-form"] button[type="submit"]');
   await page.waitForSelector('[data-testid="timeline-list"]', { timeout: TIMEOUT });
@@ -107,6 +111,7 @@ test("the admin invites a nurse by link and QR code; the nurse registers, logs o
   await np.waitForSelector('[data-testid="login-form"]', { timeout: TIMEOUT });
   assert.equal(await np.evaluate(async () => (await indexedDB.databases()).some((d) => d.name === "tsunagu")), false, "local data wiped");
   await screenshot(np, "03-login");
+  assert.deepEqual(await accessibilityProblems(np), []);
   await np.click('[data-testid="login-form"] button[type="submit"]');
   await np.waitForSelector('main[data-screen="timelines"]', { timeout: TIMEOUT });
   assert.equal((await apiFrom(np, "GET", "/v1/me")).body.display_name, "佐藤 花子");
@@ -165,7 +170,11 @@ test("the doctor uploads a face photo, which the directory shows", async () => {
   const card = page.locator('[data-testid="person-card"]', { hasText: "山田 太郎" });
   await card.waitFor({ timeout: TIMEOUT });
   await card.locator("img.avatar").waitFor({ timeout: TIMEOUT });
-  assert.ok(await card.locator("img.avatar").evaluate((img) => img.complete && img.naturalWidth > 0), "the photo loads");
+  await page.waitForFunction(
+    () => [...document.querySelectorAll('[data-testid="person-card"] img.avatar')].some((img) => img.complete && img.naturalWidth > 0),
+    null,
+    { timeout: TIMEOUT },
+  );
 });
 
 test("device management: a one-time code for a command-line device, and a second passkey", async () => {
@@ -324,6 +333,27 @@ test("Japanese and English both render, and the switch and large type are kept",
   assert.match(await dp.textContent("main h1"), /Devices & passkeys/);
   await screenshot(dp, "13-devices-en");
   await dp.selectOption("#lang-select", "ja");
+});
+
+test("the main screens have no serious accessibility problems (axe-core, WCAG 2.1 AA)", async () => {
+  const problems = [];
+  const screens = [
+    [doctor, "#/", "timeline-list"],
+    [doctor, `#/t/${encodeURIComponent(timelineId)}`, "composer"],
+    [doctor, `#/t/${encodeURIComponent(timelineId)}/members`, "family-invite-form"],
+    [doctor, "#/directory", "directory-people"],
+    [doctor, "#/me", "profile-form"],
+    [doctor, "#/devices", "device-list"],
+    [doctor, "#/admin", "staff-list"],
+    [doctor, "#/new", "create-timeline-form"],
+    [family, `#/t/${encodeURIComponent(timelineId)}`, "read-only"],
+  ];
+  for (const [person, hash, testid] of screens) {
+    await person.page.goto(`${server.url}/${hash}`);
+    await person.page.waitForSelector(`[data-testid="${testid}"]`, { timeout: TIMEOUT });
+    for (const p of await accessibilityProblems(person.page)) problems.push(`${hash}: ${p}`);
+  }
+  assert.deepEqual(problems, []);
 });
 
 test("the status line is always visible and follows the connection", async () => {

@@ -10,7 +10,7 @@
 //   CHROMIUM             the browser (default: `which chromium`)
 //   TEST_LOG=1           echo the server's output
 import { spawn, execFileSync } from "node:child_process";
-import { createReadStream, existsSync, mkdirSync, mkdtempSync, rmSync, statSync } from "node:fs";
+import { createReadStream, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
 import http from "node:http";
 import net from "node:net";
 import { tmpdir } from "node:os";
@@ -216,6 +216,22 @@ export async function personContext(browser, { locale = "ja-JP", viewport = { wi
       authenticatorId = await add();
     },
   };
+}
+
+const AXE_SOURCE = readFileSync(join(dirname(fileURLToPath(import.meta.url)), "node_modules", "axe-core", "axe.min.js"), "utf8");
+
+/**
+ * Runs axe-core (WCAG 2.1 A/AA rules) on the page as it is and returns the
+ * serious and critical violations as short strings. The script is evaluated
+ * through the devtools protocol, so the page's CSP stays as it is.
+ */
+export async function accessibilityProblems(page) {
+  await page.evaluate(AXE_SOURCE);
+  const violations = await page.evaluate(async () => {
+    const r = await window.axe.run(document, { runOnly: { type: "tag", values: ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"] } });
+    return r.violations.map((v) => ({ id: v.id, impact: v.impact, nodes: v.nodes.map((n) => n.target.join(" ")).slice(0, 3) }));
+  });
+  return violations.filter((v) => v.impact === "serious" || v.impact === "critical").map((v) => `${v.id} (${v.impact}): ${v.nodes.join(", ")}`);
 }
 
 export async function screenshot(page, name) {
