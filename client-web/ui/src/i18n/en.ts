@@ -104,6 +104,7 @@ export const en: Record<MessageKey, string> = {
   "timelines.familyEmpty": "Timelines you are invited to appear here.",
   "timelines.preparing": "Preparing this device…",
   "timelines.engineMissing": "The encryption engine could not be loaded. Reload the page.",
+  "timelines.filter": "Filter timelines",
   "create.title": "New timeline",
   "create.name": "Timeline name (e.g. the patient's name)",
   "create.nameHint": "The name is encrypted; the server cannot read it.",

@@ -104,6 +104,7 @@ export const ja = {
   "timelines.familyEmpty": "招待されたタイムラインがここに表示されます。",
   "timelines.preparing": "この端末を準備しています…",
   "timelines.engineMissing": "暗号化エンジンを読み込めませんでした。ページを再読み込みしてください。",
+  "timelines.filter": "タイムラインを絞り込み",
   "create.title": "新しいタイムライン",
   "create.name": "タイムラインの名前（例: 患者さんの氏名）",
   "create.nameHint": "名前は暗号化され、サーバーには読めません。",

@@ -92,14 +92,23 @@ export async function timelinesScreen(ctx: Ctx): Promise<HTMLElement> {
   const engine = await withEngine(ctx);
   if (engine instanceof HTMLElement) return engine;
   const list = h("ul", { class: "timeline-list", "data-testid": "timeline-list" });
+  // A home doctor may follow dozens of patients: filter by name or last post.
+  const filter = input("timeline_filter", { type: "search" });
+  const filterField = field(t("timelines.filter"), filter);
   const render = () => {
     const items = engine.timelines();
+    filterField.hidden = items.length < 6;
     if (items.length === 0) {
       replace(list, h("li", { class: "empty" }, isProfessional(ctx) ? t("timelines.empty") : t("timelines.familyEmpty")));
       return;
     }
-    replace(list, items.map(timelineRow));
+    const f = filter.value.trim().toLowerCase();
+    const shown = f
+      ? items.filter((s) => `${timelineTitle(s.timelineId)} ${s.lastPost?.text ?? ""} ${s.lastPost?.senderName ?? ""}`.toLowerCase().includes(f))
+      : items;
+    replace(list, shown.length ? shown.map(timelineRow) : h("li", { class: "empty" }, t("directory.noResults")));
   };
+  filter.addEventListener("input", render);
   render();
   ctx.onLeave(onEngine((e) => (e.type === "timelines" || e.type === "posts" ? render() : undefined)));
   return h(
@@ -111,6 +120,7 @@ export async function timelinesScreen(ctx: Ctx): Promise<HTMLElement> {
       h("h1", null, t("timelines.title")),
       isProfessional(ctx) ? h("a", { class: "button primary", href: "#/new", "data-testid": "new-timeline" }, t("timelines.create")) : null,
     ),
+    filterField,
     list,
   );
 }
