@@ -107,9 +107,12 @@ test("the admin invites a nurse by link and QR code; the nurse registers, logs o
   await np.waitForFunction(async () => (await indexedDB.databases()).some((d) => d.name === "tsunagu"), null, { timeout: TIMEOUT });
   // Logout wipes this browser's local data, then login with the passkey
   // saved in the authenticator.
+  // (A timeline name this browser would keep beside the engine.)
+  await np.evaluate(() => localStorage.setItem("tsunagu.timelineTitles", JSON.stringify({ x: "患者名" })));
   await np.click('button:has-text("ログアウト")');
   await np.waitForSelector('[data-testid="login-form"]', { timeout: TIMEOUT });
   assert.equal(await np.evaluate(async () => (await indexedDB.databases()).some((d) => d.name === "tsunagu")), false, "local data wiped");
+  assert.deepEqual(await np.evaluate(() => Object.keys(localStorage).filter((k) => k !== "tsunagu.lang" && k !== "tsunagu.largeType")), [], "nothing personal left in localStorage");
   await screenshot(np, "03-login");
   assert.deepEqual(await accessibilityProblems(np), []);
   await np.click('[data-testid="login-form"] button[type="submit"]');

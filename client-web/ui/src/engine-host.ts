@@ -18,6 +18,9 @@ const listeners = new Set<Listener>();
 export const hostEvents = {
   signedOut: () => {},
   wiped: (_reason: "logout" | "revoked") => {},
+  /** Any wipe of this browser's data (logout, revocation, another person
+   *  logging in): the UI drops what it keeps beside the engine. */
+  localDataWiped: () => {},
 };
 
 export function currentEngine(): Engine | null {
@@ -59,6 +62,7 @@ export function ensureEngine(me: Me): Promise<Engine> {
       // data must not mix with this person's.
       detach();
       await e.wipe();
+      hostEvents.localDataWiped();
       e = await Engine.open();
     }
     attach(e);
@@ -91,6 +95,7 @@ function attach(e: Engine): void {
     if (event.type === "signed_out") hostEvents.signedOut();
     if (event.type === "wiped") {
       detach();
+      hostEvents.localDataWiped();
       hostEvents.wiped(event.reason);
     }
     emit(event);
@@ -135,6 +140,7 @@ export async function wipeEngine(): Promise<void> {
       // Offline or already revoked: wiping the local data matters more.
     }
   }
+  hostEvents.localDataWiped();
   if (!e) return;
   try {
     await e.wipe();

@@ -5,7 +5,7 @@ import { currentEngine, ensureEngine, hostEvents, onEngine, pauseEngine, wipeEng
 import { t, type MessageKey } from "./i18n/index.ts";
 import { inviteScreen, loginScreen, setupScreen } from "./screens/auth.ts";
 import { adminScreen, devicesScreen, directoryScreen, profileScreen } from "./screens/people.ts";
-import { createTimelineScreen, timelineScreen, timelinesScreen } from "./screens/timelines.ts";
+import { clearTitles, createTimelineScreen, timelineScreen, timelinesScreen } from "./screens/timelines.ts";
 import "./styles.css";
 
 const screens: Record<string, ScreenDef> = {
@@ -34,6 +34,7 @@ hostEvents.signedOut = () => {
   app.setMe(null);
   app.navigate("#/login");
 };
+hostEvents.localDataWiped = clearTitles;
 hostEvents.wiped = (reason) => {
   if (reason === "revoked") {
     app.notify(t("devices.revoked"), "error");

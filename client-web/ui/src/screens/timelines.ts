@@ -29,6 +29,11 @@ export function timelineTitle(id: string): string {
   return titles()[id] || t("timeline.untitled", { id: id.slice(0, 8) });
 }
 
+/** Patient names must not outlive the session on a shared tablet. */
+export function clearTitles(): void {
+  localStorage.removeItem(TITLES_KEY);
+}
+
 function setTitle(id: string, title: string): void {
   const all = titles();
   all[id] = title;
