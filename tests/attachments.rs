@@ -379,3 +379,69 @@ async fn the_command_line_client_attaches_lists_and_fetches() {
     let again = Command::new(&bin).arg("--state-dir").arg(&nurse).args(["fetch", &timeline, &seq, "--out", out.to_str().unwrap()]).output().unwrap();
     assert!(!again.status.success(), "fetch must not overwrite existing files");
 }
+
+/// Unmounts the small filesystem of the full-disk test.
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A full disk: the upload gets 507 `storage_full` and leaves no partial
+/// file; once there is room again uploads work. Needs a 64 KiB tmpfs as the
+/// blob store (`--blob-store-dir`), so it runs as root only (CI runs as root);
+/// elsewhere it says it was skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_gets_storage_full_and_leaves_no_partial_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("blobs");
+    std::fs::create_dir_all(&store).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .arg(&store)
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !mounted {
+        eprintln!("SKIPPED a_full_disk_gets_storage_full_and_leaves_no_partial_file: cannot mount a tmpfs here (not root?)");
+        return;
+    }
+    let _guard = Mounted(store.clone());
+    let server = TestServer::start_with_args(&["--blob-store-dir", store.to_str().unwrap()]).await;
+    let doctor = server.enrol("Dr. Sato").await;
+
+    let err = doctor.upload_attachment(&vec![9u8; 200 * 1024], "application/pdf", "big-scan.pdf").await.unwrap_err();
+    assert_eq!(server_code(&err), Some(ErrorCode::StorageFull), "{err}");
+    let mut left = Vec::new();
+    for entry in walkdir(&store) {
+        left.push(entry);
+    }
+    assert!(left.is_empty(), "no partial file on the full disk: {left:?}");
+    assert_eq!(blob_rows(&server).await, 0);
+    // The operator sees why in the log (captured asynchronously: wait a little).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !server.log().contains("blob store full") {
+        assert!(std::time::Instant::now() < deadline, "the log says the blob store is full:\n{}", server.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Room for a small one.
+    let small = doctor.upload_attachment(b"%PDF-1.4 one page", "application/pdf", "page.pdf").await.unwrap();
+    assert_eq!(walkdir(&store).len(), 1);
+    assert_eq!(doctor.download_attachment(&small).await.unwrap(), b"%PDF-1.4 one page");
+}
+
+fn walkdir(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walkdir(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
