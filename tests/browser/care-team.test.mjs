@@ -5,7 +5,7 @@
 // no way to post; reloads keep everything; Japanese and English both render.
 // Screenshots of the main screens go to target/screenshots/.
 import assert from "node:assert/strict";
-import { after, before, test } from "node:test";
+import { after, afterEach, before, test } from "node:test";
 import { SCREENSHOTS, accessibilityProblems, apiFrom, launchBrowser, personContext, screenshot, startServer } from "./harness.mjs";
 
 let server;
@@ -24,6 +24,11 @@ before(async () => {
   doctor = await personContext(browser, { locale: "ja-JP", viewport: { width: 1280, height: 800 } });
   family = await personContext(browser, { locale: "en-US", viewport: { width: 390, height: 844 } });
   nurse = await personContext(browser, { locale: "ja-JP", viewport: { width: 800, height: 1280 } });
+});
+
+// A failed offline test must not leave a person offline for the next ones.
+afterEach(async () => {
+  for (const p of [doctor, family, nurse]) await p?.context.setOffline(false);
 });
 
 after(async () => {
@@ -73,6 +78,7 @@ test("first-run setup creates the clinic and its admin, who registers a passkey"
   await page.waitForSelector('[data-testid="timeline-list"]', { timeout: TIMEOUT });
   t.diagnostic(`figure: setup submit to the timeline list (passkey, wasm load, device registration): ${Date.now() - t1} ms`);
   assert.equal((await doctor.credentials()).length, 1, "one passkey in the authenticator");
+  assert.ok(await page.isVisible('[data-testid="photo-hint"]'), "a professional without a photo is asked for one");
   const me = await apiFrom(page, "GET", "/v1/me");
   assert.equal(me.status, 200);
   assert.equal(me.body.role, "admin");
@@ -168,6 +174,11 @@ test("the doctor uploads a face photo, which the directory shows", async () => {
   await page.click('.photo-row button[type="submit"]');
   await page.waitForSelector(".photo-slot img.avatar", { timeout: TIMEOUT });
   assert.equal((await apiFrom(page, "GET", "/v1/me")).body.has_photo, true);
+  await page.goto(`${server.url}/#/`);
+  await page.waitForSelector('[data-testid="timeline-list"]', { timeout: TIMEOUT });
+  assert.equal(await page.locator('[data-testid="photo-hint"]').count(), 0);
+  await page.goto(`${server.url}/#/me`);
+  await page.waitForSelector(".photo-slot img.avatar", { timeout: TIMEOUT });
   await screenshot(page, "05-profile");
   await page.goto(`${server.url}/#/directory`);
   const card = page.locator('[data-testid="person-card"]', { hasText: "山田 太郎" });
@@ -389,7 +400,7 @@ test("a post written offline is shown as pending and sent when the connection re
   await page.reload();
   await page.locator('[data-testid="post"]', { hasText: "体温 36.8℃" }).waitFor({ timeout: TIMEOUT });
   await page.locator('[data-testid="post"][data-state="pending"]', { hasText: "夜間の連絡先" }).waitFor({ timeout: TIMEOUT });
-  assert.equal(await page.getAttribute('[data-testid="status"]', "data-state"), "offline");
+  await page.waitForFunction(() => document.querySelector('[data-testid="status"]')?.dataset.state === "offline", null, { timeout: TIMEOUT });
   await context.setOffline(false);
   await page.locator('[data-testid="post"][data-state="sent"]', { hasText: "夜間の連絡先" }).waitFor({ timeout: 40_000 });
   // The family member gets it too.
@@ -443,7 +454,9 @@ test("the doctor adds the nurse to the timeline, then removes her: her copy beco
   await addable.waitFor({ timeout: TIMEOUT });
   await addable.locator('[data-testid="add-person"]').click();
   const member = page.locator('[data-testid="member"]', { hasText: "佐藤 花子" });
-  await member.waitFor({ timeout: TIMEOUT });
+  await member.waitFor({ timeout: TIMEOUT }).catch(async (e) => {
+    throw new Error(`${e.message}\nnotices: ${await page.locator(".notices").textContent()}`);
+  });
 
   // The nurse's browser gets the timeline and what is posted after she joined.
   await page.goto(`${server.url}/#/t/${encodeURIComponent(timelineId)}`);

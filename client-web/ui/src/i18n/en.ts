@@ -105,6 +105,8 @@ export const en: Record<MessageKey, string> = {
   "timelines.preparing": "Preparing this device…",
   "timelines.engineMissing": "The encryption engine could not be loaded. Reload the page.",
   "timelines.filter": "Filter timelines",
+  "timelines.photoHint": "With a face photo, people from other organisations find it easier to contact you.",
+  "timelines.photoHintLink": "Add a face photo in your profile",
   "create.title": "New timeline",
   "create.name": "Timeline name (e.g. the patient's name)",
   "create.nameHint": "The name is encrypted; the server cannot read it.",

@@ -105,6 +105,8 @@ export const ja = {
   "timelines.preparing": "この端末を準備しています…",
   "timelines.engineMissing": "暗号化エンジンを読み込めませんでした。ページを再読み込みしてください。",
   "timelines.filter": "タイムラインを絞り込み",
+  "timelines.photoHint": "顔写真を登録すると、他の事業所の方があなたに連絡しやすくなります。",
+  "timelines.photoHintLink": "プロフィールで顔写真を登録",
   "create.title": "新しいタイムライン",
   "create.name": "タイムラインの名前（例: 患者さんの氏名）",
   "create.nameHint": "名前は暗号化され、サーバーには読めません。",

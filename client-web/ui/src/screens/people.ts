@@ -29,6 +29,7 @@ export async function profileScreen(ctx: Ctx): Promise<HTMLElement> {
     if (!chosen) return;
     if (chosen.size > MAX_PHOTO) throw new Error(t("profile.photoTooLarge"));
     await api.uploadPhoto(chosen);
+    ctx.setMe({ ...(ctx.me ?? me), has_photo: true });
     photoVersion = Date.now();
     replace(photoSlot, avatar(me.account_id, me.display_name, true, photoVersion));
     ctx.notify(t("profile.photoUpdated"));

@@ -125,6 +125,10 @@ export async function timelinesScreen(ctx: Ctx): Promise<HTMLElement> {
       h("h1", null, t("timelines.title")),
       isProfessional(ctx) ? h("a", { class: "button primary", href: "#/new", "data-testid": "new-timeline" }, t("timelines.create")) : null,
     ),
+    // Seed 001: a face photo made people far more willing to reach out.
+    isProfessional(ctx) && !ctx.me?.has_photo
+      ? h("p", { class: "notice notice-info", "data-testid": "photo-hint" }, h("span", null, t("timelines.photoHint"), " ", h("a", { href: "#/me" }, t("timelines.photoHintLink"))))
+      : null,
     filterField,
     list,
   );
