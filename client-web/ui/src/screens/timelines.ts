@@ -8,6 +8,7 @@ import { errorText, type Ctx } from "../app.ts";
 import { field, formatTime, h, replace } from "../dom.ts";
 import { EngineError, type Engine, type PostView, type TimelineSummary } from "../engine/index.ts";
 import { currentEngine, ensureEngine, onEngine } from "../engine-host.ts";
+import { ACCEPT, attachmentList, canAttach, checkFiles, formatSize, postWithAttachments } from "../attachments.ts";
 import { input, onSubmit } from "../forms.ts";
 import { lang, t, type MessageKey } from "../i18n/index.ts";
 import { directorySearch, invitationView } from "./people.ts";
@@ -240,9 +241,9 @@ export async function timelineScreen(ctx: Ctx): Promise<HTMLElement> {
         return h(
           "li",
           { class: "thread" },
-          postView(p, professional && summary()?.active !== false ? () => startReply(p) : null),
+          postView(engine, p, professional && summary()?.active !== false ? () => startReply(p) : null),
           thread.length
-            ? h("ol", { class: "replies", "aria-label": t("timeline.replies", { count: thread.length }) }, thread.map((r) => h("li", null, postView(r, null))))
+            ? h("ol", { class: "replies", "aria-label": t("timeline.replies", { count: thread.length }) }, thread.map((r) => h("li", null, postView(engine, r, null))))
             : null,
         );
       }),
@@ -255,7 +256,35 @@ export async function timelineScreen(ctx: Ctx): Promise<HTMLElement> {
   // composer at all (the server refuses their posts as well).
   let composer: HTMLElement | null = null;
   const replyBanner = h("div", { class: "reply-banner", hidden: true });
-  const text = h("textarea", { name: "text", rows: 3, required: true, "data-testid": "composer-text" });
+  const text = h("textarea", { name: "text", rows: 3, "data-testid": "composer-text" });
+  let files: File[] = [];
+  const fileList = h("ul", { class: "picked-files", "aria-live": "polite" });
+  const progress = h("progress", { class: "upload-progress", max: 100, value: 0, hidden: true, "data-testid": "upload-progress" });
+  const renderFiles = () => {
+    replace(
+      fileList,
+      files.map((f, i) =>
+        h(
+          "li",
+          { class: "picked-file" },
+          `${f.type.startsWith("image/") ? "📷" : "📄"} ${f.name} (${formatSize(f.size)})`,
+          h(
+            "button",
+            {
+              type: "button",
+              class: "link-button",
+              "aria-label": t("attach.remove", { name: f.name }),
+              onclick: () => {
+                files = files.filter((_, j) => j !== i);
+                renderFiles();
+              },
+            },
+            "×",
+          ),
+        ),
+      ),
+    );
+  };
   const startReply = (p: PostView) => {
     replyTo = p;
     replyBanner.hidden = false;
@@ -271,6 +300,31 @@ export async function timelineScreen(ctx: Ctx): Promise<HTMLElement> {
     replyBanner.hidden = true;
     replace(replyBanner);
   };
+  // Photos and PDFs once the engine can seal and upload them; until then
+  // the button keeps its place and says why it is not there yet.
+  const attachControl = (): HTMLElement => {
+    if (!canAttach(engine)) {
+      return h(
+        "span",
+        { class: "grow attach-later" },
+        h("button", { type: "button", disabled: true, "aria-describedby": "attach-later" }, t("timeline.attach")),
+        h("span", { id: "attach-later", class: "hint" }, t("timeline.attachLater")),
+      );
+    }
+    const picker = h("input", { type: "file", accept: ACCEPT, multiple: true, class: "visually-hidden", id: "attach-files", "data-testid": "attach-input" });
+    picker.addEventListener("change", () => {
+      const picked = [...(picker.files ?? [])];
+      picker.value = "";
+      const problem = checkFiles(picked);
+      if (problem) {
+        ctx.notify(problem, "error");
+        return;
+      }
+      files = files.concat(picked);
+      renderFiles();
+    });
+    return h("span", { class: "grow" }, picker, h("label", { for: "attach-files", class: "button" }, t("attach.pick")));
+  };
   if (professional) {
     const form = h(
       "form",
@@ -278,13 +332,12 @@ export async function timelineScreen(ctx: Ctx): Promise<HTMLElement> {
       h("h2", { class: "visually-hidden" }, t("timeline.composer")),
       replyBanner,
       field(t("timeline.composerLabel"), text, t("timeline.sendHint")),
+      fileList,
+      progress,
       h(
         "div",
         { class: "composer-actions" },
-        // Attachments, receipts and urgent posts come with the workflows
-        // issue; the button keeps their place in the layout.
-        h("button", { type: "button", disabled: true, title: t("timeline.attachLater"), "aria-describedby": "attach-later" }, t("timeline.attach")),
-        h("span", { id: "attach-later", class: "hint grow" }, t("timeline.attachLater")),
+        attachControl(),
         h("button", { type: "submit", class: "primary", "data-testid": "send" }, t("timeline.send")),
       ),
     );
@@ -296,13 +349,33 @@ export async function timelineScreen(ctx: Ctx): Promise<HTMLElement> {
     });
     onSubmit(form, async () => {
       const body = text.value.trim();
-      if (!body) return;
+      if (!body && files.length === 0) {
+        text.focus();
+        return;
+      }
+      const reply = replyTo?.seq != null ? { replyTo: replyTo.seq } : {};
       try {
-        await engine.post(id, body, replyTo?.seq != null ? { replyTo: replyTo.seq } : {});
+        if (files.length > 0) {
+          progress.hidden = false;
+          progress.value = 0;
+          await postWithAttachments(engine, id, body, files, {
+            ...reply,
+            onProgress: (sent, total) => {
+              progress.value = total > 0 ? Math.round((sent / total) * 100) : 0;
+              progress.textContent = t("attach.progress", { percent: progress.value });
+            },
+          });
+        } else {
+          await engine.post(id, body, reply);
+        }
       } catch (e) {
         throw new Error(engineErrorText(e));
+      } finally {
+        progress.hidden = true;
       }
       text.value = "";
+      files = [];
+      renderFiles();
       cancelReply();
       renderPosts();
     });
@@ -347,7 +420,7 @@ export async function timelineScreen(ctx: Ctx): Promise<HTMLElement> {
   );
 }
 
-function postView(p: PostView, onReply: (() => void) | null): HTMLElement {
+function postView(engine: Engine, p: PostView, onReply: (() => void) | null): HTMLElement {
   const body =
     p.state === "undecryptable"
       ? h("p", { class: "post-text muted" }, t("timeline.undecryptable"))
@@ -366,6 +439,7 @@ function postView(p: PostView, onReply: (() => void) | null): HTMLElement {
       p.state === "pending" ? h("span", { class: "badge badge-pending", "data-testid": "pending" }, t("timeline.pending")) : null,
     ),
     body,
+    attachmentList(engine, p),
     onReply && p.seq !== null ? h("button", { type: "button", class: "link-button reply-button", onclick: onReply }, t("timeline.reply")) : null,
   );
 }
