@@ -445,3 +445,23 @@ fn walkdir(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// A crash in the middle of an upload leaves a temporary file; the next
+/// start removes it once it is old (a fresh one may be another node's
+/// running upload) and keeps every stored blob.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_removes_temporary_files_left_by_a_crash() {
+    let mut server = TestServer::start().await;
+    let doctor = server.enrol("Dr. Sato").await;
+    let a = doctor.upload_attachment(b"kept", "text/plain", "kept.txt").await.unwrap();
+    let tmp = server.data_dir().join("blobs").join("tmp");
+    std::fs::write(tmp.join("crashed-upload"), b"partial ciphertext").unwrap();
+    std::fs::write(tmp.join("running-upload"), b"partial ciphertext").unwrap();
+    let touched = std::process::Command::new("touch").args(["-d", "2 hours ago"]).arg(tmp.join("crashed-upload")).status().unwrap();
+    assert!(touched.success());
+    server.kill();
+    server.restart().await;
+    assert!(!tmp.join("crashed-upload").exists(), "the old temporary file is removed");
+    assert!(tmp.join("running-upload").exists(), "a fresh one is left alone");
+    assert_eq!(doctor.download_attachment(&a).await.unwrap(), b"kept");
+}

@@ -45,6 +45,34 @@ pub fn store_dir(state: &AppState) -> PathBuf {
     state.config.blob_store_dir.clone().unwrap_or_else(|| state.config.storage.data_dir.join("blobs"))
 }
 
+/// Temporary files older than this are left over from a crash (a running
+/// upload writes to its file all the time) and are removed at start-up.
+const STALE_TEMP: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// At start-up: remove temporary files an earlier crash left behind (only
+/// old ones: another node sharing the store may be uploading now), and warn
+/// when several nodes could each have their own store.
+pub async fn on_start(state: &AppState) {
+    let dir = store_dir(state);
+    if state.config.storage.database_url.is_some() && state.config.blob_store_dir.is_none() {
+        tracing::warn!(
+            dir = %dir.display(),
+            "attachments are stored in this node's data directory; with several nodes, set --blob-store-dir to one shared directory"
+        );
+    }
+    let Ok(mut entries) = tokio::fs::read_dir(dir.join("tmp")).await else { return };
+    let mut removed = 0u32;
+    while let Ok(Some(entry)) = entries.next_entry().await {
+        let old = entry.metadata().await.ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok()).is_some_and(|age| age > STALE_TEMP);
+        if old && tokio::fs::remove_file(entry.path()).await.is_ok() {
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        tracing::info!(removed, "removed temporary blob files left by an interrupted upload");
+    }
+}
+
 /// The file of a blob id (already validated).
 fn blob_path(dir: &Path, id: &str) -> PathBuf {
     dir.join(&id[..2]).join(&id[2..])

@@ -79,6 +79,7 @@ impl Server {
             shutdown: CancellationToken::new(),
             connections: TaskTracker::new(),
         };
+        blobs::on_start(&state).await;
         if let Err(e) = revocation::sweep(&state).await {
             tracing::error!(code = e.code.as_str(), message = %e.message, "pending removals not proposed at start");
         }
