@@ -66,6 +66,13 @@ export function attachmentsOf(p: PostView): AttachmentRef[] {
   return Array.isArray(list) ? list : [];
 }
 
+/** "Photo", "PDF" or "File": text, not emoji (cheap tablets may lack an emoji font). */
+export function kindLabel(mime: string): string {
+  if (mime.startsWith("image/")) return t("attach.photo");
+  if (mime === "application/pdf") return "PDF";
+  return t("attach.file");
+}
+
 export function formatSize(bytes: number): string {
   if (bytes < 1024) return `${bytes} B`;
   if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(0)} KB`;
@@ -95,7 +102,7 @@ export function attachmentList(engine: Engine, p: PostView): HTMLElement | null 
     { class: "attachments", "aria-label": t("attach.list") },
     list.map((a) => {
       const image = a.mime.startsWith("image/");
-      const label = `${image ? "📷" : "📄"} ${a.name} (${formatSize(a.size)})`;
+      const label = `[${kindLabel(a.mime)}] ${a.name} (${formatSize(a.size)})`;
       const item = h("li", { class: "attachment", "data-testid": "attachment" });
       if (!e) {
         item.append(h("span", null, label));

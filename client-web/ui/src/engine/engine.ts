@@ -12,7 +12,7 @@
 // through `enqueue`, a promise chain; the views read the core directly when
 // it is idle and fall back to the copy taken after the last operation while
 // one is running.
-import init, { Facade } from "./pkg/tsunagu_client.js";
+import init, { Facade, open_attachment, seal_attachment } from "./pkg/tsunagu_client.js";
 import type {
   AccountView,
   ConnectionStatus,
@@ -519,6 +519,95 @@ export class Engine {
     );
     this.scheduleSend();
     return view;
+  }
+
+  // ----- attachments (added by web-ui for the photo/PDF composer) ------------------
+
+  /**
+   * Posts `text` with `files`: each file is sealed by the core (AES-256-GCM
+   * with a fresh key; the key travels only inside the MLS-encrypted post),
+   * its ciphertext uploaded to `POST /v1/blobs` with the session cookie, then
+   * the post is queued with the references like `post`. Needs the network
+   * for the uploads (rejects "offline" otherwise); `onProgress` reports the
+   * bytes uploaded so far.
+   */
+  async postWithAttachments(
+    timelineId: string,
+    text: string,
+    files: File[],
+    options: { replyTo?: number; kind?: "text" | "report"; onProgress?: (sent: number, total: number) => void } = {},
+  ): Promise<PostView> {
+    this.live();
+    const sealed = [];
+    for (const file of files) {
+      const bytes = new Uint8Array(await file.arrayBuffer());
+      try {
+        const s = seal_attachment(bytes, file.type || "application/octet-stream", file.name) as { ciphertext: Uint8Array; reference: string };
+        sealed.push(s);
+      } catch (e) {
+        throw toEngineError(e);
+      }
+    }
+    const total = sealed.reduce((n, s) => n + s.ciphertext.byteLength, 0);
+    let done = 0;
+    for (const s of sealed) {
+      await this.uploadBlob(s.ciphertext, (sent) => options.onProgress?.(done + sent, total));
+      done += s.ciphertext.byteLength;
+      options.onProgress?.(done, total);
+    }
+    const references = `[${sealed.map((s) => s.reference).join(",")}]`;
+    const view = await this.enqueue(
+      async (f) =>
+        JSON.parse(
+          (await f.queue_post_with_attachments(timelineId, text, options.replyTo ?? undefined, options.kind ?? "text", references)) as string,
+        ) as PostView,
+    );
+    this.scheduleSend();
+    return view;
+  }
+
+  /** Downloads an attachment's blob and opens it (checks blob id, tag, size and hash); rejects "attachment_rejected" if it does not match. */
+  async openAttachment(reference: { blob_id: string; mime: string }): Promise<Blob> {
+    let resp: Response;
+    try {
+      resp = await fetch(new URL(`/v1/blobs/${encodeURIComponent(reference.blob_id)}`, this.serverUrl), { credentials: "same-origin" });
+    } catch {
+      throw new EngineError("offline", "cannot reach the server");
+    }
+    if (!resp.ok) throw await httpError(resp);
+    const bytes = new Uint8Array(await resp.arrayBuffer());
+    try {
+      const plain = open_attachment(JSON.stringify(reference), bytes);
+      return new Blob([plain as Uint8Array<ArrayBuffer>], { type: reference.mime });
+    } catch (e) {
+      throw toEngineError(e);
+    }
+  }
+
+  /** `POST /v1/blobs` with upload progress (XMLHttpRequest: fetch reports none). */
+  private uploadBlob(ciphertext: Uint8Array, onProgress: (sent: number) => void): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const xhr = new XMLHttpRequest();
+      xhr.open("POST", new URL("/v1/blobs", this.serverUrl).toString());
+      xhr.withCredentials = true;
+      xhr.setRequestHeader("content-type", "application/octet-stream");
+      xhr.upload.onprogress = (e) => onProgress(e.loaded);
+      xhr.onload = () => {
+        if (xhr.status >= 200 && xhr.status < 300) return resolve();
+        let code = xhr.status === 401 ? "unauthorized" : "internal";
+        let message = `HTTP ${xhr.status}`;
+        try {
+          const body = JSON.parse(xhr.responseText) as { code?: string; message?: string };
+          if (body.code) code = body.code;
+          if (body.message) message = body.message;
+        } catch {
+          // Not JSON: keep the status.
+        }
+        reject(new EngineError(code, message));
+      };
+      xhr.onerror = () => reject(new EngineError("offline", "cannot reach the server"));
+      xhr.send(ciphertext as Uint8Array<ArrayBuffer>);
+    });
   }
 
   async markRead(timelineId: string, seq?: number): Promise<void> {

@@ -160,6 +160,8 @@ export const en: Record<MessageKey, string> = {
   "attach.pick": "Attach photo or PDF",
   "attach.remove": "Remove {name}",
   "attach.progress": "Sending {percent}%",
+  "attach.photo": "Photo",
+  "attach.file": "File",
   "family.title": "Invite a family member",
   "family.name": "Family member's name (optional)",
   "family.create": "Create invitation link",

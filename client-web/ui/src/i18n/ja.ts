@@ -160,6 +160,8 @@ export const ja = {
   "attach.pick": "写真・PDFを添付",
   "attach.remove": "{name} を外す",
   "attach.progress": "送信中 {percent}%",
+  "attach.photo": "写真",
+  "attach.file": "ファイル",
   "family.title": "ご家族を招待",
   "family.name": "ご家族のお名前（任意）",
   "family.create": "招待リンクを作成",

@@ -8,7 +8,7 @@ import { errorText, type Ctx } from "../app.ts";
 import { field, formatTime, h, replace } from "../dom.ts";
 import { EngineError, type Engine, type PostView, type TimelineSummary } from "../engine/index.ts";
 import { currentEngine, ensureEngine, onEngine } from "../engine-host.ts";
-import { ACCEPT, attachmentList, canAttach, checkFiles, formatSize, postWithAttachments } from "../attachments.ts";
+import { ACCEPT, attachmentList, canAttach, checkFiles, formatSize, kindLabel, postWithAttachments } from "../attachments.ts";
 import { input, onSubmit } from "../forms.ts";
 import { lang, t, type MessageKey } from "../i18n/index.ts";
 import { directorySearch, invitationView } from "./people.ts";
@@ -267,7 +267,7 @@ export async function timelineScreen(ctx: Ctx): Promise<HTMLElement> {
         h(
           "li",
           { class: "picked-file" },
-          `${f.type.startsWith("image/") ? "📷" : "📄"} ${f.name} (${formatSize(f.size)})`,
+          `[${kindLabel(f.type)}] ${f.name} (${formatSize(f.size)})`,
           h(
             "button",
             {
