@@ -524,6 +524,59 @@ impl Core {
         }
     }
 
+    /// A timeline's name arrived at `seq` (a later one wins).
+    fn record_title(&mut self, timeline_id: &str, seq: u64, title: String) {
+        let newer = self.state.timelines.get(timeline_id).and_then(|t| t.title.as_ref()).is_none_or(|(s, _)| *s < seq);
+        if newer {
+            self.tl_mut(timeline_id).title = Some((seq, title));
+        }
+    }
+
+    /// The timeline's name, if a member set one.
+    pub fn title(&self, timeline_id: &str) -> Option<&str> {
+        self.state.timelines.get(timeline_id)?.title.as_ref().map(|(_, t)| t.as_str())
+    }
+
+    /// Name the timeline for its members: an encrypted `timeline_info`
+    /// message (retried like a post). Returns its seq.
+    pub async fn set_title<T: Transport>(&mut self, io: &mut T, timeline_id: &str, title: &str) -> Result<u64, ClientError> {
+        let msg_id = new_msg_id();
+        let plaintext = Envelope::TimelineInfo(tsunagu_protocol::envelope::TimelineInfo { title: title.into() }).encode();
+        for _attempt in 0..MAX_ATTEMPTS {
+            match self.groups.get(timeline_id) {
+                None => return Err(ClientError::Invalid(format!("no group for timeline {timeline_id}"))),
+                Some(g) if !g.is_active() => {
+                    return Err(ClientError::Invalid("this device is no longer a member of the timeline".into()))
+                }
+                Some(_) => {}
+            }
+            let message = self.encrypt_unsaved(timeline_id, &plaintext)?;
+            let rid = self.rid();
+            let frame = ClientFrame::Send { rid, timeline_id: timeline_id.into(), msg_id: msg_id.clone(), message: Bytes(message) };
+            // Its echo (which we cannot decrypt) waits until we know its seq.
+            self.deferred.insert(timeline_id.to_string());
+            let reply = self.request(io, frame).await;
+            if let Ok(ServerFrame::Accepted { seq, .. }) = reply {
+                self.record_title(timeline_id, seq, title.into());
+                self.mark_own_seq(timeline_id, seq);
+                self.release_deferred(timeline_id);
+                self.save()?;
+                self.flush_acks(io).await?;
+                return Ok(seq);
+            }
+            self.release_deferred(timeline_id);
+            match reply? {
+                ServerFrame::Error(e) if e.code == ErrorCode::StaleEpoch => {
+                    let epoch = self.epoch(timeline_id).unwrap_or(0);
+                    self.catch_up(io, timeline_id, e.current_epoch.unwrap_or(epoch + 1)).await?;
+                }
+                ServerFrame::Error(e) if e.code == ErrorCode::Internal => {}
+                other => return Err(unexpected(other)),
+            }
+        }
+        Err(ClientError::TooManyRetries(MAX_ATTEMPTS))
+    }
+
     fn record_post(&mut self, timeline_id: &str, post: ReceivedPost, notify: bool) {
         if !self.state.timelines.contains_key(timeline_id) {
             self.tl_mut(timeline_id);
@@ -584,6 +637,7 @@ impl Core {
             status: PostStatus::Undecryptable,
         };
         let mut new_post: Option<ReceivedPost> = None;
+        let mut new_title: Option<String> = None;
         let mut warning: Option<String> = None;
         // A proposal this device stored: for it to commit, or its own removal.
         let mut stored_proposal: Option<bool> = None;
@@ -607,6 +661,10 @@ impl Core {
                                 let bytes = am.into_bytes();
                                 let (post, status) = match Envelope::decode(&bytes) {
                                     Ok(Envelope::Post(p)) => (Some(p), PostStatus::Ok),
+                                    Ok(Envelope::TimelineInfo(info)) => {
+                                        new_title = Some(info.title);
+                                        (None, PostStatus::Ok)
+                                    }
                                     Err(tsunagu_protocol::envelope::EnvelopeError::UnsupportedVersion(_)) => {
                                         (None, PostStatus::Unsupported)
                                     }
@@ -615,7 +673,9 @@ impl Core {
                                         (None, PostStatus::Unsupported)
                                     }
                                 };
-                                new_post = Some(ReceivedPost { seq: d.seq, sender_device_id: sender, post, status });
+                                if new_title.is_none() {
+                                    new_post = Some(ReceivedPost { seq: d.seq, sender_device_id: sender, post, status });
+                                }
                             }
                             ProcessedMessageContent::StagedCommitMessage(sc) => {
                                 if let Err(e) = group.merge_staged_commit(&self.provider, *sc) {
@@ -662,6 +722,9 @@ impl Core {
         }
         if let Some(p) = new_post {
             self.record_post(&tid, p, true);
+        }
+        if let Some(title) = new_title {
+            self.record_title(&tid, d.seq, title);
         }
         match stored_proposal {
             Some(true) => self.mark_left(&tid, "the server proposed this device's removal (revoked)"),
@@ -1012,7 +1075,8 @@ impl Core {
         }
     }
 
-    /// Add every device of an account in one commit. Returns its seq.
+    /// Add every device of an account in one commit, then send the
+    /// timeline's name again if it has one. Returns the commit's seq.
     pub async fn add_person<T: Transport>(
         &mut self,
         io: &mut T,
@@ -1021,7 +1085,13 @@ impl Core {
     ) -> Result<u64, ClientError> {
         self.group_mut(timeline_id)?;
         let kps = self.claim(io, account_id).await?;
-        self.commit_change(io, timeline_id, Change::Add(kps)).await
+        let seq = self.commit_change(io, timeline_id, Change::Add(kps)).await?;
+        // The newcomers cannot read what came before they joined: tell them
+        // the timeline's name again.
+        if let Some(title) = self.title(timeline_id).map(str::to_string) {
+            self.set_title(io, timeline_id, &title).await?;
+        }
+        Ok(seq)
     }
 
     /// Remove every leaf of an account's devices in one commit.

@@ -51,6 +51,8 @@ pub struct TimelineState {
     /// This device was removed (or its removal was proposed): it no longer
     /// posts or commits here.
     pub left: bool,
+    /// The timeline's name (`Envelope::TimelineInfo`) and the seq it came at.
+    pub title: Option<(u64, String)>,
     pub posts: BTreeMap<u64, ReceivedPost>,
 }
 
@@ -130,6 +132,8 @@ pub struct TimelineMeta {
     pub own_seqs: BTreeSet<u64>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub left: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<(u64, String)>,
 }
 
 /// An outbox entry with its position in the queue (`outbox/<msg_id>`).
@@ -157,6 +161,7 @@ impl TimelineState {
             has_group: self.has_group,
             own_seqs: self.own_seqs.clone(),
             left: self.left,
+            title: self.title.clone(),
         })
     }
 }
@@ -211,6 +216,7 @@ pub fn decode(pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Option<Loaded>, ClientEr
                 tl.has_group = meta.has_group;
                 tl.own_seqs = meta.own_seqs;
                 tl.left = meta.left;
+                tl.title = meta.title;
             } else if rest.len() >= 8 + keys::POST_INFIX.len()
                 && &rest[rest.len() - 8 - keys::POST_INFIX.len()..rest.len() - 8] == keys::POST_INFIX
             {

@@ -348,10 +348,18 @@ impl Facade {
         })
     }
 
-    /// Resolves with the new timeline's id.
-    pub fn create_timeline(&self) -> Promise {
+    /// Resolves with the new timeline's id; `title` names it for its members.
+    pub fn create_timeline(&self, title: Option<String>) -> Promise {
         self.run(move |mut c| async move {
-            let r = c.create_timeline().await.map(|t| JsValue::from_str(&t));
+            let r = c.create_timeline(title.as_deref()).await.map(|t| JsValue::from_str(&t));
+            (c, r)
+        })
+    }
+
+    /// Rename a timeline for all its members; resolves with the message's seq.
+    pub fn set_title(&self, timeline_id: String, title: String) -> Promise {
+        self.run(move |mut c| async move {
+            let r = c.set_title(&timeline_id, &title).await.map(|s| JsValue::from_f64(s as f64));
             (c, r)
         })
     }

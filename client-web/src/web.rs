@@ -202,6 +202,8 @@ pub struct PostView {
 #[serde(rename_all = "camelCase")]
 pub struct TimelineSummary {
     pub timeline_id: String,
+    /// The name a member gave it (encrypted in the timeline), if any.
+    pub title: Option<String>,
     pub active: bool,
     pub member_account_ids: Vec<String>,
     pub unread: u64,
@@ -479,10 +481,14 @@ impl<H: Host> WebClient<H> {
 
     // ----- workflows ------------------------------------------------------------------
 
-    pub async fn create_timeline(&mut self) -> Result<String, ClientError> {
+    /// Create a timeline, named `title` for its members when given.
+    pub async fn create_timeline(&mut self, title: Option<&str>) -> Result<String, ClientError> {
         let result = async {
             let (core, mut io) = self.core_mut()?;
             let tid = core.create_timeline(&mut io).await?;
+            if let Some(title) = title.filter(|t| !t.trim().is_empty()) {
+                core.set_title(&mut io, &tid, title.trim()).await?;
+            }
             self.refresh_members().await?;
             Ok(tid)
         }
@@ -490,6 +496,18 @@ impl<H: Host> WebClient<H> {
         self.finish(result).await
     }
 
+    /// Rename a timeline for all its members (an encrypted message).
+    pub async fn set_title(&mut self, timeline_id: &str, title: &str) -> Result<u64, ClientError> {
+        let result = async {
+            let (core, mut io) = self.core_mut()?;
+            core.set_title(&mut io, timeline_id, title.trim()).await
+        }
+        .await;
+        self.finish(result).await
+    }
+
+    /// Add every device of an account (one commit; the core sends a named
+    /// timeline's name again for them).
     pub async fn add_person(&mut self, timeline_id: &str, account_id: &str) -> Result<u64, ClientError> {
         let result = async {
             let (core, mut io) = self.core_mut()?;
@@ -675,6 +693,7 @@ impl<H: Host> WebClient<H> {
                 let posts = self.posts(&tid);
                 let pending = posts.iter().filter(|p| p.state == PostState::Pending).count() as u64;
                 TimelineSummary {
+                    title: core.title(&tid).map(str::to_string),
                     active: active.contains(&tid),
                     member_account_ids: self.members.get(&tid).cloned().unwrap_or_default(),
                     unread,

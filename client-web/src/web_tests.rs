@@ -28,6 +28,12 @@ struct FakeHost {
     sent: Vec<ClientFrame>,
     /// Frames that left before the state they depend on was durable.
     violations: Vec<String>,
+    /// `send`s that left with no outbox entry stored (a timeline's name,
+    /// which is not queued — or a post sent too early, if its entry shows up
+    /// later).
+    sent_without_outbox: std::collections::BTreeSet<String>,
+    /// The MLS storage (`mls/` entries) as it was stored at the last `send`.
+    mls_at_last_send: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 impl FakeHost {
@@ -41,6 +47,8 @@ impl FakeHost {
             persists: 0,
             sent: Vec::new(),
             violations: Vec::new(),
+            sent_without_outbox: Default::default(),
+            mls_at_last_send: Vec::new(),
         }
     }
 
@@ -53,8 +61,16 @@ impl FakeHost {
         match frame {
             ClientFrame::Send { msg_id, .. } => {
                 if !self.durable.contains_key(&keys::outbox(msg_id)) {
-                    self.violations.push(format!("send {msg_id} before its outbox entry was stored"));
+                    self.sent_without_outbox.insert(msg_id.clone());
                 }
+                // Every message advances the sender's ratchet: that must be
+                // stored before the message leaves.
+                let mls: Vec<_> =
+                    self.durable.iter().filter(|(k, _)| k.starts_with(keys::MLS)).map(|(k, v)| (k.clone(), v.clone())).collect();
+                if mls == self.mls_at_last_send {
+                    self.violations.push(format!("send {msg_id} before its ratchet state was stored"));
+                }
+                self.mls_at_last_send = mls;
             }
             ClientFrame::Ack { timeline_id, seq } => {
                 let stored = self.durable_meta(timeline_id).map(|m| m.processed_seq).unwrap_or(0);
@@ -80,6 +96,12 @@ impl Host for FakeHost {
             return Err(ClientError::Io("quota exceeded".into()));
         }
         for (k, v) in changes {
+            if let (Some(msg_id), Some(_)) = (k.strip_prefix(keys::OUTBOX), v) {
+                let msg_id = String::from_utf8(msg_id.to_vec()).unwrap();
+                if self.sent_without_outbox.contains(&msg_id) {
+                    self.violations.push(format!("send {msg_id} before its outbox entry was stored"));
+                }
+            }
             match v {
                 Some(v) => self.durable.insert(k.clone(), v.clone()),
                 None => self.durable.remove(k),
@@ -175,11 +197,17 @@ fn every_frame_leaves_after_what_it_depends_on_is_stored() {
     let mut doctor = browser(&hub, "Dr. Sato");
     let mut nurse = browser(&hub, "Nurse Ito");
 
-    let tid = block_on(doctor.create_timeline()).unwrap();
+    let tid = block_on(doctor.create_timeline(Some("田中 一郎 様"))).unwrap();
+    assert_eq!(doctor.timelines()[0].title.as_deref(), Some("田中 一郎 様"));
     let nurse_account = nurse.device().unwrap().account_id;
     block_on(doctor.add_person(&tid, &nurse_account)).unwrap();
     block_on(nurse.drain()).unwrap();
     assert_eq!(nurse.timelines().len(), 1, "the welcome made the nurse a member");
+    assert_eq!(nurse.timelines()[0].title.as_deref(), Some("田中 一郎 様"), "the name is sent again for newcomers");
+    block_on(doctor.set_title(&tid, "田中 一郎 様 (2F)")).unwrap();
+    block_on(nurse.drain()).unwrap();
+    assert_eq!(nurse.timelines()[0].title.as_deref(), Some("田中 一郎 様 (2F)"));
+    assert!(nurse.posts(&tid).is_empty() && doctor.posts(&tid).is_empty(), "a name is not a post");
     assert_eq!(nurse.timelines()[0].member_account_ids.len(), 2);
 
     let queued = block_on(doctor.queue_post(&tid, "体温 37.2℃", None, PostKind::Text)).unwrap();
@@ -188,14 +216,14 @@ fn every_frame_leaves_after_what_it_depends_on_is_stored() {
     block_on(doctor.send_outbox()).unwrap();
     block_on(nurse.drain()).unwrap();
     for i in 0..40 {
-        block_on(nurse.queue_post(&tid, &format!("reply {i}"), Some(2), PostKind::Text)).unwrap();
+        block_on(nurse.queue_post(&tid, &format!("reply {i}"), Some(5), PostKind::Text)).unwrap();
     }
     block_on(nurse.send_outbox()).unwrap();
     block_on(doctor.drain()).unwrap();
 
     assert_eq!(
         texts(&nurse, &tid)[0],
-        (Some(2), "体温 37.2℃".to_string(), PostState::Sent, "Dr. Sato".to_string())
+        (Some(5), "体温 37.2℃".to_string(), PostState::Sent, "Dr. Sato".to_string())
     );
     assert_eq!(texts(&doctor, &tid).len(), 41);
     assert_eq!(doctor.timelines()[0].unread, 40);
@@ -222,7 +250,7 @@ fn every_frame_leaves_after_what_it_depends_on_is_stored() {
 fn a_failed_persist_sends_nothing_and_is_retried() {
     let hub = Rc::new(RefCell::new(Hub::default()));
     let mut doctor = browser(&hub, "Dr. Sato");
-    let tid = block_on(doctor.create_timeline()).unwrap();
+    let tid = block_on(doctor.create_timeline(None)).unwrap();
     let sent_before = doctor.host().sent.len();
 
     doctor.host_mut().fail_persist = true;
@@ -247,7 +275,7 @@ fn offline_posts_survive_a_reload_and_go_out_on_reconnect() {
     let hub = Rc::new(RefCell::new(Hub::default()));
     let mut doctor = browser(&hub, "Dr. Sato");
     let mut family = browser(&hub, "Hanako");
-    let tid = block_on(doctor.create_timeline()).unwrap();
+    let tid = block_on(doctor.create_timeline(None)).unwrap();
     block_on(doctor.add_person(&tid, &family.device().unwrap().account_id)).unwrap();
     block_on(family.drain()).unwrap();
     doctor.take_events();
@@ -279,7 +307,7 @@ fn a_photo_reference_reaches_the_other_browser_and_opens_there() {
     let hub = Rc::new(RefCell::new(Hub::default()));
     let mut doctor = browser(&hub, "Dr. Sato");
     let mut daughter = browser(&hub, "Suzuki Hanako");
-    let tid = block_on(doctor.create_timeline()).unwrap();
+    let tid = block_on(doctor.create_timeline(None)).unwrap();
     let account = daughter.device().unwrap().account_id;
     block_on(doctor.add_person(&tid, &account)).unwrap();
     block_on(daughter.drain()).unwrap();

@@ -14,6 +14,15 @@ pub const ENVELOPE_VERSION: u32 = 1;
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Envelope {
     Post(Post),
+    /// The timeline's name as its members see it (for now the patient's
+    /// name); the one with the highest seq counts. Not shown as a post.
+    TimelineInfo(TimelineInfo),
+}
+
+/// What a timeline is called, inside the timeline (the server never sees it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TimelineInfo {
+    pub title: String,
 }
 
 /// A post in a patient's timeline.
@@ -131,6 +140,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn golden_timeline_info() {
+        let env = Envelope::TimelineInfo(TimelineInfo { title: "田中 一郎 様".into() });
+        let json = r#"{"v":1,"type":"timeline_info","title":"田中 一郎 様"}"#;
+        assert_eq!(String::from_utf8(env.encode()).unwrap(), json);
+        assert_eq!(Envelope::decode(json.as_bytes()).unwrap(), env);
+    }
+
+    #[test]
     fn golden_post() {
         let env = Envelope::Post(Post {
             kind: PostKind::Text,
@@ -201,7 +218,7 @@ mod tests {
         assert_eq!(Envelope::decode(&bytes).unwrap(), env);
         // A post written before attachments existed still decodes.
         let old = br#"{"v":1,"type":"post","kind":"text","text":"x","sent_at":1}"#;
-        let Envelope::Post(p) = Envelope::decode(old).unwrap();
+        let Envelope::Post(p) = Envelope::decode(old).unwrap() else { panic!("not a post") };
         assert!(p.attachments.is_empty());
     }
 }

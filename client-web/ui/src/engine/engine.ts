@@ -491,9 +491,14 @@ export class Engine {
     return this.enqueue(async (f) => JSON.parse((await f.refresh_accounts()) as string) as AccountView[]);
   }
 
-  async createTimeline(): Promise<string> {
+  async createTimeline(title?: string): Promise<string> {
     await this.requireOnline();
-    return this.enqueue(async (f) => (await f.create_timeline()) as string);
+    return this.enqueue(async (f) => (await f.create_timeline(title ?? undefined)) as string);
+  }
+
+  async setTitle(timelineId: string, title: string): Promise<void> {
+    await this.requireOnline();
+    await this.enqueue((f) => f.set_title(timelineId, title));
   }
 
   async addPerson(timelineId: string, accountId: string): Promise<void> {

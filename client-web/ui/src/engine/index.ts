@@ -68,6 +68,9 @@ export interface AccountView {
 /** One row of the timeline list. */
 export interface TimelineSummary {
   timelineId: string;
+  /** The name a member gave the timeline (for now the patient's name),
+   *  carried encrypted inside the timeline; null when none was set. */
+  title: string | null;
   /** Whether this device is still a member (false after being removed: the
    *  timeline's history stays readable, posting is not possible). */
   active: boolean;
@@ -193,9 +196,16 @@ export class EngineError extends Error {
  * accounts(): AccountView[]  /  refreshAccounts(): Promise<AccountView[]>
  *   The cached list of accounts (from the last connection) / ask the server.
  *
- * createTimeline(): Promise<string>
- *   Creates a timeline (an MLS group) with this device as its only member;
- *   resolves with its id. Needs the connection ("offline" otherwise).
+ * createTimeline(title?: string): Promise<string>
+ *   Creates a timeline (an MLS group) with this device as its only member,
+ *   named `title` for its members (an encrypted message in the timeline;
+ *   the server never sees it); resolves with its id. Needs the connection
+ *   (waits up to 15 s while connecting, then "offline").
+ *
+ * setTitle(timelineId, title): Promise<void>
+ *   Renames the timeline for every member (the newest name wins). Adding a
+ *   person sends the current name again, since newcomers cannot read what
+ *   came before they joined.
  *
  * addPerson(timelineId, accountId): Promise<void>
  * removePerson(timelineId, accountId): Promise<void>
