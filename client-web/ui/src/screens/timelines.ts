@@ -13,9 +13,11 @@ import { input, onSubmit } from "../forms.ts";
 import { lang, t, type MessageKey } from "../i18n/index.ts";
 import { directorySearch, invitationView } from "./people.ts";
 
-// Timeline names are typed by their creator. The envelope has no encrypted
-// title yet, so the name is kept on this device only; other members see
-// "Timeline <id>" until the engine carries an encrypted title.
+// Timeline names (for now the patient's name) travel encrypted inside the
+// timeline: the engine's `TimelineSummary.title`, set by
+// `createTimeline(title)`. A copy is kept on the creator's device until the
+// engine reports it (and for an engine that does not carry titles yet), and
+// is dropped with every wipe.
 const TITLES_KEY = "tsunagu.timelineTitles";
 
 function titles(): Record<string, string> {
@@ -26,8 +28,9 @@ function titles(): Record<string, string> {
   }
 }
 
-export function timelineTitle(id: string): string {
-  return titles()[id] || t("timeline.untitled", { id: id.slice(0, 8) });
+export function timelineTitle(id: string, summary?: TimelineSummary): string {
+  const carried = (summary as { title?: string | null } | undefined)?.title;
+  return carried || titles()[id] || t("timeline.untitled", { id: id.slice(0, 8) });
 }
 
 /** Patient names must not outlive the session on a shared tablet. */
@@ -110,7 +113,7 @@ export async function timelinesScreen(ctx: Ctx): Promise<HTMLElement> {
     }
     const f = filter.value.trim().toLowerCase();
     const shown = f
-      ? items.filter((s) => `${timelineTitle(s.timelineId)} ${s.lastPost?.text ?? ""} ${s.lastPost?.senderName ?? ""}`.toLowerCase().includes(f))
+      ? items.filter((s) => `${timelineTitle(s.timelineId, s)} ${s.lastPost?.text ?? ""} ${s.lastPost?.senderName ?? ""}`.toLowerCase().includes(f))
       : items;
     replace(list, shown.length ? shown.map(timelineRow) : h("li", { class: "empty" }, t("directory.noResults")));
   };
@@ -147,7 +150,7 @@ function timelineRow(s: TimelineSummary): HTMLElement {
       h(
         "span",
         { class: "timeline-main" },
-        h("span", { class: "timeline-title" }, timelineTitle(s.timelineId)),
+        h("span", { class: "timeline-title" }, timelineTitle(s.timelineId, s)),
         preview ? h("span", { class: "timeline-preview" }, preview) : null,
       ),
       h(
@@ -175,8 +178,12 @@ export async function createTimelineScreen(ctx: Ctx): Promise<HTMLElement> {
   onSubmit(form, async () => {
     try {
       await whenOnline(engine);
-      const id = await engine.createTimeline();
-      setTitle(id, name.value.trim());
+      const title = name.value.trim();
+      // The engine takes the title once it carries titles (an extra argument
+      // is ignored before that).
+      const create = engine.createTimeline as (title?: string) => Promise<string>;
+      const id = await create.call(engine, title);
+      setTitle(id, title);
       ctx.navigate(`#/t/${encodeURIComponent(id)}/members`);
     } catch (e) {
       throw new Error(engineErrorText(e));
@@ -205,7 +212,7 @@ export async function timelineScreen(ctx: Ctx): Promise<HTMLElement> {
     const s = summary();
     replace(
       header,
-      h("h1", { "data-testid": "timeline-title" }, timelineTitle(id)),
+      h("h1", { "data-testid": "timeline-title" }, timelineTitle(id, s)),
       h(
         "div",
         { class: "actions" },
@@ -549,7 +556,7 @@ async function membersScreen(ctx: Ctx, id: string): Promise<HTMLElement> {
     h(
       "section",
       { class: "card" },
-      h("div", { class: "title-row" }, h("h1", null, `${timelineTitle(id)} — ${t("timeline.members")}`), h("a", { class: "button", href: `#/t/${encodeURIComponent(id)}` }, t("common.back"))),
+      h("div", { class: "title-row" }, h("h1", null, `${timelineTitle(id, summary())} — ${t("timeline.members")}`), h("a", { class: "button", href: `#/t/${encodeURIComponent(id)}` }, t("common.back"))),
       members,
     ),
     h("section", { class: "card" }, h("h2", null, t("timeline.otherAccounts")), field(t("timeline.filter"), filter), others),
