@@ -88,10 +88,37 @@ export function checkFiles(files: File[]): string | null {
   return null;
 }
 
+/** Photos up to this size open by themselves when scrolled into view. */
+const AUTO_OPEN_BYTES = 1536 * 1024;
+
+// Decrypted files of this session, by blob id, as object URLs: a timeline
+// re-renders on every new post and must not download and decrypt again.
+const opened = new Map<string, string>();
+
+/** Drops the decrypted files (logout, revocation): nothing outlives the session. */
+export function clearOpenedAttachments(): void {
+  for (const url of opened.values()) URL.revokeObjectURL(url);
+  opened.clear();
+}
+
+let observer: IntersectionObserver | null = null;
+function whenVisible(el: Element, fn: () => void): void {
+  if (typeof IntersectionObserver === "undefined") return fn();
+  observer ??= new IntersectionObserver((entries) => {
+    for (const e of entries) {
+      if (!e.isIntersecting) continue;
+      observer?.unobserve(e.target);
+      (e.target as HTMLElement & { __open?: () => void }).__open?.();
+    }
+  });
+  (el as HTMLElement & { __open?: () => void }).__open = fn;
+  observer.observe(el);
+}
+
 /**
- * A post's attachments: photos as images once opened (a click opens them
- * when the engine can decrypt, so a slow link is not spent on every photo of
- * a long timeline), PDFs as a link that opens the decrypted file.
+ * A post's attachments: photos as images (small ones open by themselves when
+ * visible, large ones on a click, so a slow link is not spent on every big
+ * photo of a long timeline), PDFs as a link that opens the decrypted file.
  */
 export function attachmentList(engine: Engine, p: PostView): HTMLElement | null {
   const list = attachmentsOf(p);
@@ -108,25 +135,35 @@ export function attachmentList(engine: Engine, p: PostView): HTMLElement | null 
         item.append(h("span", null, label));
         return item;
       }
+      const show = (url: string) => {
+        if (image) {
+          item.replaceChildren(h("img", { src: url, alt: a.name, class: "attachment-image", "data-testid": "attachment-image" }), h("span", { class: "hint" }, label));
+        } else {
+          item.replaceChildren(h("a", { href: url, download: a.name, target: "_blank", rel: "noopener" }, label));
+        }
+      };
+      const cached = opened.get(a.blob_id);
+      if (cached) {
+        show(cached);
+        return item;
+      }
       const button = h("button", { type: "button", class: "attachment-open" }, label);
-      button.addEventListener("click", async () => {
+      const open = async () => {
+        if (button.disabled) return;
         button.disabled = true;
         button.textContent = `${label} — ${t("common.loading")}`;
         try {
-          const blob = await e.openAttachment(a);
-          const url = URL.createObjectURL(blob);
-          if (image) {
-            item.replaceChildren(h("img", { src: url, alt: a.name, class: "attachment-image", "data-testid": "attachment-image" }), h("span", { class: "hint" }, label));
-          } else {
-            item.replaceChildren(h("a", { href: url, download: a.name, target: "_blank", rel: "noopener" }, label));
-          }
-        } catch (err) {
+          const url = opened.get(a.blob_id) ?? URL.createObjectURL(await e.openAttachment(a));
+          opened.set(a.blob_id, url);
+          show(url);
+        } catch {
           button.disabled = false;
           button.textContent = `${label} — ${t("attach.damaged")}`;
-          void err;
         }
-      });
+      };
+      button.addEventListener("click", () => void open());
       item.append(button);
+      if (image && a.size <= AUTO_OPEN_BYTES) whenVisible(item, () => void open());
       return item;
     }),
   );

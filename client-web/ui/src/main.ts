@@ -1,6 +1,7 @@
 // Entry point: the screens by route name, and the session's life cycle
 // (open the engine after login, wipe it on logout or revocation).
 import { App, type ScreenDef } from "./app.ts";
+import { clearOpenedAttachments } from "./attachments.ts";
 import { currentEngine, ensureEngine, hostEvents, onEngine, pauseEngine, wipeEngine } from "./engine-host.ts";
 import { t, type MessageKey } from "./i18n/index.ts";
 import { inviteScreen, loginScreen, setupScreen } from "./screens/auth.ts";
@@ -34,7 +35,10 @@ hostEvents.signedOut = () => {
   app.setMe(null);
   app.navigate("#/login");
 };
-hostEvents.localDataWiped = clearTitles;
+hostEvents.localDataWiped = () => {
+  clearTitles();
+  clearOpenedAttachments();
+};
 hostEvents.wiped = (reason) => {
   if (reason === "revoked") {
     app.notify(t("devices.revoked"), "error");
