@@ -327,6 +327,22 @@ test("the doctor posts a photo; the family member opens it, decrypted in the bro
   await screenshot(fp, "11b-photo-family-phone");
 });
 
+test("the timeline's name is encrypted in the timeline: the family sees it, and a rename reaches them", async (t) => {
+  const { page } = doctor;
+  await page.goto(`${server.url}/#/t/${encodeURIComponent(timelineId)}/members`);
+  await page.waitForSelector('[data-testid="family-invite-form"]', { timeout: TIMEOUT });
+  if ((await page.locator('[data-testid="rename-form"]').count()) === 0) {
+    t.skip("the engine does not carry timeline titles yet");
+    return;
+  }
+  const fp = family.page;
+  await fp.goto(`${server.url}/#/t/${encodeURIComponent(timelineId)}`);
+  await fp.locator('[data-testid="timeline-title"]', { hasText: "田中 一郎 様" }).waitFor({ timeout: TIMEOUT });
+  await page.fill('[data-testid="rename-form"] input[name="rename"]', "田中 一郎 様（自宅）");
+  await page.click('[data-testid="rename-form"] button[type="submit"]');
+  await fp.locator('[data-testid="timeline-title"]', { hasText: "（自宅）" }).waitFor({ timeout: TIMEOUT });
+});
+
 test("what the server refuses a family account today: the directory (403)", async () => {
   await family.page.goto(`${server.url}/#/`);
   // The server-side refusal of a family member's *post* needs the roles of

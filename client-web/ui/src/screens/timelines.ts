@@ -537,6 +537,29 @@ async function membersScreen(ctx: Ctx, id: string): Promise<HTMLElement> {
   ctx.onLeave(() => window.clearInterval(timer));
   ctx.onLeave(onEngine((e) => (e.type === "timelines" || e.type === "accounts" ? render() : undefined)));
 
+  // Renaming, for every member, once the engine carries titles.
+  const setTitleFn = (engine as unknown as { setTitle?: (id: string, title: string) => Promise<void> }).setTitle;
+  let renameForm: HTMLFormElement | null = null;
+  if (typeof setTitleFn === "function") {
+    const newName = input("rename", { required: true, maxlength: 100, value: timelineTitle(id, summary()) });
+    renameForm = h(
+      "form",
+      { class: "inline-form", "data-testid": "rename-form" },
+      field(t("timeline.renameLabel"), newName, t("create.nameHint")),
+      h("button", { type: "submit" }, t("timeline.rename")),
+    );
+    onSubmit(renameForm, async () => {
+      try {
+        await whenOnline(engine);
+        await setTitleFn.call(engine, id, newName.value.trim());
+      } catch (e) {
+        throw new Error(engineErrorText(e));
+      }
+      setTitle(id, newName.value.trim());
+      ctx.notify(t("timeline.renamed"));
+    });
+  }
+
   const familyName = input("family_name");
   const familyOut = h("div", { "aria-live": "polite" });
   const familyForm = h(
@@ -558,6 +581,7 @@ async function membersScreen(ctx: Ctx, id: string): Promise<HTMLElement> {
       { class: "card" },
       h("div", { class: "title-row" }, h("h1", null, `${timelineTitle(id, summary())} — ${t("timeline.members")}`), h("a", { class: "button", href: `#/t/${encodeURIComponent(id)}` }, t("common.back"))),
       members,
+      renameForm,
     ),
     h("section", { class: "card" }, h("h2", null, t("timeline.otherAccounts")), field(t("timeline.filter"), filter), others),
     h("section", { class: "card" }, h("h2", null, t("timeline.addPeople")), directorySearch(ctx, (p: DirectoryPerson) => addButton(p.account_id, p.display_name))),
