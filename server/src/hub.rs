@@ -4,12 +4,13 @@
 //! any gap (a full queue, a message published out of order) from the database,
 //! which stays the source of truth.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
 
 use axum::extract::ws::Utf8Bytes;
-use tokio::sync::mpsc;
+use futures_util::task::AtomicWaker;
 use tsunagu_protocol::frames::{Delivered, MessageKind};
 use tsunagu_protocol::{Bytes, ServerFrame};
 
@@ -47,10 +48,69 @@ impl Push {
     }
 }
 
+/// One connection's bounded queue of pushes. Not a tokio mpsc channel: an
+/// idle connection's channel costs about 1 KiB (cache-padded fields and a
+/// first block of 32 slots allocated up front), this one about 100 bytes, and
+/// its buffer exists only while pushes wait (it is released when drained).
+/// One consumer (the connection), many producers (publishers).
+pub struct Queue {
+    items: Mutex<VecDeque<Push>>,
+    capacity: usize,
+    waker: AtomicWaker,
+    /// Set when a push was dropped because the queue was full: the connection
+    /// must catch up from the database.
+    pub lagged: AtomicBool,
+}
+
+/// Slots a drained queue may keep for the next burst; a larger buffer is
+/// released so that idle connections hold none.
+const KEEP_SLOTS: usize = 8;
+
+impl Queue {
+    fn new(capacity: usize) -> Queue {
+        Queue { items: Mutex::new(VecDeque::new()), capacity: capacity.max(1), waker: AtomicWaker::new(), lagged: AtomicBool::new(false) }
+    }
+
+    /// Queue a push, or mark the queue lagged if it is full.
+    fn push(&self, push: Push) {
+        {
+            let mut items = self.items.lock().expect("queue lock");
+            if items.len() >= self.capacity {
+                self.lagged.store(true, Ordering::Release);
+            } else {
+                items.push_back(push);
+            }
+        }
+        self.waker.wake();
+    }
+
+    /// The next queued push, if any.
+    pub fn try_recv(&self) -> Option<Push> {
+        let mut items = self.items.lock().expect("queue lock");
+        let next = items.pop_front();
+        if items.is_empty() && items.capacity() > KEEP_SLOTS {
+            *items = VecDeque::new();
+        }
+        next
+    }
+
+    /// Ready with the next push; pending while the queue is empty.
+    pub fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Push> {
+        if let Some(p) = self.try_recv() {
+            return Poll::Ready(p);
+        }
+        self.waker.register(cx.waker());
+        // A push between the first look and the registration woke nobody.
+        match self.try_recv() {
+            Some(p) => Poll::Ready(p),
+            None => Poll::Pending,
+        }
+    }
+}
+
 struct Conn {
     id: u64,
-    tx: mpsc::Sender<Push>,
-    lagged: Arc<AtomicBool>,
+    queue: Arc<Queue>,
 }
 
 #[derive(Default)]
@@ -73,21 +133,18 @@ type EpochMembers = (i64, Arc<Vec<String>>);
 /// A connection's registration; unregisters on drop.
 pub struct Subscription {
     hub: Arc<Hub>,
-    device_id: String,
+    device_id: Box<str>,
     id: u64,
-    pub rx: mpsc::Receiver<Push>,
-    /// Set when a push was dropped because the queue was full: the connection
-    /// must catch up from the database.
-    pub lagged: Arc<AtomicBool>,
+    pub queue: Arc<Queue>,
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
         let mut conns = self.hub.conns.lock().expect("hub lock");
-        if let Some(list) = conns.get_mut(&self.device_id) {
+        if let Some(list) = conns.get_mut(&*self.device_id) {
             list.retain(|c| c.id != self.id);
             if list.is_empty() {
-                conns.remove(&self.device_id);
+                conns.remove(&*self.device_id);
             }
         }
     }
@@ -95,16 +152,14 @@ impl Drop for Subscription {
 
 impl Hub {
     pub fn subscribe(self: &Arc<Self>, device_id: &str, capacity: usize) -> Subscription {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let queue = Arc::new(Queue::new(capacity));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let lagged = Arc::new(AtomicBool::new(false));
-        self.conns
-            .lock()
-            .expect("hub lock")
-            .entry(device_id.to_owned())
-            .or_default()
-            .push(Conn { id, tx, lagged: lagged.clone() });
-        Subscription { hub: self.clone(), device_id: device_id.to_owned(), id, rx, lagged }
+        let mut conns = self.conns.lock().expect("hub lock");
+        let list = conns.entry(device_id.to_owned()).or_default();
+        // Usually one connection per device: no spare slots.
+        list.reserve_exact(1);
+        list.push(Conn { id, queue: queue.clone() });
+        Subscription { hub: self.clone(), device_id: device_id.into(), id, queue }
     }
 
     /// The member devices of a timeline at `epoch`, if known.
@@ -138,9 +193,7 @@ impl Hub {
     pub fn resync_all(&self) {
         let conns = self.conns.lock().expect("hub lock");
         for conn in conns.values().flatten() {
-            if conn.tx.try_send(Push::Resync).is_err() {
-                conn.lagged.store(true, Ordering::Release);
-            }
+            conn.queue.push(Push::Resync);
         }
     }
 
@@ -154,10 +207,8 @@ impl Hub {
         let conns = self.conns.lock().expect("hub lock");
         for device in devices {
             for conn in conns.get(device).into_iter().flatten() {
-                if conn.tx.try_send(Push::Revoked).is_err() {
-                    // A full queue: the catch-up it causes re-checks the device.
-                    conn.lagged.store(true, Ordering::Release);
-                }
+                // A full queue: the catch-up it causes re-checks the device.
+                conn.queue.push(Push::Revoked);
             }
         }
     }
@@ -173,9 +224,7 @@ impl Hub {
                 continue;
             }
             for conn in conns.get(device).into_iter().flatten() {
-                if conn.tx.try_send(push.clone()).is_err() {
-                    conn.lagged.store(true, Ordering::Release);
-                }
+                conn.queue.push(push.clone());
             }
         }
     }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::{FuturesUnordered, SplitSink};
 use futures_util::{SinkExt, StreamExt};
+use tokio::time::Sleep;
 use tsunagu_protocol::frames::{AccountInfo, DeviceKeyPackage, MessageKind, TimelineInfo};
 use tsunagu_protocol::ids::{valid_msg_id, valid_uuid};
 use tsunagu_protocol::{Bytes, ClientFrame, ErrorCode, ServerFrame, PROTOCOL_VERSION};
@@ -44,6 +45,38 @@ type Sink = SplitSink<WebSocket, Message>;
 /// The connection failed to write; it is closed.
 struct Closed;
 
+type Reply = Pin<Box<dyn Future<Output = ServerFrame> + Send + Sync>>;
+
+/// Replies to sends that wait for their transaction. The set is allocated by
+/// the first send and released when it empties, so an idle connection holds
+/// none (a `FuturesUnordered` allocates two shared blocks when created).
+#[derive(Default)]
+struct InFlight(Option<FuturesUnordered<Reply>>);
+
+impl InFlight {
+    fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, FuturesUnordered::len)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn push(&mut self, reply: Reply) {
+        self.0.get_or_insert_with(FuturesUnordered::new).push(reply);
+    }
+
+    /// The next reply that is ready; `None` when none waits. Cancel-safe.
+    async fn next(&mut self) -> Option<ServerFrame> {
+        let set = self.0.as_mut()?;
+        let reply = set.next().await;
+        if set.is_empty() {
+            self.0 = None;
+        }
+        reply
+    }
+}
+
 struct Connection {
     state: AppState,
     device: Device,
@@ -53,13 +86,21 @@ struct Connection {
     last_sent: HashMap<String, i64>,
     /// Cursors acknowledged but not yet written.
     acks: HashMap<String, i64>,
+    /// When `acks` are written: [`CURSOR_FLUSH`] after the first of them
+    /// (a timer exists only while acknowledgements wait).
+    acks_due: Option<Pin<Box<Sleep>>>,
     /// Replies to sends that are waiting for their transaction.
-    in_flight: FuturesUnordered<Pin<Box<dyn Future<Output = ServerFrame> + Send + Sync>>>,
+    in_flight: InFlight,
     /// Frames written to the socket buffer but not yet flushed.
     unflushed: bool,
 }
 
-pub async fn serve(socket: WebSocket, state: AppState, device: Device) {
+/// Serve one connection until it closes. Every idle connection holds this
+/// future (about 1 KiB; see the test below), so everything it does not need
+/// while waiting is boxed for the moment it runs. Not an `async fn`: its
+/// arguments would stay in the future next to the `Connection` they are
+/// moved into.
+pub fn serve(socket: WebSocket, state: AppState, device: Device) -> impl Future<Output = ()> + Send + 'static {
     let (sink, mut stream) = socket.split();
     let mut conn = Connection {
         state,
@@ -68,70 +109,72 @@ pub async fn serve(socket: WebSocket, state: AppState, device: Device) {
         sub: None,
         last_sent: HashMap::new(),
         acks: HashMap::new(),
-        in_flight: FuturesUnordered::new(),
+        acks_due: None,
+        in_flight: InFlight::default(),
         unflushed: false,
     };
-    tracing::info!(device = %conn.device.id, "connected");
-    conn.state.metrics.connections.inc();
     let shutdown = conn.state.shutdown.clone();
-    let ready = ServerFrame::Ready {
-        protocol: PROTOCOL_VERSION,
-        account_id: conn.device.account_id.clone(),
-        device_id: conn.device.id.clone(),
-        external_sender: Some(crate::revocation::external_sender_info(&conn.state.external_sender)),
-    };
-    let mut flush = tokio::time::interval(CURSOR_FLUSH);
-    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut result = match conn.send(&ready).await {
-        Ok(()) => conn.flush().await,
-        closed => closed,
-    };
-    while result.is_ok() {
-        result = tokio::select! {
-            incoming = stream.next(), if conn.in_flight.len() < MAX_IN_FLIGHT => match incoming {
-                // Boxed: the request handlers' futures are large, and an idle
-                // connection should not carry their space while it waits.
-                Some(Ok(Message::Text(text))) => Box::pin(conn.on_text(text.as_str())).await,
-                Some(Ok(Message::Binary(_))) => conn.send_error(None, ApiError::new(ErrorCode::MalformedFrame, "frames are JSON text messages")).await,
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
-                Some(Ok(Message::Close(_))) | None => break,
-                Some(Err(e)) => {
-                    tracing::info!(device = %conn.device.id, error = %e, "connection error");
+    async move {
+        tracing::info!(device = %conn.device.id, "connected");
+        conn.state.metrics.connections.inc();
+        let mut result = Box::pin(conn.greet()).await;
+        while result.is_ok() {
+            result = tokio::select! {
+                incoming = stream.next(), if conn.in_flight.len() < MAX_IN_FLIGHT => match incoming {
+                    // Boxed: the request handlers' futures are large, and an idle
+                    // connection should not carry their space while it waits.
+                    Some(Ok(Message::Text(text))) => Box::pin(conn.on_text(text.as_str())).await,
+                    Some(Ok(Message::Binary(_))) => conn.send_error(None, ApiError::new(ErrorCode::MalformedFrame, "frames are JSON text messages")).await,
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
+                    Some(Ok(Message::Close(_))) | None => break,
+                    Some(Err(e)) => {
+                        tracing::info!(device = %conn.device.id, error = %e, "connection error");
+                        break;
+                    }
+                },
+                Some(reply) = conn.in_flight.next(), if !conn.in_flight.is_empty() => conn.send(&reply).await,
+                push = next_push(&conn.sub) => Box::pin(conn.on_push(push)).await,
+                _ = acks_due(&mut conn.acks_due) => { Box::pin(conn.flush_acks()).await; Ok(()) }
+                _ = shutdown.cancelled() => {
+                    Box::pin(conn.drain()).await;
+                    Box::pin(close_handshake(&mut stream)).await;
                     break;
                 }
-            },
-            Some(reply) = conn.in_flight.next(), if !conn.in_flight.is_empty() => conn.send(&reply).await,
-            Some(push) = next_push(&mut conn.sub) => Box::pin(conn.on_push(push)).await,
-            // Ticks only matter while acknowledgements wait to be written.
-            _ = flush.tick(), if !conn.acks.is_empty() => { Box::pin(conn.flush_acks()).await; Ok(()) }
-            _ = shutdown.cancelled() => {
-                Box::pin(conn.drain()).await;
-                // The closing handshake: read until the device's Close (or
-                // EOF), so no unread bytes make the kernel reset the socket
-                // and destroy our Close frame in flight.
-                let _ = tokio::time::timeout(CLOSE_HANDSHAKE, async {
-                    while let Some(Ok(msg)) = stream.next().await {
-                        if matches!(msg, Message::Close(_)) {
-                            break;
-                        }
-                    }
-                })
-                .await;
-                break;
+            };
+            if result.is_ok() {
+                result = conn.flush().await;
             }
-        };
-        if result.is_ok() {
-            result = conn.flush().await;
         }
+        Box::pin(conn.flush_acks()).await;
+        conn.state.metrics.connections.dec();
+        tracing::info!(device = %conn.device.id, "disconnected");
     }
-    Box::pin(conn.flush_acks()).await;
-    conn.state.metrics.connections.dec();
-    tracing::info!(device = %conn.device.id, "disconnected");
 }
 
-async fn next_push(sub: &mut Option<Subscription>) -> Option<Push> {
+/// The closing handshake: read until the device's Close (or EOF), so no
+/// unread bytes make the kernel reset the socket and destroy our Close frame
+/// in flight.
+async fn close_handshake(stream: &mut futures_util::stream::SplitStream<WebSocket>) {
+    let _ = tokio::time::timeout(CLOSE_HANDSHAKE, async {
+        while let Some(Ok(msg)) = stream.next().await {
+            if matches!(msg, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+async fn next_push(sub: &Option<Subscription>) -> Push {
     match sub {
-        Some(s) => s.rx.recv().await,
+        Some(s) => std::future::poll_fn(|cx| s.queue.poll_recv(cx)).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn acks_due(timer: &mut Option<Pin<Box<Sleep>>>) {
+    match timer {
+        Some(t) => t.as_mut().await,
         None => std::future::pending().await,
     }
 }
@@ -209,6 +252,18 @@ impl Connection {
         &self.state.db
     }
 
+    /// The `ready` frame, flushed.
+    async fn greet(&mut self) -> Result<(), Closed> {
+        let ready = ServerFrame::Ready {
+            protocol: PROTOCOL_VERSION,
+            account_id: self.device.account_id.clone(),
+            device_id: self.device.id.clone(),
+            external_sender: Some(crate::revocation::external_sender_info(&self.state.external_sender)),
+        };
+        self.send(&ready).await?;
+        self.flush().await
+    }
+
     async fn send(&mut self, frame: &ServerFrame) -> Result<(), Closed> {
         let text = serde_json::to_string(frame).expect("frames serialize");
         self.send_text(text.into()).await
@@ -278,6 +333,7 @@ impl Connection {
             F::Ack { timeline_id, seq } => {
                 let entry = self.acks.entry(timeline_id).or_insert(0);
                 *entry = (*entry).max(seq.min(i64::MAX as u64) as i64);
+                self.acks_due.get_or_insert_with(|| Box::pin(tokio::time::sleep(CURSOR_FLUSH)));
                 return Ok(None);
             }
             F::AckWelcome { welcome_id } => {
@@ -374,13 +430,13 @@ impl Connection {
     async fn on_push(&mut self, push: Push) -> Result<(), Closed> {
         let mut result = self.deliver(push).await;
         for _ in 0..PUSH_BURST {
-            let Some(next) = self.sub.as_mut().and_then(|s| s.rx.try_recv().ok()) else { break };
+            let Some(next) = self.sub.as_ref().and_then(|s| s.queue.try_recv()) else { break };
             if result.is_err() {
                 break;
             }
             result = self.deliver(next).await;
         }
-        let lagged = self.sub.as_ref().is_some_and(|s| s.lagged.swap(false, Ordering::AcqRel));
+        let lagged = self.sub.as_ref().is_some_and(|s| s.queue.lagged.swap(false, Ordering::AcqRel));
         let result = match result {
             Ok(()) if lagged => self.catch_up().await,
             other => other,
@@ -445,10 +501,12 @@ impl Connection {
     }
 
     async fn flush_acks(&mut self) {
+        self.acks_due = None;
         if self.acks.is_empty() {
             return;
         }
-        let cursors: Vec<(String, i64)> = self.acks.drain().collect();
+        // A fresh map: the drained one would keep its capacity while idle.
+        let cursors: Vec<(String, i64)> = std::mem::take(&mut self.acks).into_iter().collect();
         if let Err(e) = self.state.db.advance_cursors(&self.device.id, &cursors).await {
             tracing::warn!(device = %self.device.id, error = %e, "cursor update failed");
         }
@@ -769,6 +827,14 @@ mod tests {
     fn an_idle_connection_future_stays_small() {
         let bytes = future_size(serve);
         println!("serve future: {bytes} bytes");
+        println!(
+            "of which Connection {} (WebSocket {}, AppState {}, Device {}), ServerFrame {}",
+            std::mem::size_of::<Connection>(),
+            std::mem::size_of::<WebSocket>(),
+            std::mem::size_of::<AppState>(),
+            std::mem::size_of::<Device>(),
+            std::mem::size_of::<ServerFrame>()
+        );
         assert!(bytes < 2048, "the connection future grew to {bytes} bytes");
     }
 }
