@@ -49,16 +49,30 @@ function instrument() {
   };
 }
 
-/** Checks the log; returns how many sends and acks were checked. */
+/**
+ * Checks the log; returns how many sends and acks were checked.
+ * - a `send` leaves after a commit that stored MLS state (its ratchet step);
+ * - a post's `send` leaves after its outbox entry was committed: a `send`
+ *   without one (a timeline's name, which is not queued) is a violation if
+ *   an outbox entry for it is committed later;
+ * - an `ack` leaves after the timeline's processed seq reached it.
+ */
 function checkOrder(log) {
   const outbox = new Set();
+  const sentWithoutOutbox = new Set();
   const processed = new Map();
+  let mlsStored = false;
   let sends = 0;
   let acks = 0;
   for (const e of log) {
     if (e.t === "commit") {
       for (const [k, v] of e.puts) {
-        if (k.startsWith("outbox/")) outbox.add(k.slice("outbox/".length));
+        if (k.startsWith("mls/")) mlsStored = true;
+        if (k.startsWith("outbox/")) {
+          const id = k.slice("outbox/".length);
+          assert.ok(!sentWithoutOutbox.has(id), `send ${id} left before its outbox entry was committed`);
+          outbox.add(id);
+        }
         if (k.startsWith("tl/") && k.endsWith("/meta")) {
           const tid = k.slice(3, -5);
           processed.set(tid, Math.max(processed.get(tid) ?? 0, JSON.parse(v).processed_seq));
@@ -69,7 +83,9 @@ function checkOrder(log) {
     const f = JSON.parse(e.frame);
     if (f.type === "send") {
       sends++;
-      assert.ok(outbox.has(f.msg_id), `send ${f.msg_id} left before its outbox entry was committed`);
+      assert.ok(mlsStored, `send ${f.msg_id} left before its ratchet state was committed`);
+      mlsStored = false;
+      if (!outbox.has(f.msg_id)) sentWithoutOutbox.add(f.msg_id);
     }
     if (f.type === "ack") {
       acks++;
