@@ -52,10 +52,12 @@ fi
 WASM_BINDGEN=$TOOLS/bin/wasm-bindgen
 if [[ ! -x "$WASM_BINDGEN" ]] || [[ "$("$WASM_BINDGEN" --version 2>/dev/null)" != "wasm-bindgen $WB_VERSION" ]]; then
     step "installing wasm-bindgen-cli $WB_VERSION into $TOOLS"
-    # --locked first (the crate's own lock file); when the registry no longer
-    # has one of its locked versions, resolve afresh (same wasm-bindgen-cli).
-    cargo install --locked --quiet wasm-bindgen-cli --version "=$WB_VERSION" --root "$TOOLS" ||
-        cargo install --quiet wasm-bindgen-cli --version "=$WB_VERSION" --root "$TOOLS"
+    # Only the wasm-bindgen binary, without TLS (its test runner's downloads
+    # need it; ring and rustls are most of the build time). --locked first
+    # (the crate's own lock file); when the registry no longer has one of its
+    # locked versions, resolve afresh (same wasm-bindgen-cli).
+    opts=(--quiet --no-default-features --bin wasm-bindgen --version "=$WB_VERSION" --root "$TOOLS")
+    cargo install --locked "${opts[@]}" wasm-bindgen-cli || cargo install "${opts[@]}" wasm-bindgen-cli
 fi
 
 step "wasm-bindgen"
