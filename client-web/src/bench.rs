@@ -32,8 +32,10 @@ pub struct Costs {
 
 const POSTS_PER_REP: u32 = 10;
 
-/// The core's futures never wait here: the fake server answers at once.
-fn run<F: Future>(f: F) -> F::Output {
+/// Drive a core future to completion without a runtime: against an in-process
+/// server (this benchmark's, or the unit tests' fake hub) the core's futures
+/// never wait.
+pub(crate) fn block_on<F: Future>(f: F) -> F::Output {
     let mut f = std::pin::pin!(f);
     let mut cx = Context::from_waker(Waker::noop());
     loop {
@@ -118,14 +120,14 @@ pub fn mls_costs(reps: u32, clock: &dyn Fn() -> f64) -> Result<Costs, ClientErro
         let mut member = new_core("member")?;
 
         let t = clock();
-        let tid = run(owner.create_timeline(&mut server))?;
+        let tid = block_on(owner.create_timeline(&mut server))?;
         create += clock() - t;
 
         let (kps, _) = member.make_key_packages(1, false)?;
         server.claim = vec![DeviceKeyPackage { device_id: member.device_id().into(), key_package: Bytes(kps[0].clone()) }];
         let account = member.account_id().to_string();
         let t = clock();
-        let seq = run(owner.add_person(&mut server, &tid, &account))?;
+        let seq = block_on(owner.add_person(&mut server, &tid, &account))?;
         add += clock() - t;
 
         let welcome = server.welcome.take().ok_or_else(|| ClientError::Protocol("no welcome".into()))?;

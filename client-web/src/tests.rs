@@ -3,10 +3,8 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::future::Future;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
 
 use openmls::prelude::{ExternalProposal, GroupEpoch, LeafNodeIndex, SenderExtensionIndex};
 use tsunagu_protocol::frames::{AccountInfo, Delivered, DeviceKeyPackage, ErrorFrame, ExternalSenderInfo, MessageKind, TimelineInfo};
@@ -19,15 +17,7 @@ use crate::store::{Change, MemoryStore, StateStore};
 use crate::transport::Transport;
 use crate::{ClientError, PostStatus};
 
-pub(crate) fn block_on<F: Future>(f: F) -> F::Output {
-    let mut f = std::pin::pin!(f);
-    let mut cx = Context::from_waker(Waker::noop());
-    loop {
-        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
-    }
-}
+pub(crate) use crate::bench::block_on;
 
 #[derive(Default)]
 struct Tl {
