@@ -218,9 +218,11 @@ impl Hub {
     }
 
     pub fn publish(&self, recipients: &[String], push: &Push) {
+        // One look at the revoked set per publish, not one lock per recipient.
+        let revoked = (self.revoked_count.load(Ordering::Acquire) > 0).then(|| self.revoked.read().expect("hub lock"));
         let conns = self.conns.lock().expect("hub lock");
         for device in recipients {
-            if self.is_revoked(device) {
+            if revoked.as_ref().is_some_and(|r| r.contains(device)) {
                 continue;
             }
             for conn in conns.get(device).into_iter().flatten() {

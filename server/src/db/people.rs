@@ -3,6 +3,7 @@
 //! first-run setup token and the directory. Logic lives in `crate::people`.
 
 use sqlx::any::AnyRow;
+use sqlx::AnyPool;
 use sqlx::Row;
 
 use super::{Db, Result, Tx};
@@ -133,6 +134,50 @@ pub struct DirectoryFilter {
 enum Arg {
     Text(String),
     Int(i64),
+}
+
+/// A SELECT grown by optional `AND` conditions, each with one bound value
+/// (`$?` in a condition becomes its placeholder number).
+struct Filtered {
+    sql: String,
+    args: Vec<Arg>,
+}
+
+impl Filtered {
+    fn new(select: String) -> Self {
+        Filtered { sql: select, args: Vec::new() }
+    }
+
+    fn push(&mut self, cond: &str, arg: Arg) {
+        self.args.push(arg);
+        self.sql.push_str(&cond.replace("$?", &format!("${}", self.args.len())));
+    }
+
+    fn and_if(&mut self, cond: &str, arg: Option<Arg>) {
+        if let Some(arg) = arg {
+            self.push(cond, arg);
+        }
+    }
+
+    /// The organisation filters (the joined organisations are `o`).
+    fn organisation_filters(&mut self, f: &DirectoryFilter) {
+        self.and_if(" AND o.org_type = $?", f.org_type.clone().map(Arg::Text));
+        self.and_if(" AND o.area LIKE $? ESCAPE '\\'", f.area.as_deref().map(|a| Arg::Text(like_pattern(a))));
+        self.and_if(" AND o.home_visits = $?", f.home_visits.map(|h| Arg::Int(h as i64)));
+    }
+
+    /// Ends with `order` and the filter's limit, and runs it.
+    async fn fetch_all(mut self, pool: &AnyPool, order: &str, limit: i64) -> Result<Vec<AnyRow>> {
+        self.push(&format!(" ORDER BY {order} LIMIT $?"), Arg::Int(limit));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(self.sql));
+        for a in self.args {
+            query = match a {
+                Arg::Text(s) => query.bind(s),
+                Arg::Int(i) => query.bind(i),
+            };
+        }
+        Ok(query.fetch_all(pool).await?)
+    }
 }
 
 /// `%text%` for LIKE with `\` as the escape character.
@@ -691,42 +736,15 @@ impl Db {
 
     /// Professionals (not removed) matching the filter, by kana then name.
     pub async fn search_people(&self, f: &DirectoryFilter) -> Result<Vec<Profile>> {
-        let mut sql = format!(
+        let mut q = Filtered::new(format!(
             "SELECT {PROFILE_COLUMNS} FROM accounts a LEFT JOIN organisations o ON o.id = a.organisation_id \
              WHERE a.kind = 'professional' AND a.removed_at IS NULL"
-        );
-        let mut args = Vec::new();
-        let mut push = |sql: &mut String, cond: &str, arg: Arg| {
-            args.push(arg);
-            sql.push_str(&cond.replace("$?", &format!("${}", args.len())));
-        };
-        if let Some(t) = &f.text {
-            push(&mut sql, " AND a.search_text LIKE $? ESCAPE '\\'", Arg::Text(like_pattern(t)));
-        }
-        if let Some(p) = &f.profession {
-            push(&mut sql, " AND a.profession = $?", Arg::Text(p.clone()));
-        }
-        if let Some(t) = &f.org_type {
-            push(&mut sql, " AND o.org_type = $?", Arg::Text(t.clone()));
-        }
-        if let Some(a) = &f.area {
-            push(&mut sql, " AND o.area LIKE $? ESCAPE '\\'", Arg::Text(like_pattern(a)));
-        }
-        if let Some(h) = f.home_visits {
-            push(&mut sql, " AND o.home_visits = $?", Arg::Int(h as i64));
-        }
-        if let Some(o) = &f.organisation_id {
-            push(&mut sql, " AND a.organisation_id = $?", Arg::Text(o.clone()));
-        }
-        push(&mut sql, " ORDER BY a.kana, a.name, a.id LIMIT $?", Arg::Int(f.limit));
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for a in args {
-            query = match a {
-                Arg::Text(s) => query.bind(s),
-                Arg::Int(i) => query.bind(i),
-            };
-        }
-        let rows = query.fetch_all(&self.read).await?;
+        ));
+        q.and_if(" AND a.search_text LIKE $? ESCAPE '\\'", f.text.as_deref().map(|t| Arg::Text(like_pattern(t))));
+        q.and_if(" AND a.profession = $?", f.profession.clone().map(Arg::Text));
+        q.organisation_filters(f);
+        q.and_if(" AND a.organisation_id = $?", f.organisation_id.clone().map(Arg::Text));
+        let rows = q.fetch_all(&self.read, "a.kana, a.name, a.id", f.limit).await?;
         rows.iter().map(profile_from_row).collect()
     }
 
@@ -741,37 +759,15 @@ impl Db {
     }
 
     pub async fn search_organisations(&self, f: &DirectoryFilter) -> Result<Vec<OrganisationRow>> {
-        let mut sql = String::from(
+        let mut q = Filtered::new(
             "SELECT o.id, o.name, o.kana, o.org_type, o.area, o.address, o.phone, o.fax, o.home_visits, \
              (SELECT COUNT(*) FROM accounts a WHERE a.organisation_id = o.id AND a.kind = 'professional' AND a.removed_at IS NULL) \
-             FROM organisations o WHERE 1 = 1",
+             FROM organisations o WHERE 1 = 1"
+                .to_owned(),
         );
-        let mut args = Vec::new();
-        let mut push = |sql: &mut String, cond: &str, arg: Arg| {
-            args.push(arg);
-            sql.push_str(&cond.replace("$?", &format!("${}", args.len())));
-        };
-        if let Some(t) = &f.text {
-            push(&mut sql, " AND o.search_text LIKE $? ESCAPE '\\'", Arg::Text(like_pattern(t)));
-        }
-        if let Some(t) = &f.org_type {
-            push(&mut sql, " AND o.org_type = $?", Arg::Text(t.clone()));
-        }
-        if let Some(a) = &f.area {
-            push(&mut sql, " AND o.area LIKE $? ESCAPE '\\'", Arg::Text(like_pattern(a)));
-        }
-        if let Some(h) = f.home_visits {
-            push(&mut sql, " AND o.home_visits = $?", Arg::Int(h as i64));
-        }
-        push(&mut sql, " ORDER BY o.kana, o.name, o.id LIMIT $?", Arg::Int(f.limit));
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for a in args {
-            query = match a {
-                Arg::Text(s) => query.bind(s),
-                Arg::Int(i) => query.bind(i),
-            };
-        }
-        let rows = query.fetch_all(&self.read).await?;
+        q.and_if(" AND o.search_text LIKE $? ESCAPE '\\'", f.text.as_deref().map(|t| Arg::Text(like_pattern(t))));
+        q.organisation_filters(f);
+        let rows = q.fetch_all(&self.read, "o.kana, o.name, o.id", f.limit).await?;
         rows.iter()
             .map(|r| {
                 let home: i64 = r.try_get(8)?;
