@@ -1,70 +1,14 @@
 // Photos and PDFs in posts: what the composer lets a person pick, and how a
 // post's attachments are shown and opened. The encryption, the upload and the
-// decryption are the engine's (the server only ever stores ciphertext); this
-// module talks to the engine through two methods:
-//
-//   engine.postWithAttachments(timelineId, text, files: File[],
-//       { replyTo?, onProgress?(sentBytes, totalBytes) }): Promise<PostView>
-//   engine.openAttachment(ref: AttachmentRef): Promise<Blob>
-//
-// Until the engine has them, the composer's attach button stays disabled and
-// posts show their attachments' names and sizes only.
+// decryption are the engine's (`Engine.postWithAttachments`,
+// `Engine.openAttachment`); the server only ever stores ciphertext.
 import type { Engine, PostView } from "./engine/index.ts";
 import { h } from "./dom.ts";
 import { t } from "./i18n/index.ts";
 
-/** An attachment as the envelope carries it (PROTOCOL.md, "attachments"). */
-export interface AttachmentRef {
-  blob_id: string;
-  alg: string;
-  key: string;
-  nonce: string;
-  mime: string;
-  name: string;
-  size: number;
-  sha256: string;
-  thumbnail?: AttachmentRef;
-}
-
 /** The server's default limit for one blob (TSUNAGU_MAX_BLOB_BYTES). */
 export const MAX_FILE_BYTES = 25 * 1024 * 1024;
 export const ACCEPT = "image/jpeg,image/png,image/webp,image/heic,application/pdf";
-
-interface AttachmentEngine {
-  postWithAttachments(
-    timelineId: string,
-    text: string,
-    files: File[],
-    options: { replyTo?: number; onProgress?: (sent: number, total: number) => void },
-  ): Promise<PostView>;
-  openAttachment(ref: AttachmentRef): Promise<Blob>;
-}
-
-function withAttachments(engine: Engine): AttachmentEngine | null {
-  const e = engine as unknown as Partial<AttachmentEngine>;
-  return typeof e.postWithAttachments === "function" && typeof e.openAttachment === "function" ? (e as AttachmentEngine) : null;
-}
-
-export function canAttach(engine: Engine): boolean {
-  return withAttachments(engine) !== null;
-}
-
-export function postWithAttachments(
-  engine: Engine,
-  timelineId: string,
-  text: string,
-  files: File[],
-  options: { replyTo?: number; onProgress?: (sent: number, total: number) => void },
-): Promise<PostView> {
-  const e = withAttachments(engine);
-  if (!e) return Promise.reject(new Error(t("timeline.attachLater")));
-  return e.postWithAttachments(timelineId, text, files, options);
-}
-
-export function attachmentsOf(p: PostView): AttachmentRef[] {
-  const list = (p as unknown as { attachments?: AttachmentRef[] }).attachments;
-  return Array.isArray(list) ? list : [];
-}
 
 /** "Photo", "PDF" or "File": text, not emoji (cheap tablets may lack an emoji font). */
 export function kindLabel(mime: string): string {
@@ -121,9 +65,8 @@ function whenVisible(el: Element, fn: () => void): void {
  * photo of a long timeline), PDFs as a link that opens the decrypted file.
  */
 export function attachmentList(engine: Engine, p: PostView): HTMLElement | null {
-  const list = attachmentsOf(p);
+  const list = p.attachments;
   if (list.length === 0) return null;
-  const e = withAttachments(engine);
   return h(
     "ul",
     { class: "attachments", "aria-label": t("attach.list") },
@@ -131,10 +74,6 @@ export function attachmentList(engine: Engine, p: PostView): HTMLElement | null 
       const image = a.mime.startsWith("image/");
       const label = `[${kindLabel(a.mime)}] ${a.name} (${formatSize(a.size)})`;
       const item = h("li", { class: "attachment", "data-testid": "attachment" });
-      if (!e) {
-        item.append(h("span", null, label));
-        return item;
-      }
       const show = (url: string) => {
         if (image) {
           item.replaceChildren(h("img", { src: url, alt: a.name, class: "attachment-image", "data-testid": "attachment-image" }), h("span", { class: "hint" }, label));
@@ -153,7 +92,7 @@ export function attachmentList(engine: Engine, p: PostView): HTMLElement | null 
         button.disabled = true;
         button.textContent = `${label} — ${t("common.loading")}`;
         try {
-          const url = opened.get(a.blob_id) ?? URL.createObjectURL(await e.openAttachment(a));
+          const url = opened.get(a.blob_id) ?? URL.createObjectURL(await engine.openAttachment(a));
           opened.set(a.blob_id, url);
           show(url);
         } catch {

@@ -116,6 +116,22 @@ export interface PostView {
    * - "unsupported": written by a newer client (show "update the app").
    */
   state: "sent" | "pending" | "undecryptable" | "unsupported";
+  /** The post's attachments as the envelope carries them (PROTOCOL.md):
+   *  show name, mime and size; open one with `Engine.openAttachment`. */
+  attachments: AttachmentRef[];
+}
+
+/** An attachment as the envelope carries it (PROTOCOL.md, "attachments"). */
+export interface AttachmentRef {
+  blob_id: string;
+  alg: string;
+  key: string;
+  nonce: string;
+  mime: string;
+  name: string;
+  size: number;
+  sha256: string;
+  thumbnail?: AttachmentRef;
 }
 
 /** What the engine tells the UI; re-read the views named by the event. */

@@ -126,7 +126,6 @@ export const en: Record<MessageKey, string> = {
   "timeline.addPeople": "Add from directory",
   "timeline.inviteFamily": "Invite family",
   "timeline.attach": "Attach photo or PDF",
-  "timeline.attachLater": "Photos, PDFs, read receipts and urgent acknowledgements arrive with the next update.",
   "timeline.unknownSender": "Unknown sender",
   "timeline.add": "Add",
   "timeline.added": "{name} was added",

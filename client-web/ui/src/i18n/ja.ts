@@ -126,7 +126,6 @@ export const ja = {
   "timeline.addPeople": "名簿から追加",
   "timeline.inviteFamily": "ご家族を招待",
   "timeline.attach": "写真・PDFを添付",
-  "timeline.attachLater": "写真・PDF・既読・緊急確認は次の更新で使えるようになります。",
   "timeline.unknownSender": "不明な送信者",
   "timeline.add": "追加",
   "timeline.added": "{name} さんを追加しました",

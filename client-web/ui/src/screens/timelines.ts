@@ -8,7 +8,7 @@ import { errorText, type Ctx } from "../app.ts";
 import { field, formatTime, h, replace } from "../dom.ts";
 import { EngineError, type Engine, type PostView, type TimelineSummary } from "../engine/index.ts";
 import { currentEngine, ensureEngine, onEngine } from "../engine-host.ts";
-import { ACCEPT, attachmentList, canAttach, checkFiles, formatSize, kindLabel, postWithAttachments } from "../attachments.ts";
+import { ACCEPT, attachmentList, checkFiles, formatSize, kindLabel } from "../attachments.ts";
 import { input, onSubmit } from "../forms.ts";
 import { lang, t, type MessageKey } from "../i18n/index.ts";
 import { directorySearch, invitationView } from "./people.ts";
@@ -307,17 +307,8 @@ export async function timelineScreen(ctx: Ctx): Promise<HTMLElement> {
     replyBanner.hidden = true;
     replace(replyBanner);
   };
-  // Photos and PDFs once the engine can seal and upload them; until then
-  // the button keeps its place and says why it is not there yet.
+  // Photos and PDFs: sealed and uploaded by the engine.
   const attachControl = (): HTMLElement => {
-    if (!canAttach(engine)) {
-      return h(
-        "span",
-        { class: "grow attach-later" },
-        h("button", { type: "button", disabled: true, "aria-describedby": "attach-later" }, t("timeline.attach")),
-        h("span", { id: "attach-later", class: "hint" }, t("timeline.attachLater")),
-      );
-    }
     const picker = h("input", { type: "file", accept: ACCEPT, multiple: true, class: "visually-hidden", id: "attach-files", "data-testid": "attach-input" });
     picker.addEventListener("change", () => {
       const picked = [...(picker.files ?? [])];
@@ -365,7 +356,7 @@ export async function timelineScreen(ctx: Ctx): Promise<HTMLElement> {
         if (files.length > 0) {
           progress.hidden = false;
           progress.value = 0;
-          await postWithAttachments(engine, id, body, files, {
+          await engine.postWithAttachments(id, body, files, {
             ...reply,
             onProgress: (sent, total) => {
               progress.value = total > 0 ? Math.round((sent / total) * 100) : 0;
@@ -537,28 +528,24 @@ async function membersScreen(ctx: Ctx, id: string): Promise<HTMLElement> {
   ctx.onLeave(() => window.clearInterval(timer));
   ctx.onLeave(onEngine((e) => (e.type === "timelines" || e.type === "accounts" ? render() : undefined)));
 
-  // Renaming, for every member, once the engine carries titles.
-  const setTitleFn = (engine as unknown as { setTitle?: (id: string, title: string) => Promise<void> }).setTitle;
-  let renameForm: HTMLFormElement | null = null;
-  if (typeof setTitleFn === "function") {
-    const newName = input("rename", { required: true, maxlength: 100, value: timelineTitle(id, summary()) });
-    renameForm = h(
-      "form",
-      { class: "inline-form", "data-testid": "rename-form" },
-      field(t("timeline.renameLabel"), newName, t("create.nameHint")),
-      h("button", { type: "submit" }, t("timeline.rename")),
-    );
-    onSubmit(renameForm, async () => {
-      try {
-        await whenOnline(engine);
-        await setTitleFn.call(engine, id, newName.value.trim());
-      } catch (e) {
-        throw new Error(engineErrorText(e));
-      }
-      setTitle(id, newName.value.trim());
-      ctx.notify(t("timeline.renamed"));
-    });
-  }
+  // Renaming, for every member (the name is encrypted in the timeline).
+  const newName = input("rename", { required: true, maxlength: 100, value: timelineTitle(id, summary()) });
+  const renameForm = h(
+    "form",
+    { class: "inline-form", "data-testid": "rename-form" },
+    field(t("timeline.renameLabel"), newName, t("create.nameHint")),
+    h("button", { type: "submit" }, t("timeline.rename")),
+  );
+  onSubmit(renameForm, async () => {
+    try {
+      await whenOnline(engine);
+      await engine.setTitle(id, newName.value.trim());
+    } catch (e) {
+      throw new Error(engineErrorText(e));
+    }
+    setTitle(id, newName.value.trim());
+    ctx.notify(t("timeline.renamed"));
+  });
 
   const familyName = input("family_name");
   const familyOut = h("div", { "aria-live": "polite" });
