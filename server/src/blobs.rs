@@ -92,9 +92,8 @@ struct Caller {
 /// A device token (`Authorization: Bearer`), or else a session (cookie or
 /// bearer session token).
 async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
-    let bearer = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    if let Some(token) = bearer {
-        if let Some(device) = state.db.device_by_token(&secret_hash(token.trim())).await? {
+    if let Some(token) = crate::http::bearer(headers) {
+        if let Some(device) = state.db.device_by_token(&secret_hash(token)).await? {
             if device.revoked {
                 return Err(ApiError::new(ErrorCode::Unauthorized, "this device was revoked"));
             }

@@ -50,6 +50,11 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The credential of `Authorization: Bearer <token>`, if the request has one.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).map(str::trim)
+}
+
 /// SHA-256 of a secret (token or code), hex; only hashes are stored.
 pub fn secret_hash(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
@@ -103,12 +108,8 @@ async fn websocket(
     let device = match &query.device {
         Some(device_id) => crate::people::websocket_device(&state, &headers, device_id).await?,
         None => {
-            let token = headers
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "send the device token as Authorization: Bearer"))?;
-            let device = state.db.device_by_token(&secret_hash(token.trim())).await?;
+            let token = bearer(&headers).ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "send the device token as Authorization: Bearer"))?;
+            let device = state.db.device_by_token(&secret_hash(token)).await?;
             match device {
                 Some(d) if !d.revoked => d,
                 _ => return Err(ApiError::new(ErrorCode::Unauthorized, "unknown or revoked device token")),

@@ -163,12 +163,8 @@ impl Session {
 
 /// The session token of a request: `Authorization: Bearer` or the cookie.
 pub fn session_token(headers: &HeaderMap) -> Option<String> {
-    if let Some(token) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    {
-        return Some(token.trim().to_owned());
+    if let Some(token) = crate::http::bearer(headers) {
+        return Some(token.to_owned());
     }
     cookie(headers, SESSION_COOKIE)
 }
