@@ -108,6 +108,7 @@ async fn replayed_message_ids_and_stale_epochs_are_answered_clearly() {
         timeline_id: timeline.clone(),
         msg_id: msg_id.to_owned(),
         message: message.clone().into(),
+        urgent: false,
     };
     let first = doctor.raw_request(send(1, "dose-1", &message)).await.unwrap();
     let ServerFrame::Accepted { seq, duplicate: false, .. } = first else { panic!("expected accepted, got {first:?}") };
@@ -133,7 +134,7 @@ async fn replayed_message_ids_and_stale_epochs_are_answered_clearly() {
     // A message id is the sender's: using it again elsewhere is refused.
     let other = doctor.create_timeline().await.unwrap();
     let elsewhere = doctor.encrypt_raw(&other, "other patient").await.unwrap();
-    let reuse = ClientFrame::Send { rid: 4, timeline_id: other.clone(), msg_id: "dose-1".into(), message: elsewhere.into() };
+    let reuse = ClientFrame::Send { rid: 4, timeline_id: other.clone(), msg_id: "dose-1".into(), message: elsewhere.into(), urgent: false };
     match doctor.raw_request(reuse).await {
         Ok(ServerFrame::Error(e)) | Err(tsunagu_client::ClientError::Server(e)) => assert_eq!(e.code, ErrorCode::MsgIdReused),
         other => panic!("expected msg_id_reused, got {other:?}"),

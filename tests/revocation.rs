@@ -122,7 +122,7 @@ async fn a_revoked_device_is_cut_off_at_once_and_leaves_every_timeline_at_the_ne
     assert!(is_unauthorized(&err), "{err:?}");
     // What it sends on a connection it still holds is refused: the socket is
     // closed instead of storing the post.
-    let send = ClientFrame::Send { rid: 1, timeline_id: suzuki.clone(), msg_id: "late".into(), message: Bytes(late_post) };
+    let send = ClientFrame::Send { rid: 1, timeline_id: suzuki.clone(), msg_id: "late".into(), message: Bytes(late_post), urgent: false };
     let _ = raw.send(Message::text(serde_json::to_string(&send).unwrap())).await;
     loop {
         match tokio::time::timeout(Duration::from_secs(10), raw.next()).await.expect("the server answers or closes") {

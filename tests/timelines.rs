@@ -151,7 +151,7 @@ async fn a_removed_member_and_an_outsider_learn_nothing_new() {
     // Its sends are refused.
     let stale = pharmacist.encrypt_raw(&timeline, "still here?").await;
     if let Ok(message) = stale {
-        let frame = ClientFrame::Send { rid: 7001, timeline_id: timeline.clone(), msg_id: "late-1".into(), message: message.into() };
+        let frame = ClientFrame::Send { rid: 7001, timeline_id: timeline.clone(), msg_id: "late-1".into(), message: message.into(), urgent: false };
         assert_eq!(server_error(pharmacist.raw_request(frame).await), ErrorCode::NotMember);
     }
 

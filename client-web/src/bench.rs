@@ -69,7 +69,7 @@ impl Transport for InstantServer {
             }
             ClientFrame::ClaimKeyPackages { rid, account_id } => {
                 let devices = std::mem::take(&mut self.claim);
-                self.reply(ServerFrame::KeyPackages { rid, account_id, devices })
+                self.reply(ServerFrame::KeyPackages { rid, account_id, devices, organisation_id: None, account_kind: None })
             }
             ClientFrame::Commit { rid, timeline_id, welcome, .. } => {
                 self.seq += 1;
@@ -108,7 +108,7 @@ fn plaintext(i: u32) -> Vec<u8> {
     while text.len() < 120 {
         text.push('x');
     }
-    Envelope::Post(Post { kind: PostKind::Text, text, reply_to: None, sent_at: 1_700_000_000_000, attachments: Vec::new() }).encode()
+    Envelope::Post(Post { kind: PostKind::Text, text, reply_to: None, sent_at: 1_700_000_000_000, attachments: Vec::new(), mentions: Vec::new(), urgent: false }).encode()
 }
 
 /// Measure with `clock` (milliseconds, monotonic where possible).

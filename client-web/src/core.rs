@@ -114,8 +114,11 @@ fn frame_rid(f: &ClientFrame) -> Option<u64> {
         | ClientFrame::GetGroupInfo { rid, .. }
         | ClientFrame::ListDevices { rid }
         | ClientFrame::RevokeDevice { rid, .. }
+        | ClientFrame::GetReceipts { rid, .. }
+        | ClientFrame::Acknowledge { rid, .. }
+        | ClientFrame::ListUrgent { rid }
         | ClientFrame::Ping { rid } => Some(*rid),
-        ClientFrame::Ack { .. } | ClientFrame::AckWelcome { .. } => None,
+        ClientFrame::Ack { .. } | ClientFrame::AckWelcome { .. } | ClientFrame::Read { .. } => None,
     }
 }
 
@@ -123,7 +126,12 @@ fn frame_rid(f: &ClientFrame) -> Option<u64> {
 /// no rid).
 fn reply_rid(f: &ServerFrame) -> Option<Option<u64>> {
     match f {
-        ServerFrame::Ready { .. } | ServerFrame::Message(_) | ServerFrame::Welcome { .. } => None,
+        ServerFrame::Ready { .. }
+        | ServerFrame::Message(_)
+        | ServerFrame::Welcome { .. }
+        | ServerFrame::ReadMark(_)
+        | ServerFrame::UrgentAck { .. }
+        | ServerFrame::UrgentAlert(_) => None,
         ServerFrame::Error(e) => Some(e.rid),
         ServerFrame::CaughtUp { rid }
         | ServerFrame::Accepted { rid, .. }
@@ -136,6 +144,9 @@ fn reply_rid(f: &ServerFrame) -> Option<Option<u64>> {
         | ServerFrame::GroupInfo { rid, .. }
         | ServerFrame::Devices { rid, .. }
         | ServerFrame::DeviceRevoked { rid, .. }
+        | ServerFrame::Receipts { rid, .. }
+        | ServerFrame::Acknowledged { rid, .. }
+        | ServerFrame::Urgent { rid, .. }
         | ServerFrame::Pong { rid } => Some(Some(*rid)),
     }
 }
@@ -541,7 +552,7 @@ impl Core {
     /// message (retried like a post). Returns its seq.
     pub async fn set_title<T: Transport>(&mut self, io: &mut T, timeline_id: &str, title: &str) -> Result<u64, ClientError> {
         let msg_id = new_msg_id();
-        let plaintext = Envelope::TimelineInfo(tsunagu_protocol::envelope::TimelineInfo { title: title.into() }).encode();
+        let plaintext = Envelope::TimelineInfo(tsunagu_protocol::envelope::TimelineInfo { title: title.into(), patient: None }).encode();
         for _attempt in 0..MAX_ATTEMPTS {
             match self.groups.get(timeline_id) {
                 None => return Err(ClientError::Invalid(format!("no group for timeline {timeline_id}"))),
@@ -552,7 +563,7 @@ impl Core {
             }
             let message = self.encrypt_unsaved(timeline_id, &plaintext)?;
             let rid = self.rid();
-            let frame = ClientFrame::Send { rid, timeline_id: timeline_id.into(), msg_id: msg_id.clone(), message: Bytes(message) };
+            let frame = ClientFrame::Send { rid, timeline_id: timeline_id.into(), msg_id: msg_id.clone(), message: Bytes(message), urgent: false };
             // Its echo (which we cannot decrypt) waits until we know its seq.
             self.deferred.insert(timeline_id.to_string());
             let reply = self.request(io, frame).await;
@@ -664,6 +675,10 @@ impl Core {
                                     Ok(Envelope::TimelineInfo(info)) => {
                                         new_title = Some(info.title);
                                         (None, PostStatus::Ok)
+                                    }
+                                    Ok(_) => {
+                                        // Consent, events, edits, deletions and history: being built (issue 4).
+                                        (None, PostStatus::Unsupported)
                                     }
                                     Err(tsunagu_protocol::envelope::EnvelopeError::UnsupportedVersion(_)) => {
                                         (None, PostStatus::Unsupported)
@@ -1289,7 +1304,7 @@ impl Core {
             self.outbox_push(OutboxEntry {
                 timeline_id: timeline_id.into(),
                 msg_id: msg_id.into(),
-                post: Post { kind: PostKind::Text, text: text.into(), reply_to, sent_at: io.now_ms(), attachments: Vec::new() },
+                post: Post { kind: PostKind::Text, text: text.into(), reply_to, sent_at: io.now_ms(), attachments: Vec::new(), mentions: Vec::new(), urgent: false },
             });
         }
         self.send_outbox_entry(io, msg_id).await
@@ -1342,7 +1357,7 @@ impl Core {
             let message = self.encrypt_unsaved(&tid, &plaintext)?;
             let rid = self.rid();
             let frame =
-                ClientFrame::Send { rid, timeline_id: tid.clone(), msg_id: msg_id.into(), message: Bytes(message) };
+                ClientFrame::Send { rid, timeline_id: tid.clone(), msg_id: msg_id.into(), message: Bytes(message), urgent: false };
             match self.request(io, frame).await? {
                 ServerFrame::Accepted { seq, .. } => {
                     self.outbox_remove(msg_id, Some(seq));

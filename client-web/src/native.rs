@@ -350,6 +350,8 @@ impl Client {
             reply_to,
             sent_at: io.now_ms(),
             attachments,
+            mentions: Vec::new(),
+            urgent: false,
         };
         let r = core.post_prepared(io, timeline_id, &new_msg_id(), post).await;
         self.check(r)
@@ -480,6 +482,8 @@ impl Client {
             reply_to: None,
             sent_at: now_ms(),
             attachments: Vec::new(),
+            mentions: Vec::new(),
+            urgent: false,
         };
         self.core.encrypt(timeline_id, &tsunagu_protocol::Envelope::Post(post).encode())
     }

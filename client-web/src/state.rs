@@ -269,7 +269,7 @@ mod tests {
         let entry = |id: &str| OutboxEntry {
             timeline_id: "t".into(),
             msg_id: id.into(),
-            post: Post { kind: tsunagu_protocol::PostKind::Text, text: "x".into(), reply_to: None, sent_at: 1, attachments: Vec::new() },
+            post: Post { kind: tsunagu_protocol::PostKind::Text, text: "x".into(), reply_to: None, sent_at: 1, attachments: Vec::new(), mentions: Vec::new(), urgent: false },
         };
         let device = DeviceRecord {
             server_url: "http://x".into(),

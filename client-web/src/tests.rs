@@ -120,7 +120,7 @@ impl Hub {
                     devices.push(DeviceKeyPackage { device_id: d.clone(), key_package: Bytes(kp) });
                 }
                 self.claimed.insert(from.into(), acc.device_ids.clone());
-                self.push(from, &ServerFrame::KeyPackages { rid, account_id, devices })
+                self.push(from, &ServerFrame::KeyPackages { rid, account_id, devices, organisation_id: None, account_kind: None })
             }
             ClientFrame::ListAccounts { rid } => {
                 let accounts = self.accounts.clone();
@@ -172,7 +172,7 @@ impl Hub {
                 }
                 self.push(from, &ServerFrame::Accepted { rid, timeline_id, seq, epoch: new_epoch, duplicate: false })
             }
-            ClientFrame::Send { rid, timeline_id, msg_id, message } => {
+            ClientFrame::Send { rid, timeline_id, msg_id, message, .. } => {
                 if let Some(dup) = self.retried(from, rid, &timeline_id, &msg_id) {
                     return self.push(from, &dup);
                 }
@@ -304,7 +304,7 @@ fn remove(leaf: u32) -> Ext {
 }
 
 fn text_post(text: &str) -> Post {
-    Post { kind: PostKind::Text, text: text.into(), reply_to: None, sent_at: 1, attachments: Vec::new() }
+    Post { kind: PostKind::Text, text: text.into(), reply_to: None, sent_at: 1, attachments: Vec::new(), mentions: Vec::new(), urgent: false }
 }
 
 fn has_put(changes: &[Change], key: &[u8]) -> bool {
@@ -342,6 +342,8 @@ fn setup(n: usize) -> (Rc<RefCell<Hub>>, Vec<Dev>) {
             account_id: account_id.clone(),
             name: format!("user{i}"),
             device_ids: vec![device_id.clone()],
+            organisation_id: None,
+            kind: None,
         });
         let store = SharedStore::default();
         let core = Core::new_enrolled(
@@ -358,7 +360,7 @@ fn setup(n: usize) -> (Rc<RefCell<Hub>>, Vec<Dev>) {
         .unwrap();
         let mut dev = Dev { core, io: Conn { hub: hub.clone(), device: device_id.clone() }, store };
         let external_sender = Some(server_info(hub.borrow().server_key.as_ref().unwrap()));
-        let ready = ServerFrame::Ready { protocol: 1, account_id: dev.core.account_id().into(), device_id, external_sender };
+        let ready = ServerFrame::Ready { protocol: 1, account_id: dev.core.account_id().into(), device_id, external_sender, organisation_id: None, account_kind: None };
         hub.borrow_mut().push(&dev.id(), &ready);
         block_on(dev.core.on_connected(&mut dev.io)).unwrap();
         devs.push(dev);
@@ -545,7 +547,7 @@ fn unknown_envelope_version_is_unsupported() {
     sync(&mut d[1]);
     let raw = d[0].core.encrypt(&tid, br#"{"v":2,"type":"poll"}"#).unwrap();
     let rid = 99;
-    let f = ClientFrame::Send { rid, timeline_id: tid.clone(), msg_id: "v2".into(), message: Bytes(raw) };
+    let f = ClientFrame::Send { rid, timeline_id: tid.clone(), msg_id: "v2".into(), message: Bytes(raw), urgent: false };
     let reply = call!(d[0], request(f)).unwrap();
     assert!(matches!(reply, ServerFrame::Accepted { seq: 2, .. }));
     // Garbage in a message frame: recorded, not fatal.
@@ -603,10 +605,10 @@ fn a_post_is_one_write_before_sending_and_one_after() {
     d[0].store = crashed;
     assert_eq!(d[0].core.outbox().len(), 1);
     let raw = d[0].core.encrypt(&tid, &Envelope::Post(text_post("fresh")).encode()).unwrap();
-    let f = ClientFrame::Send { rid: 99, timeline_id: tid.clone(), msg_id: "raw".into(), message: Bytes(raw) };
+    let f = ClientFrame::Send { rid: 99, timeline_id: tid.clone(), msg_id: "raw".into(), message: Bytes(raw), urgent: false };
     let Ok(ServerFrame::Accepted { seq: s_raw, .. }) = call!(d[0], request(f)) else { panic!("not accepted") };
     let external_sender = Some(server_info(hub.borrow().server_key.as_ref().unwrap()));
-    let ready = ServerFrame::Ready { protocol: 1, account_id: account(&d[0]), device_id: d[0].id(), external_sender };
+    let ready = ServerFrame::Ready { protocol: 1, account_id: account(&d[0]), device_id: d[0].id(), external_sender, organisation_id: None, account_kind: None };
     hub.borrow_mut().push(&d[0].id(), &ready);
     let dv = &mut d[0];
     block_on(dv.core.on_connected(&mut dv.io)).unwrap();
@@ -789,7 +791,7 @@ fn a_removal_signed_by_a_group_sender_that_is_not_this_server_is_rejected() {
     // The server A talks to now announces another key (say, a different
     // server): the group's external sender is no longer "the server".
     let other = m::new_signer().unwrap();
-    let ready = ServerFrame::Ready { protocol: 1, account_id: account(&d[0]), device_id: d[0].id(), external_sender: Some(server_info(&other)) };
+    let ready = ServerFrame::Ready { protocol: 1, account_id: account(&d[0]), device_id: d[0].id(), external_sender: Some(server_info(&other)), organisation_id: None, account_kind: None };
     hub.borrow_mut().push(&d[0].id(), &ready);
     let dv = &mut d[0];
     block_on(dv.core.on_connected(&mut dv.io)).unwrap();

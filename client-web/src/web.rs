@@ -555,7 +555,7 @@ impl<H: Host> WebClient<H> {
         let now = self.host.now_ms();
         let result = async {
             let core = self.core.as_mut().ok_or_else(not_registered)?;
-            let post = Post { kind, text: text.into(), reply_to, sent_at: now, attachments };
+            let post = Post { kind, text: text.into(), reply_to, sent_at: now, attachments, mentions: Vec::new(), urgent: false };
             core.queue_post(timeline_id, &msg_id, post)?;
             self.posts(timeline_id)
                 .into_iter()

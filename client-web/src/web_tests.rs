@@ -150,6 +150,8 @@ fn browser(hub: &Rc<RefCell<Hub>>, name: &str) -> WebClient<FakeHost> {
         account_id: account_id.clone(),
         name: name.into(),
         device_ids: vec![device_id.clone()],
+        organisation_id: None,
+        kind: None,
     });
     c.host_mut().device = device_id.clone();
     let enrolment = Enrolment {

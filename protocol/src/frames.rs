@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::people::AccountKind;
 use crate::Bytes;
 
 /// Frames a client sends.
@@ -42,7 +43,16 @@ pub enum ClientFrame {
         group_info: Bytes,
     },
     /// An MLS application message (PrivateMessage) at the current epoch.
-    Send { rid: u64, timeline_id: String, msg_id: String, message: Bytes },
+    /// `urgent` marks a post that asks for acknowledgement: the server
+    /// alerts the timeline's call lists (it never sees the content).
+    Send {
+        rid: u64,
+        timeline_id: String,
+        msg_id: String,
+        message: Bytes,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        urgent: bool,
+    },
     /// The device has processed everything up to `seq` in a timeline.
     Ack { timeline_id: String, seq: u64 },
     /// The device has processed a welcome; it is not sent again.
@@ -56,6 +66,18 @@ pub enum ClientFrame {
     /// disconnected at once, can no longer connect, and the server proposes
     /// its removal from every timeline it is in.
     RevokeDevice { rid: u64, device_id: String },
+    /// The person has read the timeline up to `seq` (shown it on screen).
+    /// Per person, across devices; the server keeps the highest and tells
+    /// the timeline's members (`read_mark`). No reply.
+    Read { timeline_id: String, seq: u64 },
+    /// Who has read and received a timeline: answered by `receipts`.
+    GetReceipts { rid: u64, timeline_id: String },
+    /// Acknowledge (確認しました) the urgent post at `seq`: answered by
+    /// `acknowledged`; every member is told (`urgent_ack`).
+    Acknowledge { rid: u64, timeline_id: String, seq: u64 },
+    /// The urgent posts of this device's timelines that are still open
+    /// (not acknowledged by this person) or were posted in the last 7 days.
+    ListUrgent { rid: u64 },
 }
 
 /// Frames the server sends.
@@ -71,6 +93,12 @@ pub enum ServerFrame {
         /// it (alone) in its `external_senders` extension.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         external_sender: Option<ExternalSenderInfo>,
+        /// The account's organisation (none for family accounts): a new
+        /// timeline's policy names it for its owner.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        organisation_id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        account_kind: Option<AccountKind>,
     },
     /// A timeline message, delivered in `seq` order per timeline.
     Message(Delivered),
@@ -85,7 +113,17 @@ pub enum ServerFrame {
     Accepted { rid: u64, timeline_id: String, seq: u64, epoch: u64, duplicate: bool },
     Created { rid: u64, timeline_id: String, epoch: u64 },
     KeyPackagesStored { rid: u64, count: u64 },
-    KeyPackages { rid: u64, account_id: String, devices: Vec<DeviceKeyPackage> },
+    /// One key package per active device of the account, and what the
+    /// adding client needs for the account's policy entry.
+    KeyPackages {
+        rid: u64,
+        account_id: String,
+        devices: Vec<DeviceKeyPackage>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        organisation_id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        account_kind: Option<AccountKind>,
+    },
     KeyPackageCount { rid: u64, count: u64 },
     Accounts { rid: u64, accounts: Vec<AccountInfo> },
     Timelines { rid: u64, timelines: Vec<TimelineInfo> },
@@ -93,7 +131,76 @@ pub enum ServerFrame {
     Pong { rid: u64 },
     Devices { rid: u64, devices: Vec<DeviceInfo> },
     DeviceRevoked { rid: u64, device_id: String },
+    /// Reply to `get_receipts`: every mark of every person (a person's read
+    /// position each time it advanced, so a client tells when each post was
+    /// read) and how far each person's devices have received.
+    Receipts { rid: u64, timeline_id: String, read: Vec<ReadMark>, delivered: Vec<DeliveredMark> },
+    /// Pushed to a timeline's member devices when a person's read position advances.
+    ReadMark(ReadMark),
+    Acknowledged { rid: u64, timeline_id: String, seq: u64 },
+    /// Pushed to a timeline's member devices when someone acknowledges an urgent post.
+    UrgentAck { timeline_id: String, seq: u64, account_id: String, at: u64 },
+    /// Pushed to the devices of a call list: an urgent post waits for them
+    /// (`first_call` when it is stored, `second_call` when nobody of the
+    /// first call acknowledged it in time).
+    UrgentAlert(UrgentAlert),
+    /// Reply to `list_urgent`.
+    Urgent { rid: u64, items: Vec<UrgentState> },
     Error(ErrorFrame),
+}
+
+/// A person's read position in a timeline from `at` on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadMark {
+    pub timeline_id: String,
+    pub account_id: String,
+    pub seq: u64,
+    /// Milliseconds since the Unix epoch (server time).
+    pub at: u64,
+}
+
+/// How far a person's devices have received a timeline (the highest
+/// delivery cursor of any of their devices).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveredMark {
+    pub account_id: String,
+    pub seq: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertLevel {
+    FirstCall,
+    SecondCall,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UrgentAlert {
+    pub timeline_id: String,
+    pub seq: u64,
+    pub level: AlertLevel,
+    pub sender_account_id: String,
+    pub created_at: u64,
+}
+
+/// An urgent post and who acknowledged it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UrgentState {
+    pub timeline_id: String,
+    pub seq: u64,
+    pub sender_account_id: String,
+    pub created_at: u64,
+    /// When the second call is (or was) alerted without a first-call acknowledgement.
+    pub escalate_at: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalated_at: Option<u64>,
+    pub acks: Vec<UrgentAck>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UrgentAck {
+    pub account_id: String,
+    pub at: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -177,6 +284,10 @@ pub struct AccountInfo {
     pub name: String,
     /// The account's active devices.
     pub device_ids: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub organisation_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<AccountKind>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -262,6 +373,12 @@ pub enum ErrorCode {
     BlobTooLarge,
     /// The server's blob store is full; nothing was stored.
     StorageFull,
+    /// A commit changes members or roles beyond the committer's rights, or
+    /// leaves a device of an account the timeline policy does not list.
+    PolicyViolation,
+    /// Someone from another organisation is added before the timeline
+    /// records the patient's consent.
+    ConsentRequired,
 }
 
 impl ErrorCode {
@@ -294,6 +411,8 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::BlobTooLarge => "blob_too_large",
             ErrorCode::StorageFull => "storage_full",
+            ErrorCode::PolicyViolation => "policy_violation",
+            ErrorCode::ConsentRequired => "consent_required",
         }
     }
 }
@@ -356,6 +475,7 @@ mod tests {
                 timeline_id: "t".into(),
                 msg_id: "m1".into(),
                 message: Bytes(vec![1, 2, 3]),
+                urgent: false,
             },
             r#"{"type":"send","rid":2,"timeline_id":"t","msg_id":"m1","message":"AQID"}"#,
         );
@@ -394,6 +514,8 @@ mod tests {
                 account_id: "a".into(),
                 device_id: "d".into(),
                 external_sender: Some(ExternalSenderInfo { identity: "tsunagu-server".into(), signature_key: Bytes(vec![1]) }),
+                organisation_id: None,
+                account_kind: None,
             },
             r#"{"type":"ready","protocol":1,"account_id":"a","device_id":"d","external_sender":{"identity":"tsunagu-server","signature_key":"AQ=="}}"#,
         );
@@ -455,6 +577,8 @@ mod tests {
             ErrorCode::Internal,
             ErrorCode::BlobTooLarge,
             ErrorCode::StorageFull,
+            ErrorCode::PolicyViolation,
+            ErrorCode::ConsentRequired,
         ] {
             assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
         }
@@ -469,5 +593,59 @@ mod tests {
         let err = HttpError { code: ErrorCode::BlobTooLarge, message: "too large".into() };
         assert_eq!(serde_json::to_string(&err).unwrap(), r#"{"code":"blob_too_large","message":"too large"}"#);
         assert_eq!(serde_json::to_value(ErrorCode::StorageFull).unwrap(), "storage_full");
+    }
+
+    #[test]
+    fn care_team_frames() {
+        golden_client(
+            ClientFrame::Send { rid: 1, timeline_id: "t".into(), msg_id: "m".into(), message: Bytes(vec![1]), urgent: true },
+            r#"{"type":"send","rid":1,"timeline_id":"t","msg_id":"m","message":"AQ==","urgent":true}"#,
+        );
+        golden_client(ClientFrame::Read { timeline_id: "t".into(), seq: 4 }, r#"{"type":"read","timeline_id":"t","seq":4}"#);
+        golden_client(ClientFrame::GetReceipts { rid: 2, timeline_id: "t".into() }, r#"{"type":"get_receipts","rid":2,"timeline_id":"t"}"#);
+        golden_client(
+            ClientFrame::Acknowledge { rid: 3, timeline_id: "t".into(), seq: 5 },
+            r#"{"type":"acknowledge","rid":3,"timeline_id":"t","seq":5}"#,
+        );
+        golden_client(ClientFrame::ListUrgent { rid: 4 }, r#"{"type":"list_urgent","rid":4}"#);
+        golden_server(
+            ServerFrame::Receipts {
+                rid: 2,
+                timeline_id: "t".into(),
+                read: vec![ReadMark { timeline_id: "t".into(), account_id: "a".into(), seq: 4, at: 10 }],
+                delivered: vec![DeliveredMark { account_id: "a".into(), seq: 5 }],
+            },
+            r#"{"type":"receipts","rid":2,"timeline_id":"t","read":[{"timeline_id":"t","account_id":"a","seq":4,"at":10}],"delivered":[{"account_id":"a","seq":5}]}"#,
+        );
+        golden_server(
+            ServerFrame::ReadMark(ReadMark { timeline_id: "t".into(), account_id: "a".into(), seq: 4, at: 10 }),
+            r#"{"type":"read_mark","timeline_id":"t","account_id":"a","seq":4,"at":10}"#,
+        );
+        golden_server(
+            ServerFrame::UrgentAlert(UrgentAlert { timeline_id: "t".into(), seq: 5, level: AlertLevel::SecondCall, sender_account_id: "a".into(), created_at: 1 }),
+            r#"{"type":"urgent_alert","timeline_id":"t","seq":5,"level":"second_call","sender_account_id":"a","created_at":1}"#,
+        );
+        golden_server(
+            ServerFrame::UrgentAck { timeline_id: "t".into(), seq: 5, account_id: "n".into(), at: 2 },
+            r#"{"type":"urgent_ack","timeline_id":"t","seq":5,"account_id":"n","at":2}"#,
+        );
+        golden_server(
+            ServerFrame::Urgent {
+                rid: 6,
+                items: vec![UrgentState {
+                    timeline_id: "t".into(),
+                    seq: 5,
+                    sender_account_id: "a".into(),
+                    created_at: 1,
+                    escalate_at: 901,
+                    escalated_at: None,
+                    acks: vec![UrgentAck { account_id: "n".into(), at: 2 }],
+                }],
+            },
+            r#"{"type":"urgent","rid":6,"items":[{"timeline_id":"t","seq":5,"sender_account_id":"a","created_at":1,"escalate_at":901,"acks":[{"account_id":"n","at":2}]}]}"#,
+        );
+        // A send without `urgent` (older clients) reads as not urgent.
+        let old: ClientFrame = serde_json::from_str(r#"{"type":"send","rid":1,"timeline_id":"t","msg_id":"m","message":"AQ=="}"#).unwrap();
+        assert!(matches!(old, ClientFrame::Send { urgent: false, .. }));
     }
 }

@@ -11,9 +11,11 @@ pub mod envelope;
 pub mod frames;
 pub mod ids;
 pub mod people;
+pub mod policy;
 
 pub use bytes::Bytes;
 pub use envelope::{Attachment, Envelope, Post, PostKind};
+pub use policy::TimelinePolicy;
 pub use frames::{ClientFrame, ErrorCode, ServerFrame};
 
 /// The protocol version spoken by this crate; announced in `ready`.

@@ -209,6 +209,10 @@ const KNOWN_TYPES: &[&str] = &[
     "ping",
     "list_devices",
     "revoke_device",
+    "read",
+    "get_receipts",
+    "acknowledge",
+    "list_urgent",
 ];
 
 fn rid_of(frame: &ClientFrame) -> Option<u64> {
@@ -226,8 +230,11 @@ fn rid_of(frame: &ClientFrame) -> Option<u64> {
         | GetGroupInfo { rid, .. }
         | ListDevices { rid }
         | RevokeDevice { rid, .. }
+        | GetReceipts { rid, .. }
+        | Acknowledge { rid, .. }
+        | ListUrgent { rid }
         | Ping { rid } => Some(*rid),
-        Ack { .. } | AckWelcome { .. } => None,
+        Ack { .. } | AckWelcome { .. } | Read { .. } => None,
     }
 }
 
@@ -259,6 +266,8 @@ impl Connection {
             account_id: self.device.account_id.clone(),
             device_id: self.device.id.clone(),
             external_sender: Some(crate::revocation::external_sender_info(&self.state.external_sender)),
+            organisation_id: None,
+            account_kind: None,
         };
         self.send(&ready).await?;
         self.flush().await
@@ -349,7 +358,7 @@ impl Connection {
             F::ListAccounts { rid } => {
                 // Family accounts only see (and are only seen by) their timelines' people.
                 let accounts = self.db().accounts_visible_to(&self.device.account_id).await.map_err(ApiError::from)?;
-                let accounts = accounts.into_iter().map(|(account_id, name, device_ids)| AccountInfo { account_id, name, device_ids }).collect();
+                let accounts = accounts.into_iter().map(|(account_id, name, device_ids)| AccountInfo { account_id, name, device_ids, organisation_id: None, kind: None }).collect();
                 ServerFrame::Accounts { rid, accounts }
             }
             F::ListTimelines { rid } => self.list_timelines(rid).await?,
@@ -357,7 +366,7 @@ impl Connection {
             F::Commit { rid, timeline_id, msg_id, commit, welcome, group_info } => {
                 self.commit(rid, timeline_id, msg_id, commit, welcome, group_info).await?
             }
-            F::Send { rid, timeline_id, msg_id, message } => {
+            F::Send { rid, timeline_id, msg_id, message, urgent: _ } => {
                 self.send_message(rid, timeline_id, msg_id, message).await?;
                 return Ok(None);
             }
@@ -369,6 +378,10 @@ impl Connection {
                 }
                 crate::revocation::revoke_devices(&self.state, std::slice::from_ref(&device_id), "revoked_by_owner").await?;
                 ServerFrame::DeviceRevoked { rid, device_id }
+            }
+            F::Read { .. } | F::GetReceipts { .. } | F::Acknowledge { .. } | F::ListUrgent { .. } => {
+                // Receipts and urgent posts: being built (issue 4).
+                return Err(ApiError::new(ErrorCode::UnknownType, "not supported by this server yet").into());
             }
             F::GetGroupInfo { rid, timeline_id } => {
                 check_timeline_id(&timeline_id)?;
@@ -546,7 +559,7 @@ impl Connection {
             };
             devices.push(DeviceKeyPackage { device_id, key_package: Bytes(kp) });
         }
-        Ok(ServerFrame::KeyPackages { rid, account_id, devices })
+        Ok(ServerFrame::KeyPackages { rid, account_id, devices, organisation_id: None, account_kind: None })
     }
 
     async fn list_devices(&mut self, rid: u64) -> Result<ServerFrame, Handled> {

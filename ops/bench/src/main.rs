@@ -760,6 +760,7 @@ async fn run_tsunagu_on(
         timeline_id: tid.clone(),
         msg_id: tsunagu_client::core::new_msg_id(),
         message: tsunagu_protocol::Bytes(msg),
+        urgent: false,
     };
     let send_frame_bytes = serde_json::to_string(&frame)?.len();
     if mode == StateMode::File {

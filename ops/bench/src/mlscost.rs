@@ -41,7 +41,7 @@ fn post_plaintext(i: usize) -> Vec<u8> {
     while text.len() < 120 {
         text.push('x');
     }
-    Envelope::Post(Post { kind: PostKind::Text, text, reply_to: None, sent_at: 1_700_000_000_000, attachments: Vec::new() }).encode()
+    Envelope::Post(Post { kind: PostKind::Text, text, reply_to: None, sent_at: 1_700_000_000_000, attachments: Vec::new(), mentions: Vec::new(), urgent: false }).encode()
 }
 
 // ----- Tsunagu: the core against a fake server ---------------------------------------
@@ -72,7 +72,7 @@ impl Transport for FakeServer {
             }
             ClientFrame::ClaimKeyPackages { rid, account_id } => {
                 let devices = std::mem::take(&mut self.claim);
-                self.reply(ServerFrame::KeyPackages { rid, account_id, devices })
+                self.reply(ServerFrame::KeyPackages { rid, account_id, devices, organisation_id: None, account_kind: None })
             }
             ClientFrame::Commit { rid, timeline_id, commit, welcome, .. } => {
                 self.seq += 1;

@@ -311,6 +311,7 @@ fn send_frame(rid: u64, tid: &str, msg_id: &str, message: &[u8]) -> String {
         timeline_id: tid.to_string(),
         msg_id: msg_id.to_string(),
         message: tsunagu_protocol::Bytes(message.to_vec()),
+        urgent: false,
     })
     .expect("frame")
 }
