@@ -333,7 +333,8 @@ async fn a_timeline_without_the_server_as_external_sender_is_refused() {
     assert_eq!(reply["account_id"], account.as_str());
     let (device_id, token) = (reply["device_id"].as_str().unwrap().to_owned(), reply["device_token"].as_str().unwrap().to_owned());
     let timeline_id = uuid::Uuid::new_v4().to_string();
-    let cwk = CredentialWithKey { credential: BasicCredential::new(device_id.into_bytes()).into(), signature_key: signer.public().into() };
+    let identity = tsunagu_protocol::policy::credential_identity(&account, &device_id);
+    let cwk = CredentialWithKey { credential: BasicCredential::new(identity.into_bytes()).into(), signature_key: signer.public().into() };
     let config = MlsGroupCreateConfig::builder()
         .ciphersuite(Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519)
         .use_ratchet_tree_extension(true)

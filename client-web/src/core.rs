@@ -409,7 +409,7 @@ impl Core {
     // ----- local MLS operations -----------------------------------------------------------
 
     fn cwk(&self) -> CredentialWithKey {
-        m::credential_with_key(&self.state.device.device_id, &self.signer)
+        m::credential_with_key(&self.state.device.account_id, &self.state.device.device_id, &self.signer)
     }
 
     fn rid(&mut self) -> u64 {
@@ -635,6 +635,9 @@ impl Core {
                     sender_device_id: self.state.device.device_id.clone(),
                     post: Some(e.post),
                     status: PostStatus::Ok,
+                    sender_account_id: Some(self.state.device.account_id.clone()),
+                    stored_at: d.stored_at,
+                    ..Default::default()
                 };
                 self.record_post(&tid, post, false);
                 self.advance(&tid, d.seq);
@@ -646,6 +649,8 @@ impl Core {
             sender_device_id: sender,
             post: None,
             status: PostStatus::Undecryptable,
+            stored_at: d.stored_at,
+            ..Default::default()
         };
         let mut new_post: Option<ReceivedPost> = None;
         let mut new_title: Option<String> = None;
@@ -665,6 +670,7 @@ impl Core {
                 });
                 match result {
                     Ok(processed) => {
+                        let sender_account = m::credential_account_id(processed.credential());
                         let sender =
                             m::credential_device_id(processed.credential()).unwrap_or_else(|| d.sender_device_id.clone());
                         match processed.into_content() {
@@ -689,7 +695,15 @@ impl Core {
                                     }
                                 };
                                 if new_title.is_none() {
-                                    new_post = Some(ReceivedPost { seq: d.seq, sender_device_id: sender, post, status });
+                                    new_post = Some(ReceivedPost {
+                                        seq: d.seq,
+                                        sender_device_id: sender,
+                                        post,
+                                        status,
+                                        sender_account_id: sender_account.clone(),
+                                        stored_at: d.stored_at,
+                                        ..Default::default()
+                                    });
                                 }
                             }
                             ProcessedMessageContent::StagedCommitMessage(sc) => {
@@ -1366,6 +1380,9 @@ impl Core {
                         sender_device_id: self.state.device.device_id.clone(),
                         post: Some(entry.post),
                         status: PostStatus::Ok,
+                        sender_account_id: Some(self.state.device.account_id.clone()),
+                        stored_at: io.now_ms(),
+                        ..Default::default()
                     };
                     self.record_post(&tid, post, false);
                     self.mark_own_seq(&tid, seq);

@@ -155,12 +155,11 @@ pub fn removed_leaf(proposal: &QueuedProposal) -> Option<LeafNodeIndex> {
     }
 }
 
-/// The device's credential: a basic credential naming its device id.
-pub fn credential_with_key(device_id: &str, signer: &SignatureKeyPair) -> CredentialWithKey {
-    CredentialWithKey {
-        credential: BasicCredential::new(device_id.as_bytes().to_vec()).into(),
-        signature_key: signer.public().into(),
-    }
+/// The device's credential: a basic credential naming its account and
+/// device (`"{account_id}/{device_id}"`, see `tsunagu_protocol::policy`).
+pub fn credential_with_key(account_id: &str, device_id: &str, signer: &SignatureKeyPair) -> CredentialWithKey {
+    let identity = tsunagu_protocol::policy::credential_identity(account_id, device_id);
+    CredentialWithKey { credential: BasicCredential::new(identity.into_bytes()).into(), signature_key: signer.public().into() }
 }
 
 /// A fresh Ed25519 signature key pair for a new device.
@@ -168,10 +167,22 @@ pub fn new_signer() -> Result<SignatureKeyPair, ClientError> {
     SignatureKeyPair::new(CIPHERSUITE.signature_algorithm()).map_err(mls("signature key"))
 }
 
-/// The device id in a member credential (basic credential identity).
-pub fn credential_device_id(credential: &Credential) -> Option<String> {
+/// The `(account_id, device_id)` in a member credential.
+pub fn credential_account_device(credential: &Credential) -> Option<(String, String)> {
     let basic = BasicCredential::try_from(credential.clone()).ok()?;
-    String::from_utf8(basic.identity().to_vec()).ok()
+    let text = std::str::from_utf8(basic.identity()).ok()?;
+    let (account, device) = tsunagu_protocol::policy::parse_credential_identity(text)?;
+    Some((account.to_owned(), device.to_owned()))
+}
+
+/// The device id in a member credential.
+pub fn credential_device_id(credential: &Credential) -> Option<String> {
+    credential_account_device(credential).map(|(_, d)| d)
+}
+
+/// The account id in a member credential.
+pub fn credential_account_id(credential: &Credential) -> Option<String> {
+    credential_account_device(credential).map(|(a, _)| a)
 }
 
 pub fn group_id(timeline_id: &str) -> GroupId {

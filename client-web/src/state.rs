@@ -11,9 +11,10 @@ use tsunagu_protocol::{Bytes, Post};
 use crate::ClientError;
 
 /// How a post was received.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PostStatus {
+    #[default]
     Ok,
     /// The MLS message could not be decrypted or processed.
     Undecryptable,
@@ -21,13 +22,38 @@ pub enum PostStatus {
     Unsupported,
 }
 
-/// One timeline message as the user sees it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One timeline message as the user sees it: a post, or a record shown in
+/// the timeline (consent, admission, discharge).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ReceivedPost {
     pub seq: u64,
     pub sender_device_id: String,
     pub post: Option<Post>,
     pub status: PostStatus,
+    /// The sender's account, from its MLS credential.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender_account_id: Option<String>,
+    /// Server time of storage (milliseconds since the Unix epoch; 0 if unknown).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub stored_at: u64,
+    /// A consent record or care event (`Envelope::Consent` / `Envelope::Event`),
+    /// shown in the timeline; `post` is then `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<tsunagu_protocol::Envelope>,
+    /// The author's latest edit of this post.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edited: Option<tsunagu_protocol::envelope::Edit>,
+    /// When the author deleted it (its text is no longer shown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<u64>,
+    /// The account whose client handed this message over (history for a
+    /// member added later); `None` for messages this device received itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handed_over_by: Option<String>,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// A post not yet acknowledged by the server.
@@ -263,7 +289,7 @@ mod tests {
         for seq in [3u64, 0x2f2f, u64::MAX] {
             tl.posts.insert(
                 seq,
-                ReceivedPost { seq, sender_device_id: "d".into(), post: None, status: PostStatus::Undecryptable },
+                ReceivedPost { seq, sender_device_id: "d".into(), post: None, status: PostStatus::Undecryptable, ..Default::default() },
             );
         }
         let entry = |id: &str| OutboxEntry {

@@ -332,10 +332,12 @@ pub fn credential_identity(account_id: &str, device_id: &str) -> String {
     format!("{account_id}/{device_id}")
 }
 
-/// The `(account_id, device_id)` named by a credential identity.
+/// The `(account_id, device_id)` named by a credential identity: both
+/// non-empty, no further `/`. (The server checks the pair against its
+/// registry; this only splits it.)
 pub fn parse_credential_identity(identity: &str) -> Option<(&str, &str)> {
     let (account, device) = identity.split_once('/')?;
-    (crate::ids::valid_uuid(account) && crate::ids::valid_uuid(device)).then_some((account, device))
+    (!account.is_empty() && !device.is_empty() && !device.contains('/')).then_some((account, device))
 }
 
 /// Accounts by device, for building a [`CommitEffect`] from leaf identities.

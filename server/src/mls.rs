@@ -28,21 +28,36 @@ fn parse_body(bytes: &[u8]) -> Result<MlsMessageBodyIn, ApiError> {
     Ok(msg.extract())
 }
 
-/// The device id named by a basic credential.
-pub fn identity(credential: &Credential) -> Result<String, ApiError> {
+/// The `(account_id, device_id)` named by a member's basic credential
+/// (identity `"{account_id}/{device_id}"`, see `tsunagu_protocol::policy`).
+pub fn account_and_device(credential: &Credential) -> Result<(String, String), ApiError> {
     let basic = BasicCredential::try_from(credential.clone()).map_err(|_| mismatch("credential is not a basic credential"))?;
-    String::from_utf8(basic.identity().to_vec()).map_err(|_| mismatch("credential identity is not UTF-8"))
+    let text = std::str::from_utf8(basic.identity()).map_err(|_| mismatch("credential identity is not UTF-8"))?;
+    let (account, device) = tsunagu_protocol::policy::parse_credential_identity(text)
+        .ok_or_else(|| mismatch("credential identity must be \"{account_id}/{device_id}\""))?;
+    Ok((account.to_owned(), device.to_owned()))
 }
 
-/// A leaf's claim: which device it names and with which signature key.
+/// The device id named by a member's basic credential.
+pub fn identity(credential: &Credential) -> Result<String, ApiError> {
+    Ok(account_and_device(credential)?.1)
+}
+
+/// A leaf's claim: which account and device it names and with which signature key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeafClaim {
+    pub account_id: String,
     pub device_id: String,
     pub signature_key: Vec<u8>,
 }
 
+fn claim(credential: &Credential, signature_key: &[u8]) -> Result<LeafClaim, ApiError> {
+    let (account_id, device_id) = account_and_device(credential)?;
+    Ok(LeafClaim { account_id, device_id, signature_key: signature_key.to_vec() })
+}
+
 fn leaf_claim(leaf: &LeafNode) -> Result<LeafClaim, ApiError> {
-    Ok(LeafClaim { device_id: identity(leaf.credential())?, signature_key: leaf.signature_key().as_slice().to_vec() })
+    claim(leaf.credential(), leaf.signature_key().as_slice())
 }
 
 /// Validate a key package (signature, lifetime, version) and return the leaf
@@ -160,7 +175,7 @@ impl PublicState {
     pub fn members(&self) -> Result<Vec<LeafClaim>, ApiError> {
         self.group
             .members()
-            .map(|m| Ok(LeafClaim { device_id: identity(&m.credential)?, signature_key: m.signature_key }))
+            .map(|m| claim(&m.credential, &m.signature_key))
             .collect()
     }
 

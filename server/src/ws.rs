@@ -528,7 +528,7 @@ impl Connection {
     // ---- key packages -------------------------------------------------------------------
 
     fn check_own_leaf(&self, claim: &mls::LeafClaim) -> Result<(), ApiError> {
-        if claim.device_id != self.device.id || claim.signature_key != self.device.signature_key {
+        if claim.device_id != self.device.id || claim.account_id != self.device.account_id || claim.signature_key != self.device.signature_key {
             return Err(ApiError::new(ErrorCode::CredentialMismatch, "the credential is not this device's"));
         }
         Ok(())
@@ -699,7 +699,7 @@ impl Connection {
         for leaf in &staged.new_leaves {
             let device = self.db().device(&leaf.device_id).await.map_err(ApiError::from)?;
             match device {
-                Some(d) if !d.revoked && d.signature_key == leaf.signature_key => {}
+                Some(d) if !d.revoked && d.signature_key == leaf.signature_key && d.account_id == leaf.account_id => {}
                 _ => return Err(ApiError::new(ErrorCode::CredentialMismatch, format!("leaf credential {} is not a registered device's", leaf.device_id)).into()),
             }
         }
