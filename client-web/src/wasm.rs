@@ -411,6 +411,19 @@ impl Facade {
         })
     }
 
+    /// Queue a post with every composer option: `draft` is the JSON of
+    /// `PostDraft` (web.rs): `{text, replyTo?, kind?, attachments?, mentions?,
+    /// urgent?}`, `attachments` as from `seal_attachment` (blobs uploaded).
+    pub fn queue_draft(&self, timeline_id: String, draft: String) -> Promise {
+        self.run(move |mut c| async move {
+            let r = match serde_json::from_str::<crate::web::PostDraft>(&draft) {
+                Ok(d) => c.queue_draft(&timeline_id, d).await.map(|p| json(&p)),
+                Err(e) => Err(ClientError::Invalid(format!("draft: {e}"))),
+            };
+            (c, r)
+        })
+    }
+
     pub fn send_outbox(&self) -> Promise {
         self.run(move |mut c| async move {
             let r = c.send_outbox().await.map(|()| JsValue::UNDEFINED);

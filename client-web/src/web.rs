@@ -195,6 +195,33 @@ pub struct PostView {
     /// `mime`, `size`; pass one back to `open_attachment` with the bytes of
     /// `GET /v1/blobs/{blob_id}` to get the file.
     pub attachments: Vec<tsunagu_protocol::Attachment>,
+    /// Accounts the author mentioned (`@name`).
+    pub mentions: Vec<String>,
+    /// Asks every member for an acknowledgement (確認しました).
+    pub urgent: bool,
+    /// When the author last edited it (`text` is then the edited text).
+    pub edited_at: Option<u64>,
+    /// When the author deleted it (`text` is then empty).
+    pub deleted_at: Option<u64>,
+    /// The account whose client handed this message over to this device
+    /// (history from before it joined).
+    pub handed_over_by: Option<String>,
+    /// A consent record or care event shown in the timeline (the envelope as
+    /// JSON, `type` "consent" or "event"); `text` is then empty.
+    pub record: Option<serde_json::Value>,
+}
+
+/// A post to queue, as the composer builds it (`queue_draft`'s JSON from
+/// JavaScript).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PostDraft {
+    pub text: String,
+    pub reply_to: Option<u64>,
+    pub kind: Option<PostKind>,
+    pub attachments: Vec<tsunagu_protocol::Attachment>,
+    pub mentions: Vec<String>,
+    pub urgent: bool,
 }
 
 /// One row of the timeline list (`TimelineSummary` in index.ts).
@@ -551,11 +578,34 @@ impl<H: Host> WebClient<H> {
         kind: PostKind,
         attachments: Vec<tsunagu_protocol::Attachment>,
     ) -> Result<PostView, ClientError> {
+        let draft = PostDraft { text: text.into(), reply_to, kind: Some(kind), attachments, ..PostDraft::default() };
+        self.queue_draft(timeline_id, draft).await
+    }
+
+    /// Queue a post with every option the composer has (reply, attachments,
+    /// mentions, urgent); like [`WebClient::queue_post`]. Mentions of
+    /// accounts that are not members are dropped.
+    pub async fn queue_draft(&mut self, timeline_id: &str, draft: PostDraft) -> Result<PostView, ClientError> {
         let msg_id = new_msg_id();
         let now = self.host.now_ms();
+        let members = self.members.get(timeline_id).cloned().unwrap_or_default();
+        let mut mentions: Vec<String> = Vec::new();
+        for m in draft.mentions {
+            if members.contains(&m) && !mentions.contains(&m) {
+                mentions.push(m);
+            }
+        }
         let result = async {
             let core = self.core.as_mut().ok_or_else(not_registered)?;
-            let post = Post { kind, text: text.into(), reply_to, sent_at: now, attachments, mentions: Vec::new(), urgent: false };
+            let post = Post {
+                kind: draft.kind.unwrap_or(PostKind::Text),
+                text: draft.text,
+                reply_to: draft.reply_to.filter(|s| *s >= 1),
+                sent_at: now,
+                attachments: draft.attachments,
+                mentions,
+                urgent: draft.urgent,
+            };
             core.queue_post(timeline_id, &msg_id, post)?;
             self.posts(timeline_id)
                 .into_iter()
@@ -629,7 +679,15 @@ impl<H: Host> WebClient<H> {
                     PostStatus::Undecryptable => PostState::Undecryptable,
                     PostStatus::Unsupported => PostState::Unsupported,
                 };
+                let sender_account_id = sender_account_id.or_else(|| p.sender_account_id.clone());
                 let own = sender_account_id.as_deref() == Some(me.account_id.as_str());
+                let deleted = p.deleted_at.is_some();
+                let text = match (&p.edited, &p.post) {
+                    _ if deleted => String::new(),
+                    (Some(e), _) => e.text.clone(),
+                    (None, Some(post)) => post.text.clone(),
+                    (None, None) => String::new(),
+                };
                 out.push(PostView {
                     timeline_id: timeline_id.to_string(),
                     seq: Some(p.seq),
@@ -639,11 +697,17 @@ impl<H: Host> WebClient<H> {
                     sender_name,
                     own,
                     kind: p.post.as_ref().map(|p| p.kind).unwrap_or(PostKind::Text),
-                    text: p.post.as_ref().map(|p| p.text.clone()).unwrap_or_default(),
+                    text,
                     reply_to: p.post.as_ref().and_then(|p| p.reply_to),
-                    sent_at: p.post.as_ref().map(|p| p.sent_at).unwrap_or(0),
+                    sent_at: p.post.as_ref().map(|p| p.sent_at).filter(|t| *t > 0).unwrap_or(p.stored_at),
                     state,
-                    attachments: p.post.as_ref().map(|p| p.attachments.clone()).unwrap_or_default(),
+                    attachments: if deleted { Vec::new() } else { p.post.as_ref().map(|p| p.attachments.clone()).unwrap_or_default() },
+                    mentions: p.post.as_ref().map(|p| p.mentions.clone()).unwrap_or_default(),
+                    urgent: p.post.as_ref().is_some_and(|p| p.urgent),
+                    edited_at: p.edited.as_ref().map(|e| e.edited_at),
+                    deleted_at: p.deleted_at,
+                    handed_over_by: p.handed_over_by.clone(),
+                    record: p.record.as_ref().and_then(|r| serde_json::to_value(r).ok()),
                 });
             }
         }
@@ -662,6 +726,12 @@ impl<H: Host> WebClient<H> {
                 sent_at: e.post.sent_at,
                 state: PostState::Pending,
                 attachments: e.post.attachments.clone(),
+                mentions: e.post.mentions.clone(),
+                urgent: e.post.urgent,
+                edited_at: None,
+                deleted_at: None,
+                handed_over_by: None,
+                record: None,
             });
         }
         out

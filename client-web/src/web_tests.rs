@@ -329,3 +329,39 @@ fn a_photo_reference_reaches_the_other_browser_and_opens_there() {
     assert_eq!(crate::attachments::open(&seen.attachments[0], &sealed.ciphertext).unwrap(), photo);
     assert_eq!(reload(&daughter).posts(&tid), daughter.posts(&tid));
 }
+
+#[test]
+fn a_draft_carries_mentions_urgency_and_a_thumbnail_to_the_other_browser() {
+    let hub = Rc::new(RefCell::new(Hub::default()));
+    let mut doctor = browser(&hub, "Dr. Sato");
+    let mut daughter = browser(&hub, "Suzuki Hanako");
+    let tid = block_on(doctor.create_timeline(None)).unwrap();
+    let account = daughter.device().unwrap().account_id;
+    block_on(doctor.add_person(&tid, &account)).unwrap();
+    block_on(daughter.drain()).unwrap();
+
+    let photo = b"\x89PNG\r\n\x1a\n a heel photo".to_vec();
+    let mut full = crate::attachments::seal(&photo, "image/png", "heel.png").unwrap().reference;
+    let thumb = crate::attachments::seal(b"\xff\xd8 small jpeg", "image/jpeg", "heel.png.jpg").unwrap();
+    full.thumbnail = Some(Box::new(thumb.reference.clone()));
+    let draft: crate::web::PostDraft = serde_json::from_value(serde_json::json!({
+        "text": "至急: かかとの写真",
+        "attachments": [serde_json::to_value(&full).unwrap()],
+        "mentions": [account, "not-a-member"],
+        "urgent": true,
+    }))
+    .unwrap();
+    let queued = block_on(doctor.queue_draft(&tid, draft)).unwrap();
+    assert_eq!((queued.urgent, queued.mentions.clone()), (true, vec![account.clone()]), "a mention of a non-member is dropped");
+    block_on(doctor.send_outbox()).unwrap();
+    block_on(daughter.drain()).unwrap();
+
+    let seen = daughter.posts(&tid).into_iter().find(|p| p.text.starts_with("至急")).expect("the daughter has the post");
+    assert!(seen.urgent);
+    assert_eq!(seen.mentions, vec![account]);
+    let t = seen.attachments[0].thumbnail.as_deref().expect("the thumbnail reference travels");
+    assert_eq!(crate::attachments::open(t, &thumb.ciphertext).unwrap(), b"\xff\xd8 small jpeg");
+    let json = serde_json::to_value(&seen).unwrap();
+    assert_eq!((json["urgent"].clone(), json["editedAt"].clone(), json["record"].clone()), (true.into(), serde_json::Value::Null, serde_json::Value::Null));
+    assert_eq!(reload(&daughter).posts(&tid), daughter.posts(&tid));
+}
