@@ -2,7 +2,7 @@
 // post's attachments are shown and opened. The encryption, the upload and the
 // decryption are the engine's (`Engine.postWithAttachments`,
 // `Engine.openAttachment`); the server only ever stores ciphertext.
-import type { Engine, PostView } from "./engine/index.ts";
+import type { AttachmentRef, Engine, PostView } from "./engine/index.ts";
 import { h } from "./dom.ts";
 import { t } from "./i18n/index.ts";
 
@@ -59,10 +59,52 @@ function whenVisible(el: Element, fn: () => void): void {
   observer.observe(el);
 }
 
+/** Decrypts (once per session) and returns an object URL for an attachment. */
+async function openUrl(engine: Engine, a: AttachmentRef): Promise<string> {
+  const cached = opened.get(a.blob_id);
+  if (cached) return cached;
+  const url = URL.createObjectURL(await engine.openAttachment(a));
+  opened.set(a.blob_id, url);
+  return url;
+}
+
+/** The full file in a modal dialog (photos) or a new tab (PDFs); Escape closes it. */
+async function showFull(engine: Engine, a: AttachmentRef, status: HTMLElement): Promise<void> {
+  const label = `[${kindLabel(a.mime)}] ${a.name} (${formatSize(a.size)})`;
+  status.textContent = opened.has(a.blob_id) ? "" : t("common.loading");
+  let url: string;
+  try {
+    url = await openUrl(engine, a);
+  } catch {
+    status.textContent = t("attach.damaged");
+    return;
+  }
+  status.textContent = "";
+  if (!a.mime.startsWith("image/")) {
+    window.open(url, "_blank", "noopener");
+    return;
+  }
+  const close = h("button", { type: "button", class: "dialog-close", "data-testid": "attachment-close" }, t("common.close"));
+  const dialog = h(
+    "dialog",
+    { class: "attachment-dialog", "aria-label": a.name, "data-testid": "attachment-full" },
+    h("img", { src: url, alt: a.name, class: "attachment-full-image", "data-testid": "attachment-full-image" }),
+    h("p", { class: "hint" }, label, " ", h("a", { href: url, download: a.name }, t("attach.download"))),
+    close,
+  ) as HTMLDialogElement;
+  close.addEventListener("click", () => dialog.close());
+  dialog.addEventListener("close", () => dialog.remove());
+  document.body.append(dialog);
+  dialog.showModal();
+  close.focus();
+}
+
 /**
- * A post's attachments: photos as images (small ones open by themselves when
- * visible, large ones on a click, so a slow link is not spent on every big
- * photo of a long timeline), PDFs as a link that opens the decrypted file.
+ * A post's attachments. A photo with a thumbnail (made by the author's
+ * client) shows the thumbnail as soon as it is visible and opens the full
+ * photo on a click; a photo without one shows itself when small (others on a
+ * click), so a slow link is not spent on every big photo of a long timeline;
+ * PDFs are a link that opens the decrypted file.
  */
 export function attachmentList(engine: Engine, p: PostView): HTMLElement | null {
   const list = p.attachments;
@@ -74,6 +116,28 @@ export function attachmentList(engine: Engine, p: PostView): HTMLElement | null 
       const image = a.mime.startsWith("image/");
       const label = `[${kindLabel(a.mime)}] ${a.name} (${formatSize(a.size)})`;
       const item = h("li", { class: "attachment", "data-testid": "attachment" });
+      const thumb = a.thumbnail;
+      if (thumb && thumb.mime.startsWith("image/")) {
+        const status = h("span", { class: "hint", "aria-live": "polite" });
+        const button = h(
+          "button",
+          { type: "button", class: "attachment-thumb", "aria-label": t("attach.openFull", { name: a.name }), "data-testid": "attachment-thumb-button" },
+          h("span", { class: "thumb-placeholder" }, label),
+        );
+        button.addEventListener("click", () => void showFull(engine, a, status));
+        const load = async () => {
+          try {
+            const url = await openUrl(engine, thumb);
+            button.replaceChildren(h("img", { src: url, alt: a.name, class: "attachment-thumbnail", "data-testid": "attachment-thumbnail" }));
+          } catch {
+            status.textContent = t("attach.damaged");
+          }
+        };
+        item.append(button, h("span", { class: "hint" }, label), status);
+        if (opened.has(thumb.blob_id)) void load();
+        else whenVisible(item, () => void load());
+        return item;
+      }
       const show = (url: string) => {
         if (image) {
           item.replaceChildren(h("img", { src: url, alt: a.name, class: "attachment-image", "data-testid": "attachment-image" }), h("span", { class: "hint" }, label));
@@ -92,9 +156,7 @@ export function attachmentList(engine: Engine, p: PostView): HTMLElement | null 
         button.disabled = true;
         button.textContent = `${label} — ${t("common.loading")}`;
         try {
-          const url = opened.get(a.blob_id) ?? URL.createObjectURL(await engine.openAttachment(a));
-          opened.set(a.blob_id, url);
-          show(url);
+          show(await openUrl(engine, a));
         } catch {
           button.disabled = false;
           button.textContent = `${label} — ${t("attach.damaged")}`;

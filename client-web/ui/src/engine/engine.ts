@@ -36,6 +36,47 @@ const ONLINE_WAIT_MS = 15_000;
 
 let wasmReady: Promise<unknown> | null = null;
 
+/** Composer options of `post` and `postWithAttachments`. */
+export interface PostOptions {
+  replyTo?: number;
+  kind?: "text" | "report";
+  /** Accounts mentioned (members of the timeline; others are dropped). */
+  mentions?: string[];
+  /** Asks every member to acknowledge (確認しました). */
+  urgent?: boolean;
+}
+
+/** Longest side of a thumbnail, in pixels. */
+const THUMB_PX = 320;
+
+/**
+ * A small JPEG of a photo (longest side THUMB_PX), made on this device so the
+ * timeline shows previews without downloading every full photo; null when
+ * the browser cannot decode the image (e.g. HEIC) or it is already small.
+ */
+async function makeThumbnail(file: Blob): Promise<Uint8Array | null> {
+  try {
+    const bitmap = await createImageBitmap(file);
+    const scale = Math.min(1, THUMB_PX / Math.max(bitmap.width, bitmap.height));
+    const w = Math.max(1, Math.round(bitmap.width * scale));
+    const h = Math.max(1, Math.round(bitmap.height * scale));
+    const canvas = document.createElement("canvas");
+    canvas.width = w;
+    canvas.height = h;
+    const ctx = canvas.getContext("2d");
+    if (!ctx) return null;
+    ctx.fillStyle = "#fff"; // transparent PNGs get a white background in JPEG
+    ctx.fillRect(0, 0, w, h);
+    ctx.drawImage(bitmap, 0, 0, w, h);
+    bitmap.close();
+    const blob = await new Promise<Blob | null>((resolve) => canvas.toBlob(resolve, "image/jpeg", 0.7));
+    if (!blob || blob.size >= file.size) return null;
+    return new Uint8Array(await blob.arrayBuffer());
+  } catch {
+    return null;
+  }
+}
+
 function loadWasm(): Promise<unknown> {
   wasmReady ??= init();
   return wasmReady;
@@ -511,17 +552,21 @@ export class Engine {
     await this.enqueue((f) => f.remove_person(timelineId, accountId));
   }
 
-  async post(
-    timelineId: string,
-    text: string,
-    options: { replyTo?: number; kind?: "text" | "report" } = {},
-  ): Promise<PostView> {
-    const view = await this.enqueue(
-      async (f) =>
-        JSON.parse(
-          (await f.queue_post(timelineId, text, options.replyTo ?? undefined, options.kind ?? "text")) as string,
-        ) as PostView,
-    );
+  async post(timelineId: string, text: string, options: PostOptions = {}): Promise<PostView> {
+    return this.queueDraft(timelineId, text, options, []);
+  }
+
+  /** Queues a post with every composer option (see `PostOptions`). */
+  private async queueDraft(timelineId: string, text: string, options: PostOptions, attachments: unknown[]): Promise<PostView> {
+    const draft = JSON.stringify({
+      text,
+      replyTo: options.replyTo ?? null,
+      kind: options.kind ?? "text",
+      attachments,
+      mentions: options.mentions ?? [],
+      urgent: options.urgent ?? false,
+    });
+    const view = await this.enqueue(async (f) => JSON.parse((await f.queue_draft(timelineId, draft)) as string) as PostView);
     this.scheduleSend();
     return view;
   }
@@ -540,18 +585,28 @@ export class Engine {
     timelineId: string,
     text: string,
     files: File[],
-    options: { replyTo?: number; kind?: "text" | "report"; onProgress?: (sent: number, total: number) => void } = {},
+    options: PostOptions & { onProgress?: (sent: number, total: number) => void } = {},
   ): Promise<PostView> {
     this.live();
-    const sealed = [];
-    for (const file of files) {
-      const bytes = new Uint8Array(await file.arrayBuffer());
+    // Each file, and a photo's thumbnail (a small JPEG made here, sealed as
+    // its own blob with its own key), is sealed before anything is uploaded.
+    const sealed: { ciphertext: Uint8Array; reference: string }[] = [];
+    const references: Record<string, unknown>[] = [];
+    const seal = (bytes: Uint8Array, mime: string, name: string) => {
       try {
-        const s = seal_attachment(bytes, file.type || "application/octet-stream", file.name) as { ciphertext: Uint8Array; reference: string };
+        const s = seal_attachment(bytes, mime, name) as { ciphertext: Uint8Array; reference: string };
         sealed.push(s);
+        return JSON.parse(s.reference) as Record<string, unknown>;
       } catch (e) {
         throw toEngineError(e);
       }
+    };
+    for (const file of files) {
+      const bytes = new Uint8Array(await file.arrayBuffer());
+      const reference = seal(bytes, file.type || "application/octet-stream", file.name);
+      const thumb = file.type.startsWith("image/") ? await makeThumbnail(file) : null;
+      if (thumb) reference.thumbnail = seal(thumb, "image/jpeg", `${file.name}.thumb.jpg`);
+      references.push(reference);
     }
     const total = sealed.reduce((n, s) => n + s.ciphertext.byteLength, 0);
     let done = 0;
@@ -560,15 +615,7 @@ export class Engine {
       done += s.ciphertext.byteLength;
       options.onProgress?.(done, total);
     }
-    const references = `[${sealed.map((s) => s.reference).join(",")}]`;
-    const view = await this.enqueue(
-      async (f) =>
-        JSON.parse(
-          (await f.queue_post_with_attachments(timelineId, text, options.replyTo ?? undefined, options.kind ?? "text", references)) as string,
-        ) as PostView,
-    );
-    this.scheduleSend();
-    return view;
+    return this.queueDraft(timelineId, text, options, references);
   }
 
   /** Downloads an attachment's blob and opens it (checks blob id, tag, size and hash); rejects "attachment_rejected" if it does not match. */

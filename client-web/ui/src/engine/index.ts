@@ -34,6 +34,7 @@
 // translated text.
 
 export { Engine } from "./engine.ts";
+export type { PostOptions } from "./engine.ts";
 
 /** State of the connection to the server, for the status line. */
 export type ConnectionStatus =
@@ -119,7 +120,33 @@ export interface PostView {
   /** The post's attachments as the envelope carries them (PROTOCOL.md):
    *  show name, mime and size; open one with `Engine.openAttachment`. */
   attachments: AttachmentRef[];
+  /** Accounts the author mentioned. */
+  mentions: string[];
+  /** Asks every member for an acknowledgement (確認しました). */
+  urgent: boolean;
+  /** When the author edited it (`text` is the edited text), else null. */
+  editedAt: number | null;
+  /** When the author deleted it (`text` is ""), else null. */
+  deletedAt: number | null;
+  /** The account whose client handed this post over to this device
+   *  (history from before it joined), else null. */
+  handedOverBy: string | null;
+  /** A consent record or care event shown in the timeline, else null. */
+  record: TimelineRecord | null;
 }
+
+/** A record in the timeline (PROTOCOL.md envelopes `consent` and `event`). */
+export type TimelineRecord =
+  | {
+      type: "consent";
+      obtained_by: string;
+      given_by: string;
+      method: "written" | "verbal" | "proxy";
+      obtained_at: number;
+      scope: string;
+      note?: string;
+    }
+  | { type: "event"; kind: "admitted" | "discharged"; hospital: string; organisation_id?: string; at: number; note?: string };
 
 /** An attachment as the envelope carries it (PROTOCOL.md, "attachments"). */
 export interface AttachmentRef {
@@ -228,10 +255,16 @@ export class EngineError extends Error {
  *   Adds (or removes) every device of the account in one commit. Need the
  *   connection.
  *
- * post(timelineId, text, options?: { replyTo?: number; kind?: "text" | "report" }): Promise<PostView>
+ * post(timelineId, text, options?: PostOptions): Promise<PostView>
  *   Queues the post durably and resolves with its pending view at once; it
  *   is sent now if online, else when the connection returns ("posts" events
- *   follow as it is accepted).
+ *   follow as it is accepted). Options: replyTo (a seq), kind, mentions
+ *   (member account ids; others are dropped), urgent.
+ *
+ * postWithAttachments(timelineId, text, files, options?: PostOptions & { onProgress })
+ *   Seals each file (and, for a photo, a JPEG thumbnail of at most 320 px
+ *   made on a canvas here, sealed as its own blob: `AttachmentRef.thumbnail`),
+ *   uploads the ciphertexts with progress, then queues like `post`.
  *
  * markRead(timelineId: string, seq?: number): Promise<void>
  *   Moves the timeline's read marker (default: to its last post), which

@@ -223,6 +223,12 @@ export async function timelineScreen(ctx: Ctx): Promise<HTMLElement> {
   };
 
   const posts0 = engine.posts(id).length;
+  const pctx = (onReply: PostCtx["onReply"]): PostCtx => ({
+    engine,
+    me: ctx.me?.account_id,
+    names: new Map(engine.accounts().map((a) => [a.accountId, a.name])),
+    onReply,
+  });
   const renderPosts = () => {
     const nearBottom = window.innerHeight + window.scrollY >= document.body.scrollHeight - 80;
     const posts = engine.posts(id);
@@ -248,9 +254,9 @@ export async function timelineScreen(ctx: Ctx): Promise<HTMLElement> {
         return h(
           "li",
           { class: "thread" },
-          postView(engine, p, professional && summary()?.active !== false ? () => startReply(p) : null),
+          postView(pctx(professional && summary()?.active !== false ? startReply : null), p),
           thread.length
-            ? h("ol", { class: "replies", "aria-label": t("timeline.replies", { count: thread.length }) }, thread.map((r) => h("li", null, postView(engine, r, null))))
+            ? h("ol", { class: "replies", "aria-label": t("timeline.replies", { count: thread.length }) }, thread.map((r) => h("li", null, postView(pctx(null), r))))
             : null,
         );
       }),
@@ -267,6 +273,77 @@ export async function timelineScreen(ctx: Ctx): Promise<HTMLElement> {
   let files: File[] = [];
   const fileList = h("ul", { class: "picked-files", "aria-live": "polite" });
   const progress = h("progress", { class: "upload-progress", max: 100, value: 0, hidden: true, "data-testid": "upload-progress" });
+  // Urgent: asks every member for an acknowledgement (確認しました).
+  const urgent = h("input", { type: "checkbox", name: "urgent", id: "post-urgent", "data-testid": "urgent-toggle" }) as HTMLInputElement;
+  const urgentControl = h("label", { class: "urgent-toggle", for: "post-urgent" }, urgent, " ", t("urgent.toggle"));
+  // Mentions: "@" (typed, or the button) opens a list of the timeline's
+  // people; picking one writes "@name " and mentions their account.
+  const mentioned = new Map<string, string>(); // account id -> name written
+  const mentionList = h("ul", { class: "mention-list", role: "listbox", "aria-label": t("mention.pick"), "data-testid": "mention-list", hidden: true });
+  const closeMentions = () => {
+    mentionList.hidden = true;
+  };
+  const openMentions = (typedAt: boolean) => {
+    const s = summary();
+    const n = new Map(engine.accounts().map((a) => [a.accountId, a.name]));
+    const people = (s?.memberAccountIds ?? []).filter((a) => a !== ctx.me?.account_id);
+    replace(
+      mentionList,
+      people.length
+        ? people.map((a) => {
+            const name = n.get(a) || t("timeline.noName");
+            return h(
+              "li",
+              null,
+              h(
+                "button",
+                {
+                  type: "button",
+                  class: "link-button",
+                  role: "option",
+                  "data-testid": "mention-option",
+                  onclick: () => {
+                    const before = text.value.slice(0, text.selectionStart ?? text.value.length);
+                    const after = text.value.slice(text.selectionEnd ?? text.value.length);
+                    const head = typedAt && before.endsWith("@") ? before.slice(0, -1) : before;
+                    text.value = `${head}@${name} ${after}`;
+                    mentioned.set(a, name);
+                    closeMentions();
+                    text.focus();
+                    const at = head.length + name.length + 2;
+                    text.setSelectionRange(at, at);
+                  },
+                },
+                `@${name}`,
+              ),
+            );
+          })
+        : h("li", { class: "hint" }, t("mention.none")),
+    );
+    mentionList.hidden = false;
+    (mentionList.querySelector("button") as HTMLButtonElement | null)?.focus();
+  };
+  mentionList.addEventListener("keydown", (e) => {
+    const buttons = [...mentionList.querySelectorAll("button")];
+    const i = buttons.indexOf(document.activeElement as HTMLButtonElement);
+    if (e.key === "Escape") {
+      e.preventDefault();
+      closeMentions();
+      text.focus();
+    } else if (e.key === "ArrowDown" || e.key === "ArrowUp") {
+      e.preventDefault();
+      buttons[(i + (e.key === "ArrowDown" ? 1 : buttons.length - 1)) % buttons.length]?.focus();
+    }
+  });
+  text.addEventListener("input", (e) => {
+    const ie = e as InputEvent;
+    if (ie.data === "@") openMentions(true);
+  });
+  const mentionButton = h(
+    "button",
+    { type: "button", "aria-haspopup": "listbox", "data-testid": "mention-button", onclick: () => (mentionList.hidden ? openMentions(false) : closeMentions()) },
+    t("mention.button"),
+  );
   const renderFiles = () => {
     replace(
       fileList,
@@ -330,12 +407,15 @@ export async function timelineScreen(ctx: Ctx): Promise<HTMLElement> {
       h("h2", { class: "visually-hidden" }, t("timeline.composer")),
       replyBanner,
       field(t("timeline.composerLabel"), text, t("timeline.sendHint")),
+      mentionList,
       fileList,
       progress,
       h(
         "div",
         { class: "composer-actions" },
         attachControl(),
+        mentionButton,
+        urgentControl,
         h("button", { type: "submit", class: "primary", "data-testid": "send" }, t("timeline.send")),
       ),
     );
@@ -351,7 +431,9 @@ export async function timelineScreen(ctx: Ctx): Promise<HTMLElement> {
         text.focus();
         return;
       }
-      const reply = replyTo?.seq != null ? { replyTo: replyTo.seq } : {};
+      // Only the people still named in the text are mentioned.
+      const mentions = [...mentioned].filter(([, name]) => body.includes(`@${name}`)).map(([a]) => a);
+      const reply = { ...(replyTo?.seq != null ? { replyTo: replyTo.seq } : {}), mentions, urgent: urgent.checked };
       try {
         if (files.length > 0) {
           progress.hidden = false;
@@ -373,6 +455,8 @@ export async function timelineScreen(ctx: Ctx): Promise<HTMLElement> {
       }
       text.value = "";
       files = [];
+      mentioned.clear();
+      urgent.checked = false;
       renderFiles();
       cancelReply();
       renderPosts();
@@ -418,27 +502,105 @@ export async function timelineScreen(ctx: Ctx): Promise<HTMLElement> {
   );
 }
 
-function postView(engine: Engine, p: PostView, onReply: (() => void) | null): HTMLElement {
+/** What a post's rendering needs besides the post. */
+interface PostCtx {
+  engine: Engine;
+  me: string | undefined;
+  names: Map<string, string>;
+  onReply: ((p: PostView) => void) | null;
+  /** Extra controls under a post (receipts, acknowledgement, edit). */
+  extras?: (p: PostView) => (HTMLElement | null)[];
+}
+
+function personName(c: PostCtx, accountId: string): string {
+  if (accountId === c.me) return t("timeline.you");
+  return c.names.get(accountId) || t("timeline.unknownSender");
+}
+
+/** A consent record or care event, as a line in the timeline. */
+function recordView(c: PostCtx, r: NonNullable<PostView["record"]>): HTMLElement {
+  if (r.type === "consent") {
+    return h(
+      "div",
+      { class: "record record-consent", "data-testid": "consent-record" },
+      h("strong", null, t("consent.recorded")),
+      h(
+        "p",
+        null,
+        t("consent.summary", {
+          givenBy: r.given_by,
+          method: t(`consent.method.${r.method}` as MessageKey),
+          obtainedBy: personName(c, r.obtained_by),
+          date: formatTime(r.obtained_at, lang()),
+        }),
+      ),
+      h("p", null, `${t("consent.scope")}: ${r.scope}`),
+      r.note ? h("p", { class: "hint" }, r.note) : null,
+    );
+  }
+  return h(
+    "div",
+    { class: `record record-event record-${r.kind}`, "data-testid": "care-event" },
+    h("strong", null, t(r.kind === "admitted" ? "event.admitted" : "event.discharged", { hospital: r.hospital })),
+    h("p", { class: "hint" }, formatTime(r.at, lang())),
+    r.note ? h("p", null, r.note) : null,
+  );
+}
+
+function postView(c: PostCtx, p: PostView): HTMLElement {
   const body =
     p.state === "undecryptable"
       ? h("p", { class: "post-text muted" }, t("timeline.undecryptable"))
       : p.state === "unsupported"
         ? h("p", { class: "post-text muted" }, t("timeline.unsupported"))
-        : h("p", { class: "post-text" }, p.text);
+        : p.deletedAt !== null
+          ? h("p", { class: "post-text muted", "data-testid": "post-deleted" }, t("post.deleted", { time: formatTime(p.deletedAt, lang()) }))
+          : p.record
+            ? recordView(c, p.record)
+            : h("p", { class: "post-text" }, p.text);
+  const mentionsMe = c.me !== undefined && p.mentions.includes(c.me);
+  const classes = ["post", `post-${p.state}`, p.own ? "own" : "", p.urgent ? "post-urgent" : "", mentionsMe ? "mentions-me" : "", p.record ? "post-record" : ""];
   return h(
     "article",
-    { class: `post post-${p.state}${p.own ? " own" : ""}`, "data-testid": "post", "data-state": p.state },
+    {
+      class: classes.filter(Boolean).join(" "),
+      "data-testid": "post",
+      "data-state": p.state,
+      "data-seq": p.seq ?? "",
+      ...(p.urgent ? { "data-urgent": "true" } : {}),
+    },
     h(
       "header",
       { class: "post-head" },
       h("strong", { class: "post-author" }, p.senderName || t("timeline.unknownSender")),
+      p.urgent ? h("span", { class: "badge badge-urgent", "data-testid": "urgent-badge" }, t("urgent.badge")) : null,
       p.kind === "report" ? h("span", { class: "badge" }, t("timeline.report")) : null,
       h("time", { datetime: new Date(p.sentAt).toISOString(), class: "hint" }, formatTime(p.sentAt, lang())),
+      p.editedAt !== null && p.deletedAt === null
+        ? h("span", { class: "badge", title: formatTime(p.editedAt, lang()), "data-testid": "post-edited" }, t("post.edited"))
+        : null,
+      p.handedOverBy !== null
+        ? h("span", { class: "badge badge-history", "data-testid": "handed-over", title: t("post.handedOverBy", { name: personName(c, p.handedOverBy) }) }, t("post.handedOver"))
+        : null,
       p.state === "pending" ? h("span", { class: "badge badge-pending", "data-testid": "pending" }, t("timeline.pending")) : null,
     ),
+    p.mentions.length && p.deletedAt === null
+      ? h(
+          "p",
+          { class: "post-mentions", "data-testid": "post-mentions" },
+          p.mentions.map((a) => h("span", { class: a === c.me ? "mention mention-me" : "mention" }, `@${personName(c, a)}`)),
+        )
+      : null,
     body,
-    attachmentList(engine, p),
-    onReply && p.seq !== null ? h("button", { type: "button", class: "link-button reply-button", onclick: onReply }, t("timeline.reply")) : null,
+    p.deletedAt === null ? attachmentList(c.engine, p) : null,
+    h(
+      "div",
+      { class: "post-actions" },
+      c.onReply && p.seq !== null && !p.record && p.deletedAt === null
+        ? h("button", { type: "button", class: "link-button reply-button", onclick: () => c.onReply?.(p) }, t("timeline.reply"))
+        : null,
+      ...(c.extras ? c.extras(p) : []),
+    ),
   );
 }
 
