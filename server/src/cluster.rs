@@ -31,6 +31,10 @@ enum Event {
     /// Devices `d` were revoked by node `n`: close their connections.
     #[serde(rename = "r")]
     Revoked { n: String, d: Vec<String> },
+    /// Frame `f` about timeline `t` (a read mark, an urgent alert or
+    /// acknowledgement) for its member devices, or only those of accounts `a`.
+    #[serde(rename = "f")]
+    Notice { n: String, t: String, #[serde(default, skip_serializing_if = "Option::is_none")] a: Option<Vec<String>>, f: String },
 }
 
 /// This node's side of the cluster.
@@ -62,6 +66,13 @@ impl Cluster {
             self.notify(tx, &Event::Revoked { n: self.node_id.to_string(), d: chunk.to_vec() }).await?;
         }
         Ok(())
+    }
+
+    /// A frame for a timeline's members (or the devices of `accounts`
+    /// among them) that every other node pushes once `tx` commits.
+    pub async fn notice(&self, tx: &mut Tx, timeline_id: &str, accounts: Option<&[String]>, frame: &str) -> Result<(), StoreError> {
+        let (n, t, a, f) = (self.node_id.to_string(), timeline_id.to_owned(), accounts.map(<[String]>::to_vec), frame.to_owned());
+        self.notify(tx, &Event::Notice { n, t, a, f }).await
     }
 
     async fn notify(&self, tx: &mut Tx, event: &Event) -> Result<(), StoreError> {
@@ -119,7 +130,8 @@ async fn listen(url: &str, node_id: &str, db: &Db, hub: &Hub) -> Result<(), sqlx
 /// Push what another node stored to this node's connections.
 async fn relay(event: Event, node_id: &str, db: &Db, hub: &Hub) -> Result<(), StoreError> {
     match event {
-        Event::Messages { n, .. } | Event::Welcome { n, .. } | Event::Revoked { n, .. } if n == node_id => {}
+        Event::Messages { n, .. } | Event::Welcome { n, .. } | Event::Revoked { n, .. } | Event::Notice { n, .. } if n == node_id => {}
+        Event::Notice { t, a, f, .. } => crate::receipts::push_notices(db, hub, &t, a.as_deref(), &[f]).await?,
         Event::Revoked { d, .. } => hub.revoke(&d),
         Event::Messages { t, from, to, .. } => {
             for message in db.messages_after(&t, from - 1, to, to - from + 1).await? {

@@ -172,6 +172,14 @@ pub struct ServeConfig {
     /// `web/` beside the binary.
     #[arg(long, env = "TSUNAGU_WEB_ROOT")]
     pub web_root: Option<PathBuf>,
+    /// How often pending read marks are written, in milliseconds: all
+    /// `read` frames of one period cost one transaction (PROTOCOL.md).
+    #[arg(long, env = "TSUNAGU_RECEIPT_FLUSH_MS", default_value_t = 1000)]
+    pub receipt_flush_ms: u64,
+    /// How often urgent posts are checked for escalation to the second
+    /// call, in milliseconds.
+    #[arg(long, env = "TSUNAGU_URGENT_CHECK_MS", default_value_t = 5000)]
+    pub urgent_check_ms: u64,
     /// A TOML file with any of the settings above (keys as the flags, with
     /// `_` for `-`). Flags and environment variables override it.
     #[arg(long, env = "TSUNAGU_CONFIG")]
@@ -202,6 +210,8 @@ struct FileConfig {
     web_root: Option<PathBuf>,
     blob_store_dir: Option<PathBuf>,
     max_blob_bytes: Option<u64>,
+    receipt_flush_ms: Option<u64>,
+    urgent_check_ms: Option<u64>,
 }
 
 impl Cli {
@@ -254,6 +264,12 @@ impl Cli {
         }
         if let (Some(v), true) = (file.max_blob_bytes, unset("max_blob_bytes")) {
             serve.max_blob_bytes = v;
+        }
+        if let (Some(v), true) = (file.receipt_flush_ms, unset("receipt_flush_ms")) {
+            serve.receipt_flush_ms = v;
+        }
+        if let (Some(v), true) = (file.urgent_check_ms, unset("urgent_check_ms")) {
+            serve.urgent_check_ms = v;
         }
         Ok(cli)
     }

@@ -29,6 +29,9 @@ pub enum Push {
     Resync,
     /// The device was revoked: close the connection now.
     Revoked,
+    /// Any other frame for the device, already serialized (read marks,
+    /// urgent alerts and acknowledgements); not part of the `seq` order.
+    Notice(Box<Utf8Bytes>),
 }
 
 #[derive(Debug, Clone)]
@@ -45,6 +48,10 @@ impl Push {
         let frame = ServerFrame::Welcome { welcome_id: welcome_id as u64, timeline_id: timeline_id.to_owned(), seq: seq as u64, welcome: Bytes(data) };
         let frame = serde_json::to_string(&frame).expect("frames serialize").into();
         Push::Welcome(Box::new(MessagePush { timeline_id: timeline_id.into(), seq, frame, stored: std::time::Instant::now() }))
+    }
+
+    pub fn notice(frame: &str) -> Push {
+        Push::Notice(Box::new(frame.to_owned().into()))
     }
 }
 

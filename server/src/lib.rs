@@ -14,7 +14,9 @@ pub mod metrics;
 pub mod mls;
 pub mod operator;
 pub mod people;
+pub mod receipts;
 pub mod revocation;
+pub mod urgent;
 pub mod web;
 pub mod writer;
 pub mod ws;
@@ -43,6 +45,8 @@ pub struct AppState {
     pub external_sender: Arc<mls::ExternalSenderKey>,
     /// Passkeys' relying party and public URL (see `people`).
     pub people: Arc<people::People>,
+    /// Pending read marks, written once a flush (see `receipts`).
+    pub receipts: Arc<receipts::Receipts>,
     /// Cancelled when the server starts to shut down.
     pub shutdown: CancellationToken,
     /// Every websocket connection, so a shutdown can wait for them.
@@ -67,6 +71,7 @@ impl Server {
         }
         let writer = writer::Writer::start(db.clone(), hub.clone(), cluster.clone(), metrics.clone());
         let external_sender = Arc::new(revocation::load_or_create_key(&db).await?);
+        let receipts = Arc::new(receipts::Receipts::new(db.clone(), hub.clone(), cluster.clone(), metrics.clone()));
         let state = AppState {
             db,
             hub,
@@ -76,10 +81,14 @@ impl Server {
             metrics,
             external_sender,
             people: Arc::new(people::People::default()),
+            receipts,
             shutdown: CancellationToken::new(),
             connections: TaskTracker::new(),
         };
         blobs::on_start(&state).await;
+        let ms = |v: u64| std::time::Duration::from_millis(v.max(10));
+        state.receipts.spawn_flusher(ms(state.config.receipt_flush_ms), state.shutdown.clone());
+        urgent::spawn_escalation(&state, ms(state.config.urgent_check_ms));
         if let Err(e) = revocation::sweep(&state).await {
             tracing::error!(code = e.code.as_str(), message = %e.message, "pending removals not proposed at start");
         }
@@ -91,7 +100,7 @@ impl Server {
     /// close with "going away" (at most `drain_seconds`), and close the
     /// database.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let AppState { db, shutdown: token, connections, config, .. } = self.state.clone();
+        let AppState { db, shutdown: token, connections, config, receipts, .. } = self.state.clone();
         // The public URL defaults to the listening port; a new database
         // prints its one-time setup link.
         people::on_serve(&self.state, listener.local_addr()?).await?;
@@ -111,6 +120,8 @@ impl Server {
         if tokio::time::timeout(std::time::Duration::from_secs(config.drain_seconds), connections.wait()).await.is_err() {
             tracing::warn!(connections = connections.len(), "drain timed out; closing anyway");
         }
+        // The read marks of the last second, including the drained connections'.
+        receipts.flush().await;
         db.close().await;
         tracing::info!("stopped");
         Ok(())

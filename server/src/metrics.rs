@@ -47,6 +47,12 @@ pub struct Metrics {
     pub db_seconds: Family<OpLabel, Histogram, fn() -> Histogram>,
     /// Messages per group-commit transaction.
     pub batch_size: Histogram,
+    /// `read` frames received (before coalescing).
+    pub read_frames: Counter,
+    /// Read-mark transactions (one per flush that had marks).
+    pub read_mark_flushes: Counter,
+    /// Read-mark rows written (at most one per timeline and person a flush).
+    pub read_marks_written: Counter,
 }
 
 impl Default for Metrics {
@@ -60,6 +66,9 @@ impl Default for Metrics {
             delivery_seconds: seconds_histogram(),
             db_seconds: Family::new_with_constructor(seconds_histogram),
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
+            read_frames: Counter::default(),
+            read_mark_flushes: Counter::default(),
+            read_marks_written: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("connections", "Open websocket connections", m.connections.clone());
@@ -69,6 +78,9 @@ impl Default for Metrics {
         registry.register("delivery_latency_seconds", "Time from durable storage to a live recipient's socket", m.delivery_seconds.clone());
         registry.register("db_transaction_seconds", "Duration of database write transactions", m.db_seconds.clone());
         registry.register("group_commit_batch_size", "Messages stored per group-commit transaction", m.batch_size.clone());
+        registry.register("read_frames", "Read frames received from devices (before coalescing)", m.read_frames.clone());
+        registry.register("read_mark_flushes", "Read-mark write transactions", m.read_mark_flushes.clone());
+        registry.register("read_marks_written", "Read-mark rows written", m.read_marks_written.clone());
         Metrics { registry, ..m }
     }
 }

@@ -31,6 +31,10 @@ pub struct SendRequest {
     pub device_id: String,
     pub msg_id: String,
     pub data: Vec<u8>,
+    /// The sending device's account (recorded for an urgent post).
+    pub account_id: String,
+    /// An urgent post: recorded in the same transaction (`urgent.rs`).
+    pub urgent: bool,
 }
 
 /// What became of a send.
@@ -200,10 +204,17 @@ async fn store_batch(db: &Db, hub: &Hub, cluster: &Cluster, jobs: &[(SendRequest
         }
     }
     Db::insert_messages(&mut tx, &rows).await?;
+    let mut alerts = Vec::new();
+    for (i, row, _) in stored_at.iter().filter(|(i, _, _)| jobs[*i].0.urgent) {
+        alerts.push(crate::urgent::record_in(&mut tx, cluster, &rows[*row], &jobs[*i].0.account_id).await?);
+    }
     tx.commit().await?;
 
     for (_, row, recipients) in &stored_at {
         hub.publish_message(recipients, &rows[*row]);
+    }
+    for alert in alerts {
+        alert.publish(db, hub).await;
     }
     let mut rows: Vec<Option<StoredMessage>> = rows.into_iter().map(Some).collect();
     for (i, row, _) in stored_at {

@@ -366,8 +366,8 @@ impl Connection {
             F::Commit { rid, timeline_id, msg_id, commit, welcome, group_info } => {
                 self.commit(rid, timeline_id, msg_id, commit, welcome, group_info).await?
             }
-            F::Send { rid, timeline_id, msg_id, message, urgent: _ } => {
-                self.send_message(rid, timeline_id, msg_id, message).await?;
+            F::Send { rid, timeline_id, msg_id, message, urgent } => {
+                self.send_message(rid, timeline_id, msg_id, message, urgent).await?;
                 return Ok(None);
             }
             F::ListDevices { rid } => self.list_devices(rid).await?,
@@ -379,10 +379,20 @@ impl Connection {
                 crate::revocation::revoke_devices(&self.state, std::slice::from_ref(&device_id), "revoked_by_owner").await?;
                 ServerFrame::DeviceRevoked { rid, device_id }
             }
-            F::Read { .. } | F::GetReceipts { .. } | F::Acknowledge { .. } | F::ListUrgent { .. } => {
-                // Receipts and urgent posts: being built (issue 4).
-                return Err(ApiError::new(ErrorCode::UnknownType, "not supported by this server yet").into());
+            F::Read { timeline_id, seq } => {
+                check_timeline_id(&timeline_id)?;
+                self.state.receipts.read(&self.device, &timeline_id, seq).await?;
+                return Ok(None);
             }
+            F::GetReceipts { rid, timeline_id } => {
+                check_timeline_id(&timeline_id)?;
+                self.state.receipts.get(&self.device, rid, timeline_id).await?
+            }
+            F::Acknowledge { rid, timeline_id, seq } => {
+                check_timeline_id(&timeline_id)?;
+                crate::urgent::acknowledge(&self.state, &self.device, rid, timeline_id, seq).await?
+            }
+            F::ListUrgent { rid } => crate::urgent::list(&self.state, &self.device, rid).await?,
             F::GetGroupInfo { rid, timeline_id } => {
                 check_timeline_id(&timeline_id)?;
                 if !self.may_join(&timeline_id).await? {
@@ -473,6 +483,7 @@ impl Connection {
             }
             Push::Resync => self.catch_up().await?,
             Push::Revoked => self.close_revoked().await?,
+            Push::Notice(frame) => self.send_text(*frame).await?,
             Push::Message(push) => {
                 let MessagePush { timeline_id, seq, frame, stored } = *push;
                 let last = match self.last_sent.get(&*timeline_id) {
@@ -640,11 +651,12 @@ impl Connection {
 
     /// Queue a send for the writer; its reply is sent when it is durable,
     /// while this connection goes on reading (up to [`MAX_IN_FLIGHT`]).
-    async fn send_message(&mut self, rid: u64, timeline_id: String, msg_id: String, message: Bytes) -> Result<(), Handled> {
+    async fn send_message(&mut self, rid: u64, timeline_id: String, msg_id: String, message: Bytes, urgent: bool) -> Result<(), Handled> {
         check_timeline_id(&timeline_id)?;
         check_msg_id(&msg_id)?;
         let epoch = mls::application_epoch(message.as_slice(), &timeline_id)? as i64;
-        let request = SendRequest { timeline_id, epoch, device_id: self.device.id.clone(), msg_id, data: message.into_vec() };
+        let (device_id, account_id) = (self.device.id.clone(), self.device.account_id.clone());
+        let request = SendRequest { timeline_id, epoch, device_id, msg_id, data: message.into_vec(), account_id, urgent };
         let stored = self.state.writer.enqueue(request).await;
         self.in_flight.push(Box::pin(async move {
             match stored.await {

@@ -12,6 +12,8 @@ pub mod audit;
 pub mod revocation;
 pub mod people;
 pub mod blobs;
+pub mod receipts;
+pub mod urgent;
 
 use std::collections::HashMap;
 use std::time::Duration;
