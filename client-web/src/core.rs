@@ -27,6 +27,12 @@ use crate::store::{Change as StoreChange, StateStore};
 use crate::transport::Transport;
 use crate::ClientError;
 
+pub mod history;
+mod posts;
+
+pub use history::HistoryFrom;
+pub use posts::PostOptions;
+
 /// The state store as the core holds it (`Send` where threads exist).
 #[cfg(not(target_arch = "wasm32"))]
 pub type BoxedStore = Box<dyn StateStore + Send>;
@@ -535,57 +541,16 @@ impl Core {
         }
     }
 
-    /// A timeline's name arrived at `seq` (a later one wins).
-    fn record_title(&mut self, timeline_id: &str, seq: u64, title: String) {
-        let newer = self.state.timelines.get(timeline_id).and_then(|t| t.title.as_ref()).is_none_or(|(s, _)| *s < seq);
-        if newer {
-            self.tl_mut(timeline_id).title = Some((seq, title));
-        }
-    }
-
     /// The timeline's name, if a member set one.
     pub fn title(&self, timeline_id: &str) -> Option<&str> {
         self.state.timelines.get(timeline_id)?.title.as_ref().map(|(_, t)| t.as_str())
     }
 
-    /// Name the timeline for its members: an encrypted `timeline_info`
-    /// message (retried like a post). Returns its seq.
+    /// Name the timeline for its members (keeping the patient it names):
+    /// see [`Core::set_timeline_info`]. Returns its seq.
     pub async fn set_title<T: Transport>(&mut self, io: &mut T, timeline_id: &str, title: &str) -> Result<u64, ClientError> {
-        let msg_id = new_msg_id();
-        let plaintext = Envelope::TimelineInfo(tsunagu_protocol::envelope::TimelineInfo { title: title.into(), patient: None }).encode();
-        for _attempt in 0..MAX_ATTEMPTS {
-            match self.groups.get(timeline_id) {
-                None => return Err(ClientError::Invalid(format!("no group for timeline {timeline_id}"))),
-                Some(g) if !g.is_active() => {
-                    return Err(ClientError::Invalid("this device is no longer a member of the timeline".into()))
-                }
-                Some(_) => {}
-            }
-            let message = self.encrypt_unsaved(timeline_id, &plaintext)?;
-            let rid = self.rid();
-            let frame = ClientFrame::Send { rid, timeline_id: timeline_id.into(), msg_id: msg_id.clone(), message: Bytes(message), urgent: false };
-            // Its echo (which we cannot decrypt) waits until we know its seq.
-            self.deferred.insert(timeline_id.to_string());
-            let reply = self.request(io, frame).await;
-            if let Ok(ServerFrame::Accepted { seq, .. }) = reply {
-                self.record_title(timeline_id, seq, title.into());
-                self.mark_own_seq(timeline_id, seq);
-                self.release_deferred(timeline_id);
-                self.save()?;
-                self.flush_acks(io).await?;
-                return Ok(seq);
-            }
-            self.release_deferred(timeline_id);
-            match reply? {
-                ServerFrame::Error(e) if e.code == ErrorCode::StaleEpoch => {
-                    let epoch = self.epoch(timeline_id).unwrap_or(0);
-                    self.catch_up(io, timeline_id, e.current_epoch.unwrap_or(epoch + 1)).await?;
-                }
-                ServerFrame::Error(e) if e.code == ErrorCode::Internal => {}
-                other => return Err(unexpected(other)),
-            }
-        }
-        Err(ClientError::TooManyRetries(MAX_ATTEMPTS))
+        let info = tsunagu_protocol::envelope::TimelineInfo { title: title.into(), patient: self.patient(timeline_id) };
+        self.set_timeline_info(io, timeline_id, info).await
     }
 
     fn record_post(&mut self, timeline_id: &str, post: ReceivedPost, notify: bool) {
@@ -653,7 +618,9 @@ impl Core {
             ..Default::default()
         };
         let mut new_post: Option<ReceivedPost> = None;
-        let mut new_title: Option<String> = None;
+        let mut new_title: Option<tsunagu_protocol::envelope::TimelineInfo> = None;
+        // An edit, deletion or history handover (see posts.rs, history.rs).
+        let mut change: Option<(Envelope, String, Option<String>)> = None;
         let mut warning: Option<String> = None;
         // A proposal this device stored: for it to commit, or its own removal.
         let mut stored_proposal: Option<bool> = None;
@@ -673,18 +640,38 @@ impl Core {
                         let sender_account = m::credential_account_id(processed.credential());
                         let sender =
                             m::credential_device_id(processed.credential()).unwrap_or_else(|| d.sender_device_id.clone());
+                        let mls_sender = processed.sender().clone();
+                        // The policy at this epoch: a reader's (or an
+                        // unlisted account's) message is dropped, whatever
+                        // the server let through.
+                        let silenced = match crate::policy::of_group(group) {
+                            Ok(Some(p)) => !sender_account.as_deref().and_then(|a| p.role(a)).is_some_and(Role::may_post),
+                            _ => false,
+                        };
+                        let mut record: Option<Envelope> = None;
                         match processed.into_content() {
+                            ProcessedMessageContent::ApplicationMessage(_) if silenced => {
+                                warning = Some(format!(
+                                    "{tid} #{}: post from {} dropped: readers do not post",
+                                    d.seq,
+                                    sender_account.as_deref().unwrap_or("an unknown account")
+                                ));
+                            }
                             ProcessedMessageContent::ApplicationMessage(am) => {
                                 let bytes = am.into_bytes();
                                 let (post, status) = match Envelope::decode(&bytes) {
                                     Ok(Envelope::Post(p)) => (Some(p), PostStatus::Ok),
                                     Ok(Envelope::TimelineInfo(info)) => {
-                                        new_title = Some(info.title);
+                                        new_title = Some(info);
                                         (None, PostStatus::Ok)
                                     }
-                                    Ok(_) => {
-                                        // Consent, events, edits, deletions and history: being built (issue 4).
-                                        (None, PostStatus::Unsupported)
+                                    Ok(env @ (Envelope::Edit(_) | Envelope::Delete(_) | Envelope::History(_))) => {
+                                        change = Some((env, sender.clone(), sender_account.clone()));
+                                        (None, PostStatus::Ok)
+                                    }
+                                    Ok(env @ (Envelope::Consent(_) | Envelope::Event(_))) => {
+                                        record = Some(env);
+                                        (None, PostStatus::Ok)
                                     }
                                     Err(tsunagu_protocol::envelope::EnvelopeError::UnsupportedVersion(_)) => {
                                         (None, PostStatus::Unsupported)

@@ -169,6 +169,7 @@ pub async fn download_blob(server_url: &str, token: &str, blob_id: &str) -> Resu
 pub struct Client {
     core: Core,
     conn: Option<WsTransport>,
+    history_reports: Vec<ImportReport>,
 }
 
 impl std::fmt::Debug for Client {
@@ -220,7 +221,7 @@ impl Client {
             device_token: resp.device_token,
         };
         let core = Core::new_enrolled(store, enrolment, signer)?;
-        Ok(Client { core, conn: None })
+        Ok(Client { core, conn: None, history_reports: Vec::new() })
     }
 
     /// Reopen a device from its state directory.
@@ -230,7 +231,7 @@ impl Client {
             return Err(ClientError::Invalid(format!("no saved state in {}: enrol first", state_dir.display())));
         }
         let core = Core::open(Box::new(store))?;
-        Ok(Client { core, conn: None })
+        Ok(Client { core, conn: None, history_reports: Vec::new() })
     }
 
     pub fn core(&self) -> &Core {
@@ -364,10 +365,14 @@ impl Client {
         crate::attachments::open(attachment, &blob)
     }
 
+    /// Process what the server sent, commit waiting proposals, and import
+    /// the history handed over to this account (see
+    /// [`Client::import_pending_history`]).
     pub async fn sync(&mut self) -> Result<(), ClientError> {
         let (core, io) = self.io()?;
         let r = core.sync(io).await;
-        self.check(r)
+        self.check(r)?;
+        self.import_pending_history().await.map(|_| ())
     }
 
     pub async fn wait_for_seq(&mut self, timeline_id: &str, seq: u64, timeout: Duration) -> Result<(), ClientError> {
@@ -486,5 +491,191 @@ impl Client {
             urgent: false,
         };
         self.core.encrypt(timeline_id, &tsunagu_protocol::Envelope::Post(post).encode())
+    }
+}
+
+// ----- posts people expect, the patient, history handover ---------------------------------
+
+/// What handing over history cost on the inviting device.
+#[derive(Debug, Clone, Default)]
+pub struct HandoverReport {
+    /// The seq of the `history` message.
+    pub seq: u64,
+    pub from_seq: u64,
+    pub to_seq: u64,
+    pub items: usize,
+    /// Ciphertext bytes uploaded.
+    pub bytes: usize,
+    pub build: Duration,
+    pub seal: Duration,
+    pub upload: Duration,
+    pub announce: Duration,
+}
+
+/// What importing one handover cost on the new member's device.
+#[derive(Debug, Clone, Default)]
+pub struct ImportReport {
+    pub timeline_id: String,
+    pub from_account: String,
+    /// Messages added to the timeline.
+    pub added: usize,
+    pub bytes: usize,
+    pub download: Duration,
+    /// Decrypt, check and parse.
+    pub open: Duration,
+    /// Insert and save (one write).
+    pub import: Duration,
+}
+
+impl Client {
+    /// A post with options: a reply, mentions, urgent, a report.
+    pub async fn post_with(&mut self, timeline_id: &str, text: &str, options: crate::core::PostOptions) -> Result<u64, ClientError> {
+        let (core, io) = self.io()?;
+        let r = core.post_with(io, timeline_id, &new_msg_id(), text, options).await;
+        self.check(r)
+    }
+
+    /// Edit one of this account's posts (see [`Core::edit_post`]).
+    pub async fn edit_post(&mut self, timeline_id: &str, seq: u64, text: &str) -> Result<u64, ClientError> {
+        let (core, io) = self.io()?;
+        let r = core.edit_post(io, timeline_id, seq, text).await;
+        self.check(r)
+    }
+
+    /// Delete one of this account's posts (see [`Core::delete_post`]).
+    pub async fn delete_post(&mut self, timeline_id: &str, seq: u64) -> Result<u64, ClientError> {
+        let (core, io) = self.io()?;
+        let r = core.delete_post(io, timeline_id, seq).await;
+        self.check(r)
+    }
+
+    /// Set the timeline's name and patient for its members.
+    pub async fn set_timeline_info(&mut self, timeline_id: &str, info: tsunagu_protocol::envelope::TimelineInfo) -> Result<u64, ClientError> {
+        let (core, io) = self.io()?;
+        let r = core.set_timeline_info(io, timeline_id, info).await;
+        self.check(r)
+    }
+
+    pub fn patient(&self, timeline_id: &str) -> Option<tsunagu_protocol::envelope::Patient> {
+        self.core.patient(timeline_id)
+    }
+
+    pub fn title(&self, timeline_id: &str) -> Option<String> {
+        self.core.title(timeline_id).map(str::to_string)
+    }
+
+    pub fn mentions_of_me(&self, timeline_id: &str) -> Vec<u64> {
+        self.core.mentions_of_me(timeline_id)
+    }
+
+    pub fn thread(&self, timeline_id: &str, seq: u64) -> Vec<ReceivedPost> {
+        self.core.thread(timeline_id, seq)
+    }
+
+    /// Add every device of an account, then hand the past over to it
+    /// (`from`). Returns the commit's seq and, when history was handed
+    /// over, what it cost.
+    pub async fn add_person_with_history(
+        &mut self,
+        timeline_id: &str,
+        account_id: &str,
+        from: crate::core::HistoryFrom,
+    ) -> Result<(u64, Option<HandoverReport>), ClientError> {
+        let seq = self.add_person(timeline_id, account_id).await?;
+        let report = self.hand_over_history(timeline_id, seq, &[account_id.to_string()], from).await?;
+        Ok((seq, report))
+    }
+
+    /// Hand the past before the commit at `added_at_seq` over to the
+    /// accounts it added: one archive, sealed with a fresh key, uploaded as
+    /// one blob, its key sent in the group (after that commit, so only its
+    /// members read it). `None` when there is nothing to hand over.
+    pub async fn hand_over_history(
+        &mut self,
+        timeline_id: &str,
+        added_at_seq: u64,
+        accounts: &[String],
+        from: crate::core::HistoryFrom,
+    ) -> Result<Option<HandoverReport>, ClientError> {
+        let started = std::time::Instant::now();
+        let Some(from_seq) = self.core.history_from_seq(timeline_id, from, added_at_seq) else { return Ok(None) };
+        let to_seq = added_at_seq - 1;
+        let archive = self.core.history_archive(timeline_id, from_seq, to_seq);
+        let items = archive.items.len();
+        if items == 0 {
+            return Ok(None);
+        }
+        let build = started.elapsed();
+        let started = std::time::Instant::now();
+        let sealed = crate::core::history::seal_archive(&archive)?;
+        drop(archive);
+        let seal = started.elapsed();
+        let started = std::time::Instant::now();
+        let bytes = sealed.ciphertext.len();
+        let stored = upload_blob(self.core.server_url(), self.core.device_token(), sealed.ciphertext).await?;
+        if stored.blob_id != sealed.reference.blob_id {
+            return Err(ClientError::Protocol("the server stored a different blob than was sent".into()));
+        }
+        let upload = started.elapsed();
+        let started = std::time::Instant::now();
+        let handover = tsunagu_protocol::envelope::HistoryHandover {
+            added_at_seq,
+            for_accounts: accounts.to_vec(),
+            from_seq,
+            to_seq,
+            count: items as u64,
+            archive: sealed.reference,
+        };
+        let (core, io) = self.io()?;
+        let r = core.announce_history(io, timeline_id, handover).await;
+        let seq = self.check(r)?;
+        Ok(Some(HandoverReport { seq, from_seq, to_seq, items, bytes, build, seal, upload, announce: started.elapsed() }))
+    }
+
+    /// Fetch, check and import every history handover announced to this
+    /// account (`sync` does this). A handover whose blob is gone or does
+    /// not open is dropped with a warning; a network failure keeps it for
+    /// the next time.
+    pub async fn import_pending_history(&mut self) -> Result<Vec<ImportReport>, ClientError> {
+        let mut reports = Vec::new();
+        for (tid, pending) in self.core.pending_handovers() {
+            let started = std::time::Instant::now();
+            let blob = match download_blob(self.core.server_url(), self.core.device_token(), &pending.handover.archive.blob_id).await {
+                Ok(b) => b,
+                Err(e @ ClientError::Disconnected(_)) => return Err(e),
+                Err(e) => {
+                    self.core.drop_handover(&tid, &pending.handover.archive.blob_id, &e.to_string())?;
+                    continue;
+                }
+            };
+            let download = started.elapsed();
+            let started = std::time::Instant::now();
+            let archive = match crate::core::history::open_archive(&pending.handover.archive, &blob) {
+                Ok(a) => a,
+                Err(e) => {
+                    self.core.drop_handover(&tid, &pending.handover.archive.blob_id, &e.to_string())?;
+                    continue;
+                }
+            };
+            let open = started.elapsed();
+            let started = std::time::Instant::now();
+            let added = self.core.import_history(&tid, &pending.handover, archive)?;
+            reports.push(ImportReport {
+                timeline_id: tid,
+                from_account: pending.from_account,
+                added,
+                bytes: blob.len(),
+                download,
+                open,
+                import: started.elapsed(),
+            });
+        }
+        self.history_reports.extend(reports.iter().cloned());
+        Ok(reports)
+    }
+
+    /// What the history imports since the last call cost.
+    pub fn take_history_reports(&mut self) -> Vec<ImportReport> {
+        std::mem::take(&mut self.history_reports)
     }
 }

@@ -79,7 +79,27 @@ pub struct TimelineState {
     pub left: bool,
     /// The timeline's name (`Envelope::TimelineInfo`) and the seq it came at.
     pub title: Option<(u64, String)>,
+    /// The patient, from the same `TimelineInfo` as `title`.
+    pub patient: Option<tsunagu_protocol::envelope::Patient>,
+    /// The seq of the commit whose welcome added this device (0: it created
+    /// the timeline, or joined before this was kept): history handed over
+    /// is accepted only for seqs below it.
+    pub joined_seq: u64,
+    /// History handovers announced to this account, not yet imported.
+    pub pending_history: Vec<PendingHandover>,
     pub posts: BTreeMap<u64, ReceivedPost>,
+}
+
+/// A history handover announced in a timeline for this account, waiting for
+/// its archive to be fetched and imported (kept in the meta record, so a
+/// restart does not lose it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingHandover {
+    /// The seq of the `history` message.
+    pub seq: u64,
+    /// The account whose client handed it over.
+    pub from_account: String,
+    pub handover: tsunagu_protocol::envelope::HistoryHandover,
 }
 
 /// Everything the client keeps besides the MLS storage (in memory; see
@@ -160,6 +180,12 @@ pub struct TimelineMeta {
     pub left: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub title: Option<(u64, String)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patient: Option<tsunagu_protocol::envelope::Patient>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub joined_seq: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_history: Vec<PendingHandover>,
 }
 
 /// An outbox entry with its position in the queue (`outbox/<msg_id>`).
@@ -188,6 +214,9 @@ impl TimelineState {
             own_seqs: self.own_seqs.clone(),
             left: self.left,
             title: self.title.clone(),
+            patient: self.patient.clone(),
+            joined_seq: self.joined_seq,
+            pending_history: self.pending_history.clone(),
         })
     }
 }
@@ -243,6 +272,9 @@ pub fn decode(pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Option<Loaded>, ClientEr
                 tl.own_seqs = meta.own_seqs;
                 tl.left = meta.left;
                 tl.title = meta.title;
+                tl.patient = meta.patient;
+                tl.joined_seq = meta.joined_seq;
+                tl.pending_history = meta.pending_history;
             } else if rest.len() >= 8 + keys::POST_INFIX.len()
                 && &rest[rest.len() - 8 - keys::POST_INFIX.len()..rest.len() - 8] == keys::POST_INFIX
             {

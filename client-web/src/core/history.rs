@@ -1,0 +1,249 @@
+//! History handover: a member who adds people hands the timeline's past to
+//! them, so a ward nurse invited today reads the weeks before. The inviting
+//! device builds one JSON [`HistoryArchive`] from what it decrypted itself
+//! (posts, edits and deletions, consent records and care events, the name
+//! and patient), seals it like an attachment (fresh AES-256-GCM key), the
+//! caller uploads the ciphertext as one blob, and an `Envelope::History`
+//! message carrying the key goes into the group AFTER the adding commit, so
+//! only the new epoch's members read it. The server sees one opaque blob and
+//! one MLS message.
+//!
+//! The receiving device notes the handover only if it names this account,
+//! and imports only seqs below the commit that added this device; imported
+//! messages never replace what the device received itself, and carry
+//! `handed_over_by` (they are as trustworthy as the member who handed them
+//! over). The import is one pass and one save. No IO here: the native
+//! client (and the browser) download the blob and call
+//! [`Core::import_history_blob`].
+
+use tsunagu_protocol::envelope::{HistoryArchive, HistoryHandover, HistoryItem, HISTORY_ARCHIVE_MIME};
+use tsunagu_protocol::{Attachment, Envelope};
+
+use super::Core;
+use crate::attachments::{self, Sealed};
+use crate::state::{PendingHandover, PostStatus, ReceivedPost};
+use crate::transport::Transport;
+use crate::ClientError;
+
+/// The archive format this client writes and reads.
+pub const HISTORY_ARCHIVE_VERSION: u32 = 1;
+
+/// How much of the past an inviting member hands over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HistoryFrom {
+    /// Everything this device holds.
+    All,
+    /// Messages stored at or after this time (milliseconds since the epoch).
+    Since(u64),
+    /// Nothing: the newcomer starts from the invitation.
+    None,
+}
+
+/// Encrypt an archive for upload: one JSON document, one fresh key.
+pub fn seal_archive(archive: &HistoryArchive) -> Result<Sealed, ClientError> {
+    let json = serde_json::to_vec(archive).map_err(|e| ClientError::Invalid(format!("history archive: {e}")))?;
+    attachments::seal(&json, HISTORY_ARCHIVE_MIME, "history.json")
+}
+
+/// Decrypt and parse a downloaded archive, checked against its reference.
+pub fn open_archive(reference: &Attachment, ciphertext: &[u8]) -> Result<HistoryArchive, ClientError> {
+    if reference.mime != HISTORY_ARCHIVE_MIME {
+        return Err(ClientError::Attachment(format!("not a history archive: {}", reference.mime)));
+    }
+    let json = attachments::open(reference, ciphertext)?;
+    let archive: HistoryArchive =
+        serde_json::from_slice(&json).map_err(|e| ClientError::Attachment(format!("malformed history archive: {e}")))?;
+    if archive.v != HISTORY_ARCHIVE_VERSION {
+        return Err(ClientError::Attachment(format!("unsupported history archive version {}", archive.v)));
+    }
+    Ok(archive)
+}
+
+impl Core {
+    /// The first seq to hand over for `from`, among messages below
+    /// `before_seq`; `None` when there is nothing to hand over.
+    pub fn history_from_seq(&self, timeline_id: &str, from: HistoryFrom, before_seq: u64) -> Option<u64> {
+        let tl = self.state.timelines.get(timeline_id)?;
+        let first = match from {
+            HistoryFrom::None => return None,
+            HistoryFrom::All => tl.posts.range(..before_seq).next().map(|(s, _)| *s),
+            HistoryFrom::Since(ms) => tl.posts.range(..before_seq).find(|(_, p)| p.stored_at >= ms).map(|(s, _)| *s),
+        };
+        let title_seq = tl.title.as_ref().map(|(s, _)| *s).filter(|s| *s < before_seq);
+        match (first, from) {
+            (Some(f), _) => Some(f),
+            // Nothing since the date, but the name and patient still help.
+            (None, HistoryFrom::All) | (None, HistoryFrom::Since(_)) => title_seq,
+            (None, HistoryFrom::None) => None,
+        }
+    }
+
+    /// The timeline's past from `from_seq` to `to_seq` (inclusive) as this
+    /// device decrypted it: posts (original text), edits and deletions as
+    /// their own items, consent records and events, and the latest name
+    /// and patient. Messages it could not read are left out.
+    pub fn history_archive(&self, timeline_id: &str, from_seq: u64, to_seq: u64) -> HistoryArchive {
+        let mut items = Vec::new();
+        if let Some(tl) = self.state.timelines.get(timeline_id) {
+            if from_seq <= to_seq {
+                for p in tl.posts.range(from_seq..=to_seq).map(|(_, p)| p) {
+                    if p.status != PostStatus::Ok {
+                        continue;
+                    }
+                    let envelope = match (&p.post, &p.record) {
+                        (Some(post), _) => Envelope::Post(post.clone()),
+                        (None, Some(record)) => record.clone(),
+                        (None, None) => continue,
+                    };
+                    items.push(HistoryItem {
+                        seq: p.seq,
+                        sender_account_id: p.sender_account_id.clone().unwrap_or_default(),
+                        sender_device_id: p.sender_device_id.clone(),
+                        stored_at: p.stored_at,
+                        envelope,
+                    });
+                }
+            }
+            if let (Some((seq, _)), Some(info)) = (tl.title.as_ref(), self.timeline_info(timeline_id)) {
+                if (from_seq..=to_seq).contains(seq) {
+                    let at = items.partition_point(|i| i.seq < *seq);
+                    items.insert(
+                        at,
+                        HistoryItem {
+                            seq: *seq,
+                            sender_account_id: String::new(),
+                            sender_device_id: String::new(),
+                            stored_at: 0,
+                            envelope: Envelope::TimelineInfo(info),
+                        },
+                    );
+                }
+            }
+        }
+        HistoryArchive { v: HISTORY_ARCHIVE_VERSION, timeline_id: timeline_id.into(), items }
+    }
+
+    /// Announce a handover whose archive is sealed and uploaded: an
+    /// `Envelope::History` message in the group (send it after the commit
+    /// that added `handover.for_accounts`). Returns its seq.
+    pub async fn announce_history<T: Transport>(
+        &mut self,
+        io: &mut T,
+        timeline_id: &str,
+        handover: HistoryHandover,
+    ) -> Result<u64, ClientError> {
+        if handover.to_seq >= handover.added_at_seq {
+            return Err(ClientError::Invalid("history must end before the commit that added its readers".into()));
+        }
+        self.send_envelope(io, timeline_id, &Envelope::History(handover), |_, _| {}).await
+    }
+
+    /// A `history` message decrypted at `seq`: noted for import when it is
+    /// for this account and only covers seqs before this device joined.
+    pub(super) fn on_history_message(&mut self, timeline_id: &str, seq: u64, sender_account: Option<String>, handover: HistoryHandover) {
+        let me = self.account_id().to_string();
+        let Some(from_account) = sender_account else {
+            return self.warn(format!("{timeline_id} #{seq}: history from an unknown account ignored"));
+        };
+        if from_account == me || !handover.for_accounts.iter().any(|a| *a == me) {
+            return; // for someone else
+        }
+        let joined = self.state.timelines.get(timeline_id).map(|t| t.joined_seq).unwrap_or(0);
+        if joined == 0 || handover.to_seq >= joined || handover.from_seq > handover.to_seq {
+            return self.warn(format!(
+                "{timeline_id} #{seq}: history {}..={} ignored: this device joined at #{joined}",
+                handover.from_seq, handover.to_seq
+            ));
+        }
+        let tl = self.tl_mut(timeline_id);
+        if !tl.pending_history.iter().any(|p| p.handover.archive.blob_id == handover.archive.blob_id) {
+            tl.pending_history.push(PendingHandover { seq, from_account, handover });
+        }
+    }
+
+    /// Handovers waiting to be fetched and imported, by timeline.
+    pub fn pending_handovers(&self) -> Vec<(String, PendingHandover)> {
+        let mut out = Vec::new();
+        for (tid, tl) in &self.state.timelines {
+            out.extend(tl.pending_history.iter().map(|p| (tid.clone(), p.clone())));
+        }
+        out
+    }
+
+    /// Give up on a pending handover (its blob is gone or does not open).
+    pub fn drop_handover(&mut self, timeline_id: &str, blob_id: &str, why: &str) -> Result<(), ClientError> {
+        let found = self.state.timelines.get(timeline_id).is_some_and(|t| t.pending_history.iter().any(|p| p.handover.archive.blob_id == blob_id));
+        if found {
+            self.tl_mut(timeline_id).pending_history.retain(|p| p.handover.archive.blob_id != blob_id);
+            self.warn(format!("{timeline_id}: history {blob_id} dropped: {why}"));
+        }
+        self.save()
+    }
+
+    /// Open a downloaded archive of a pending handover and import it (see
+    /// [`Core::import_history`]). Returns the number of messages added.
+    pub fn import_history_blob(&mut self, timeline_id: &str, handover: &HistoryHandover, ciphertext: &[u8]) -> Result<usize, ClientError> {
+        let archive = open_archive(&handover.archive, ciphertext)?;
+        self.import_history(timeline_id, handover, archive)
+    }
+
+    /// Insert a pending handover's messages (within its announced range and
+    /// before this device joined) as `ReceivedPost`s with `handed_over_by`,
+    /// without replacing any message the device holds; apply edits and
+    /// deletions; one save. Returns the number of messages added.
+    pub fn import_history(&mut self, timeline_id: &str, handover: &HistoryHandover, archive: HistoryArchive) -> Result<usize, ClientError> {
+        let Some(pending) = self
+            .state
+            .timelines
+            .get(timeline_id)
+            .and_then(|t| t.pending_history.iter().find(|p| p.handover == *handover))
+            .cloned()
+        else {
+            return Err(ClientError::Invalid("no such history handover was announced to this device".into()));
+        };
+        if archive.timeline_id != timeline_id {
+            return Err(ClientError::Attachment(format!("the archive is for timeline {}", archive.timeline_id)));
+        }
+        let joined = self.state.timelines.get(timeline_id).map(|t| t.joined_seq).unwrap_or(0);
+        let by = pending.from_account.clone();
+        let mut added = 0;
+        let mut skipped = 0;
+        for item in archive.items {
+            let in_range = (handover.from_seq..=handover.to_seq).contains(&item.seq) && item.seq < joined;
+            let held = self.state.timelines.get(timeline_id).is_some_and(|t| t.posts.contains_key(&item.seq));
+            if !in_range || held {
+                skipped += 1;
+                continue;
+            }
+            let (post, record) = match item.envelope {
+                Envelope::Post(p) => (Some(p), None),
+                Envelope::TimelineInfo(info) => {
+                    self.record_info(timeline_id, item.seq, info);
+                    continue;
+                }
+                Envelope::History(_) => continue,
+                other => (None, Some(other)),
+            };
+            let received = ReceivedPost {
+                seq: item.seq,
+                sender_device_id: item.sender_device_id,
+                post,
+                status: PostStatus::Ok,
+                sender_account_id: Some(item.sender_account_id).filter(|a| !a.is_empty()),
+                stored_at: item.stored_at,
+                record,
+                handed_over_by: Some(by.clone()),
+                ..Default::default()
+            };
+            self.record_post(timeline_id, received, false);
+            added += 1;
+        }
+        self.reapply_changes(timeline_id);
+        self.tl_mut(timeline_id).pending_history.retain(|p| p.handover != *handover);
+        if skipped > 0 {
+            self.warn(format!("{timeline_id}: history from {by}: {skipped} items outside its range or already here"));
+        }
+        self.save()?;
+        Ok(added)
+    }
+}
