@@ -674,6 +674,12 @@ impl Client {
         Ok(reports)
     }
 
+    /// An MLS message carrying any envelope, for tests that play a
+    /// modified client (send it with [`Client::raw_request`]).
+    pub fn encrypt_envelope(&mut self, timeline_id: &str, envelope: &tsunagu_protocol::Envelope) -> Result<Vec<u8>, ClientError> {
+        self.core.encrypt(timeline_id, &envelope.encode())
+    }
+
     /// What the history imports since the last call cost.
     pub fn take_history_reports(&mut self) -> Vec<ImportReport> {
         std::mem::take(&mut self.history_reports)
