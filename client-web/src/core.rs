@@ -95,6 +95,8 @@ pub struct Core {
     warnings: Vec<String>,
     /// Timelines whose groups hold proposals this device may commit.
     proposals_pending: BTreeSet<String>,
+    /// Read receipts and urgent posts (`receipts.rs`; in memory).
+    pub(crate) receipts: crate::receipts::Receipts,
 }
 
 impl std::fmt::Debug for Core {
@@ -157,7 +159,7 @@ fn reply_rid(f: &ServerFrame) -> Option<Option<u64>> {
     }
 }
 
-fn unexpected(f: ServerFrame) -> ClientError {
+pub(crate) fn unexpected(f: ServerFrame) -> ClientError {
     match f {
         ServerFrame::Error(e) => ClientError::Server(e),
         other => ClientError::Protocol(format!("unexpected reply {other:?}")),
@@ -248,6 +250,7 @@ impl Core {
             new_posts: VecDeque::new(),
             warnings: Vec::new(),
             proposals_pending: BTreeSet::new(),
+            receipts: Default::default(),
         }
     }
 
@@ -418,7 +421,7 @@ impl Core {
         m::credential_with_key(&self.state.device.account_id, &self.state.device.device_id, &self.signer)
     }
 
-    fn rid(&mut self) -> u64 {
+    pub(crate) fn rid(&mut self) -> u64 {
         let r = self.next_rid;
         self.next_rid += 1;
         r
@@ -500,7 +503,10 @@ impl Core {
                 self.process_welcome(&timeline_id, seq, welcome.as_slice());
                 vec![ClientFrame::AckWelcome { welcome_id }]
             }
-            _ => Vec::new(),
+            other => {
+                self.receipts.on_frame(&other);
+                Vec::new()
+            }
         }
     }
 
@@ -819,7 +825,7 @@ impl Core {
 
     /// Send a frame, after saving: nothing leaves for the server before the
     /// state it depends on is durable.
-    async fn send<T: Transport>(&mut self, io: &mut T, frame: &ClientFrame) -> Result<(), ClientError> {
+    pub(crate) async fn send<T: Transport>(&mut self, io: &mut T, frame: &ClientFrame) -> Result<(), ClientError> {
         self.save()?;
         let text = serde_json::to_string(frame).map_err(|e| ClientError::Protocol(e.to_string()))?;
         io.send_text(text).await
@@ -1358,7 +1364,7 @@ impl Core {
             let message = self.encrypt_unsaved(&tid, &plaintext)?;
             let rid = self.rid();
             let frame =
-                ClientFrame::Send { rid, timeline_id: tid.clone(), msg_id: msg_id.into(), message: Bytes(message), urgent: false };
+                ClientFrame::Send { rid, timeline_id: tid.clone(), msg_id: msg_id.into(), message: Bytes(message), urgent: entry.post.urgent };
             match self.request(io, frame).await? {
                 ServerFrame::Accepted { seq, .. } => {
                     self.outbox_remove(msg_id, Some(seq));

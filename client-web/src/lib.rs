@@ -7,6 +7,7 @@ pub mod bench;
 pub mod core;
 pub mod error;
 pub mod mls;
+pub mod receipts;
 pub mod state;
 pub mod store;
 pub mod transport;

@@ -685,3 +685,67 @@ impl Client {
         std::mem::take(&mut self.history_reports)
     }
 }
+
+/// Read receipts and urgent posts (`crate::receipts`).
+impl Client {
+    /// This person has read the timeline up to `seq` (see [`Core::mark_read`]).
+    pub async fn mark_read(&mut self, timeline_id: &str, seq: u64) -> Result<(), ClientError> {
+        let (core, io) = self.io()?;
+        let r = core.mark_read(io, timeline_id, seq).await;
+        self.check(r)
+    }
+
+    /// Ask the server who has read and received the timeline.
+    pub async fn fetch_receipts(&mut self, timeline_id: &str) -> Result<(), ClientError> {
+        let (core, io) = self.io()?;
+        let r = core.fetch_receipts(io, timeline_id).await;
+        self.check(r)
+    }
+
+    /// Who has read post `seq`, and when (ms since the Unix epoch).
+    pub fn read_by(&self, timeline_id: &str, seq: u64) -> Vec<(String, u64)> {
+        self.core.read_by(timeline_id, seq)
+    }
+
+    /// Who has received post `seq` on at least one device.
+    pub fn delivered_to(&self, timeline_id: &str, seq: u64) -> Vec<String> {
+        self.core.delivered_to(timeline_id, seq)
+    }
+
+    /// Post an urgent text: it asks for an acknowledgement and alerts the
+    /// timeline's first call.
+    pub async fn post_urgent(&mut self, timeline_id: &str, text: &str) -> Result<u64, ClientError> {
+        self.post_with(timeline_id, text, crate::core::PostOptions { urgent: true, ..Default::default() }).await
+    }
+
+    /// Acknowledge (確認しました) the urgent post at `seq`.
+    pub async fn acknowledge(&mut self, timeline_id: &str, seq: u64) -> Result<(), ClientError> {
+        let (core, io) = self.io()?;
+        let r = core.acknowledge(io, timeline_id, seq).await;
+        self.check(r)
+    }
+
+    /// Open and recent urgent posts of this device's timelines.
+    pub async fn list_urgent(&mut self) -> Result<Vec<tsunagu_protocol::frames::UrgentState>, ClientError> {
+        let (core, io) = self.io()?;
+        let r = core.list_urgent(io).await;
+        self.check(r)
+    }
+
+    pub fn urgent_state(&self, timeline_id: &str, seq: u64) -> Option<tsunagu_protocol::frames::UrgentState> {
+        self.core.urgent_state(timeline_id, seq)
+    }
+
+    /// The urgent alerts received since the last call.
+    pub fn take_alerts(&mut self) -> Vec<tsunagu_protocol::frames::UrgentAlert> {
+        self.core.take_alerts()
+    }
+
+    /// Process incoming frames until `done` holds or `timeout` passes;
+    /// whether it holds (e.g. a read mark or an alert has arrived).
+    pub async fn process_until(&mut self, timeout: Duration, done: impl Fn(&Core) -> bool) -> Result<bool, ClientError> {
+        let (core, io) = self.io()?;
+        let r = core.process_until(io, ms(timeout), done).await;
+        self.check(r)
+    }
+}
