@@ -18,6 +18,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use openmls::prelude::*;
 use openmls_basic_credential::SignatureKeyPair;
 use tsunagu_protocol::frames::{AccountInfo, Delivered, DeviceInfo, ErrorFrame, MessageKind, TimelineInfo};
+use tsunagu_protocol::envelope::{CareEvent, CareEventKind, Consent};
+use tsunagu_protocol::people::AccountKind;
+use tsunagu_protocol::policy::{check_commit, MemberPolicy, Role, TimelinePolicy};
 use tsunagu_protocol::{Bytes, ClientFrame, Envelope, ErrorCode, Post, PostKind, ServerFrame};
 
 use crate::error::mls;
@@ -67,9 +70,28 @@ pub struct Enrolment {
 
 enum Change {
     Add(Vec<KeyPackage>),
+    /// Every leaf of these accounts.
     Remove(Vec<String>),
     /// Only the proposals waiting in the group (the server's removals).
     Pending,
+    /// A change of the timeline's policy (and the waiting proposals).
+    Policy,
+}
+
+/// Key packages claimed for every device of an account, with what the
+/// server's registry says of the account.
+struct Claimed {
+    kps: Vec<KeyPackage>,
+    organisation_id: Option<String>,
+    kind: Option<AccountKind>,
+}
+
+/// A change of the policy, applied to the current policy at every attempt
+/// (a retry after a conflict starts from the newer policy).
+type NoEdit = fn(&mut TimelinePolicy) -> Result<(), ClientError>;
+
+fn no_edit() -> Option<NoEdit> {
+    None
 }
 
 /// The sans-IO client.
@@ -106,6 +128,11 @@ impl std::fmt::Debug for Core {
             .field("timelines", &self.state.timelines.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
+}
+
+/// Proposals waiting in a group that its member at `own_leaf` may commit.
+fn self_committable(group: &MlsGroup, own_leaf: LeafNodeIndex) -> usize {
+    group.pending_proposals().filter(|p| m::removed_leaf(p) != Some(own_leaf)).count()
 }
 
 fn frame_rid(f: &ClientFrame) -> Option<u64> {
@@ -189,6 +216,8 @@ impl Core {
             signature_key_pair: Bytes(m::tls_bytes(&signer)?),
             last_resort_published: false,
             external_sender: None,
+            organisation_id: None,
+            account_kind: None,
         };
         let state = AppState {
             device,
@@ -695,12 +724,29 @@ impl Core {
                                         status,
                                         sender_account_id: sender_account.clone(),
                                         stored_at: d.stored_at,
+                                        record,
                                         ..Default::default()
                                     });
                                 }
                             }
                             ProcessedMessageContent::StagedCommitMessage(sc) => {
-                                if let Err(e) = group.merge_staged_commit(&self.provider, *sc) {
+                                // Every commit is checked against the policy
+                                // before it is merged: one the committer's
+                                // role does not allow is not merged.
+                                let refusal = match (crate::policy::of_group(group), crate::policy::staged_policy(&sc)) {
+                                    (Ok(None), Ok(None)) => None,
+                                    (Ok(None), Ok(Some(_))) => Some("a policy added to a timeline without one".to_string()),
+                                    (Ok(Some(old)), Ok(new)) => {
+                                        let new = new.unwrap_or_else(|| old.clone());
+                                        let committer = sender_account.clone().unwrap_or_default();
+                                        let effect = crate::policy::staged_effect(group, &mls_sender, &committer, &sc);
+                                        check_commit(&old, &new, &effect, d.stored_at).err().map(|e| e.to_string())
+                                    }
+                                    (Err(e), _) | (_, Err(e)) => Some(e.to_string()),
+                                };
+                                if let Some(why) = refusal {
+                                    warning = Some(format!("{tid} #{}: forged commit rejected: {why}", d.seq));
+                                } else if let Err(e) = group.merge_staged_commit(&self.provider, *sc) {
                                     warning = Some(format!("{tid} #{}: merge commit: {e:?}", d.seq));
                                 }
                             }
@@ -939,9 +985,14 @@ impl Core {
                 return Err(ClientError::Timeout);
             };
             match f {
-                ServerFrame::Ready { device_id, external_sender, .. } => {
+                ServerFrame::Ready { device_id, external_sender, organisation_id, account_kind, .. } => {
                     if device_id != self.state.device.device_id {
                         return Err(ClientError::Protocol(format!("server says we are device {device_id}")));
+                    }
+                    if organisation_id != self.state.device.organisation_id || account_kind != self.state.device.account_kind {
+                        self.state.device.organisation_id = organisation_id;
+                        self.state.device.account_kind = account_kind;
+                        self.dirty_device = true;
                     }
                     if external_sender.is_some() && external_sender != self.state.device.external_sender {
                         self.state.device.external_sender = external_sender;
@@ -1007,12 +1058,16 @@ impl Core {
         self.flush_acks(io).await
     }
 
+    /// Open a timeline whose only member is this device. Its policy (in
+    /// the group context) names this device's account as owner, with the
+    /// account's organisation.
     pub async fn create_timeline<T: Transport>(&mut self, io: &mut T) -> Result<String, ClientError> {
         let timeline_id = uuid::Uuid::new_v4().to_string();
+        let policy = TimelinePolicy::new(&self.state.device.account_id, self.state.device.organisation_id.as_deref());
         let mut group = MlsGroup::new_with_group_id(
             &self.provider,
             &self.signer,
-            &m::create_config(self.state.device.external_sender.as_ref())?,
+            &m::create_config(self.state.device.external_sender.as_ref(), Some(&policy))?,
             m::group_id(&timeline_id),
             self.cwk(),
         )
@@ -1040,12 +1095,13 @@ impl Core {
         }
     }
 
-    async fn claim<T: Transport>(&mut self, io: &mut T, account_id: &str) -> Result<Vec<KeyPackage>, ClientError> {
+    async fn claim<T: Transport>(&mut self, io: &mut T, account_id: &str) -> Result<Claimed, ClientError> {
         let rid = self.rid();
-        let devices = match self.request(io, ClientFrame::ClaimKeyPackages { rid, account_id: account_id.into() }).await? {
-            ServerFrame::KeyPackages { devices, .. } => devices,
-            other => return Err(unexpected(other)),
-        };
+        let (devices, organisation_id, kind) =
+            match self.request(io, ClientFrame::ClaimKeyPackages { rid, account_id: account_id.into() }).await? {
+                ServerFrame::KeyPackages { devices, organisation_id, account_kind, .. } => (devices, organisation_id, account_kind),
+                other => return Err(unexpected(other)),
+            };
         let mut kps = Vec::new();
         for d in devices {
             let kp = m::parse_key_package(&self.provider, d.key_package.as_slice())?;
@@ -1058,7 +1114,7 @@ impl Core {
         if kps.is_empty() {
             return Err(ClientError::Invalid(format!("account {account_id} has no devices")));
         }
-        Ok(kps)
+        Ok(Claimed { kps, organisation_id, kind })
     }
 
     pub async fn list_accounts<T: Transport>(&mut self, io: &mut T) -> Result<Vec<AccountInfo>, ClientError> {
@@ -1098,7 +1154,9 @@ impl Core {
     }
 
     /// Add every device of an account in one commit, then send the
-    /// timeline's name again if it has one. Returns the commit's seq.
+    /// timeline's name again if it has one. Returns the commit's seq. In a
+    /// timeline with a policy the person becomes a member (a family account
+    /// a reader): [`Core::add_member`] with that role.
     pub async fn add_person<T: Transport>(
         &mut self,
         io: &mut T,
@@ -1106,8 +1164,69 @@ impl Core {
         account_id: &str,
     ) -> Result<u64, ClientError> {
         self.group_mut(timeline_id)?;
-        let kps = self.claim(io, account_id).await?;
-        let seq = self.commit_change(io, timeline_id, Change::Add(kps)).await?;
+        let claimed = self.claim(io, account_id).await?;
+        let role = if claimed.kind == Some(AccountKind::Family) { Role::Reader } else { Role::Member };
+        self.add_claimed(io, timeline_id, account_id, claimed, role, None).await
+    }
+
+    /// Add every device of an account with `role` (and an end of access,
+    /// milliseconds since the Unix epoch) in one commit that carries both
+    /// the Add proposals and the policy's new entry. The organisation comes
+    /// from the server's registry; family accounts can only be readers.
+    /// Checked against the policy first: a change this device's role does
+    /// not allow fails before anything is sent (`NotAllowed`,
+    /// `ConsentRequired`). Returns the commit's seq.
+    pub async fn add_member<T: Transport>(
+        &mut self,
+        io: &mut T,
+        timeline_id: &str,
+        account_id: &str,
+        role: Role,
+        until: Option<u64>,
+    ) -> Result<u64, ClientError> {
+        self.group_mut(timeline_id)?;
+        if let Some(policy) = self.policy(timeline_id) {
+            // Refuse before claiming (which uses up key packages); the full
+            // check runs when the commit is built.
+            let mine = policy.role(self.account_id());
+            if !matches!(mine, Some(Role::Owner | Role::Liaison)) && policy.member(account_id).is_none() {
+                return Err(ClientError::NotAllowed(format!("a {} cannot invite people", mine.map(Role::as_str).unwrap_or("non-member"))));
+            }
+        }
+        let claimed = self.claim(io, account_id).await?;
+        if claimed.kind == Some(AccountKind::Family) && role != Role::Reader {
+            return Err(ClientError::NotAllowed("family accounts can only be readers".into()));
+        }
+        self.add_claimed(io, timeline_id, account_id, claimed, role, until).await
+    }
+
+    async fn add_claimed<T: Transport>(
+        &mut self,
+        io: &mut T,
+        timeline_id: &str,
+        account_id: &str,
+        claimed: Claimed,
+        role: Role,
+        until: Option<u64>,
+    ) -> Result<u64, ClientError> {
+        let entry = MemberPolicy {
+            account_id: account_id.into(),
+            role,
+            organisation_id: claimed.organisation_id.clone(),
+            until,
+            added_by: Some(self.account_id().into()),
+        };
+        let seq = if self.policy(timeline_id).is_some() {
+            let edit = move |p: &mut TimelinePolicy| {
+                if p.member(&entry.account_id).is_none() {
+                    p.members.push(entry.clone());
+                }
+                Ok(())
+            };
+            self.commit_change(io, timeline_id, Change::Add(claimed.kps), Some(edit)).await?
+        } else {
+            self.commit_change(io, timeline_id, Change::Add(claimed.kps), no_edit()).await?
+        };
         // The newcomers cannot read what came before they joined: tell them
         // the timeline's name again.
         if let Some(title) = self.title(timeline_id).map(str::to_string) {
@@ -1116,27 +1235,177 @@ impl Core {
         Ok(seq)
     }
 
-    /// Remove every leaf of an account's devices in one commit.
+    /// Remove every leaf of an account's devices in one commit, which also
+    /// drops the account's policy entry.
     pub async fn remove_person<T: Transport>(
         &mut self,
         io: &mut T,
         timeline_id: &str,
         account_id: &str,
     ) -> Result<u64, ClientError> {
-        self.group_mut(timeline_id)?;
-        let accounts = self.list_accounts(io).await?;
-        let account = accounts
-            .into_iter()
-            .find(|a| a.account_id == account_id)
-            .ok_or_else(|| ClientError::Invalid(format!("unknown account {account_id}")))?;
-        self.commit_change(io, timeline_id, Change::Remove(account.device_ids)).await
+        self.remove_accounts(io, timeline_id, vec![account_id.to_string()]).await
     }
 
-    async fn commit_change<T: Transport>(
+    async fn remove_accounts<T: Transport>(&mut self, io: &mut T, timeline_id: &str, accounts: Vec<String>) -> Result<u64, ClientError> {
+        self.group_mut(timeline_id)?;
+        if self.policy(timeline_id).is_some() {
+            let gone = accounts.clone();
+            let edit = move |p: &mut TimelinePolicy| {
+                p.members.retain(|m| !gone.contains(&m.account_id));
+                p.first_call.retain(|a| !gone.contains(a));
+                p.second_call.retain(|a| !gone.contains(a));
+                Ok(())
+            };
+            self.commit_change(io, timeline_id, Change::Remove(accounts), Some(edit)).await
+        } else {
+            self.commit_change(io, timeline_id, Change::Remove(accounts), no_edit()).await
+        }
+    }
+
+    /// The timeline's policy (roles, end dates, call lists, consent) at the
+    /// current epoch; `None` for a timeline made before policies (or one
+    /// this device has no group for).
+    pub fn policy(&self, timeline_id: &str) -> Option<TimelinePolicy> {
+        self.groups.get(timeline_id).and_then(|g| crate::policy::of_group(g).ok().flatten())
+    }
+
+    /// This device's account's role in the timeline.
+    pub fn my_role(&self, timeline_id: &str) -> Option<Role> {
+        self.policy(timeline_id)?.role(self.account_id())
+    }
+
+    /// Change the timeline's policy (roles, ownership, call lists,
+    /// `escalate_after_secs`, end dates) in one commit. `edit` is applied to
+    /// the current policy (again after a conflict); the result is checked
+    /// against this device's rights before it is sent. Returns the seq.
+    pub async fn update_policy<T: Transport, F: FnMut(&mut TimelinePolicy)>(
+        &mut self,
+        io: &mut T,
+        timeline_id: &str,
+        mut edit: F,
+    ) -> Result<u64, ClientError> {
+        self.group_mut(timeline_id)?;
+        if self.policy(timeline_id).is_none() {
+            return Err(ClientError::Invalid("this timeline has no roles (it was opened before timeline policies)".into()));
+        }
+        let edit = move |p: &mut TimelinePolicy| {
+            edit(p);
+            Ok(())
+        };
+        self.commit_change(io, timeline_id, Change::Policy, Some(edit)).await
+    }
+
+    /// Record the patient's consent: an encrypted consent record in the
+    /// timeline, then a commit setting the policy's `consent_seq` to it
+    /// (only the owner may). Returns the consent record's seq.
+    pub async fn record_consent<T: Transport>(&mut self, io: &mut T, timeline_id: &str, consent: Consent) -> Result<u64, ClientError> {
+        let policy = self
+            .policy(timeline_id)
+            .ok_or_else(|| ClientError::Invalid("this timeline has no roles (it was opened before timeline policies)".into()))?;
+        if policy.role(self.account_id()) != Some(Role::Owner) {
+            return Err(ClientError::NotAllowed("only the timeline's owner records the patient's consent".into()));
+        }
+        let seq = self.send_record(io, timeline_id, Envelope::Consent(consent)).await?;
+        self.update_policy(io, timeline_id, move |p| p.consent_seq = Some(seq)).await?;
+        Ok(seq)
+    }
+
+    /// Post a care event (admitted to / discharged from a hospital) as an
+    /// encrypted record in the timeline. Returns its seq.
+    pub async fn post_event<T: Transport>(&mut self, io: &mut T, timeline_id: &str, event: CareEvent) -> Result<u64, ClientError> {
+        self.check_may_post(timeline_id)?;
+        self.send_record(io, timeline_id, Envelope::Event(event)).await
+    }
+
+    /// For a hospital's liaison at discharge: post the Discharged event,
+    /// then remove (devices and policy entries, in one commit) every member
+    /// of the liaison's own organisation except the liaison. Returns the
+    /// event's seq and the removal commit's seq (none if nobody was left to
+    /// remove).
+    pub async fn discharge<T: Transport>(&mut self, io: &mut T, timeline_id: &str, event: CareEvent) -> Result<(u64, Option<u64>), ClientError> {
+        let policy = self
+            .policy(timeline_id)
+            .ok_or_else(|| ClientError::Invalid("this timeline has no roles (it was opened before timeline policies)".into()))?;
+        let me = self.account_id().to_string();
+        let mine = policy.member(&me).cloned();
+        let Some(mine) = mine.filter(|m| m.role == Role::Liaison && m.organisation_id.is_some()) else {
+            return Err(ClientError::NotAllowed("only a hospital's liaison discharges its ward staff".into()));
+        };
+        if event.kind != CareEventKind::Discharged {
+            return Err(ClientError::Invalid("discharge posts a discharged event".into()));
+        }
+        let staff: Vec<String> = policy
+            .members
+            .iter()
+            .filter(|m| m.account_id != me && m.role == Role::Member && m.organisation_id == mine.organisation_id)
+            .map(|m| m.account_id.clone())
+            .collect();
+        let event_seq = self.post_event(io, timeline_id, event).await?;
+        if staff.is_empty() {
+            return Ok((event_seq, None));
+        }
+        let seq = self.remove_accounts(io, timeline_id, staff).await?;
+        Ok((event_seq, Some(seq)))
+    }
+
+    fn check_may_post(&self, timeline_id: &str) -> Result<(), ClientError> {
+        self.check_member(timeline_id)?;
+        match self.policy(timeline_id) {
+            Some(p) if !p.role(self.account_id()).is_some_and(Role::may_post) => {
+                Err(ClientError::NotAllowed("readers read the timeline; they do not post".into()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Send a record (consent, care event) as an encrypted application
+    /// message, retried like a post; it is recorded in the timeline.
+    async fn send_record<T: Transport>(&mut self, io: &mut T, timeline_id: &str, record: Envelope) -> Result<u64, ClientError> {
+        let msg_id = new_msg_id();
+        let plaintext = record.encode();
+        for _attempt in 0..MAX_ATTEMPTS {
+            self.check_member(timeline_id)?;
+            let message = self.encrypt_unsaved(timeline_id, &plaintext)?;
+            let rid = self.rid();
+            let frame = ClientFrame::Send { rid, timeline_id: timeline_id.into(), msg_id: msg_id.clone(), message: Bytes(message), urgent: false };
+            self.deferred.insert(timeline_id.to_string());
+            let reply = self.request(io, frame).await;
+            if let Ok(ServerFrame::Accepted { seq, .. }) = reply {
+                let post = ReceivedPost {
+                    seq,
+                    sender_device_id: self.state.device.device_id.clone(),
+                    status: PostStatus::Ok,
+                    sender_account_id: Some(self.state.device.account_id.clone()),
+                    stored_at: io.now_ms(),
+                    record: Some(record),
+                    ..Default::default()
+                };
+                self.record_post(timeline_id, post, false);
+                self.mark_own_seq(timeline_id, seq);
+                self.release_deferred(timeline_id);
+                self.save()?;
+                self.flush_acks(io).await?;
+                return Ok(seq);
+            }
+            self.release_deferred(timeline_id);
+            match reply? {
+                ServerFrame::Error(e) if e.code == ErrorCode::StaleEpoch => {
+                    let epoch = self.epoch(timeline_id).unwrap_or(0);
+                    self.catch_up(io, timeline_id, e.current_epoch.unwrap_or(epoch + 1)).await?;
+                }
+                ServerFrame::Error(e) if e.code == ErrorCode::Internal => {}
+                other => return Err(unexpected(other)),
+            }
+        }
+        Err(ClientError::TooManyRetries(MAX_ATTEMPTS))
+    }
+
+    async fn commit_change<T: Transport, F: FnMut(&mut TimelinePolicy) -> Result<(), ClientError>>(
         &mut self,
         io: &mut T,
         timeline_id: &str,
         change: Change,
+        mut edit: Option<F>,
     ) -> Result<u64, ClientError> {
         for _attempt in 0..MAX_ATTEMPTS {
             if matches!(change, Change::Pending) && (self.committable_proposals(timeline_id) == 0 || self.has_left(timeline_id)) {
@@ -1145,6 +1414,8 @@ impl Core {
             if self.has_left(timeline_id) {
                 return Err(ClientError::Invalid("this device is no longer a member".into()));
             }
+            let me = self.state.device.account_id.clone();
+            let now = io.now_ms();
             let group = self
                 .groups
                 .get_mut(timeline_id)
@@ -1156,37 +1427,76 @@ impl Core {
             if group.pending_commit().is_some() {
                 group.clear_pending_commit(self.provider.storage()).map_err(mls("clear pending commit"))?;
             }
-            let members: Vec<(LeafNodeIndex, Option<String>)> =
-                group.members().map(|mb| (mb.index, m::credential_device_id(&mb.credential))).collect();
-            let builder = group.commit_builder();
-            let builder = match &change {
-                Change::Add(kps) => {
-                    let fresh: Vec<KeyPackage> = kps
-                        .iter()
-                        .filter(|kp| {
-                            let id = m::credential_device_id(kp.leaf_node().credential());
-                            !members.iter().any(|(_, mid)| mid.is_some() && *mid == id)
-                        })
-                        .cloned()
-                        .collect();
-                    if fresh.is_empty() {
-                        return Err(ClientError::Invalid("every device of the account is already a member".into()));
-                    }
-                    builder.propose_adds(fresh)
+            let old_policy = crate::policy::of_group(group)?;
+            let new_policy = match (&old_policy, edit.as_mut()) {
+                (Some(old), Some(f)) => {
+                    let mut new = old.clone();
+                    f(&mut new)?;
+                    Some(new)
                 }
-                Change::Remove(device_ids) => {
-                    let leaves: Vec<LeafNodeIndex> = members
-                        .iter()
-                        .filter(|(_, id)| id.as_ref().is_some_and(|id| device_ids.contains(id)))
-                        .map(|(i, _)| *i)
-                        .collect();
-                    if leaves.is_empty() {
-                        return Err(ClientError::Invalid("no device of the account is a member".into()));
-                    }
-                    builder.propose_removals(leaves)
-                }
-                Change::Pending => builder,
+                (None, Some(_)) => return Err(ClientError::Invalid("this timeline has no roles (it was opened before timeline policies)".into())),
+                (old, None) => old.clone(),
             };
+            let members: Vec<(LeafNodeIndex, Option<String>, Option<String>)> = group
+                .members()
+                .map(|mb| {
+                    let ad = m::credential_account_device(&mb.credential);
+                    (mb.index, ad.as_ref().map(|(_, d)| d.clone()), ad.map(|(a, _)| a))
+                })
+                .collect();
+            let fresh: Vec<KeyPackage> = match &change {
+                Change::Add(kps) => kps
+                    .iter()
+                    .filter(|kp| {
+                        let id = m::credential_device_id(kp.leaf_node().credential());
+                        !members.iter().any(|(_, mid, _)| mid.is_some() && *mid == id)
+                    })
+                    .cloned()
+                    .collect(),
+                _ => Vec::new(),
+            };
+            if matches!(change, Change::Add(_)) && fresh.is_empty() {
+                return Err(ClientError::Invalid("every device of the account is already a member".into()));
+            }
+            let own_removals: Vec<LeafNodeIndex> = match &change {
+                Change::Remove(accounts) => members
+                    .iter()
+                    .filter(|(_, _, a)| a.as_ref().is_some_and(|a| accounts.contains(a)))
+                    .map(|(i, _, _)| *i)
+                    .collect(),
+                _ => Vec::new(),
+            };
+            if matches!(change, Change::Remove(_)) && own_removals.is_empty() && new_policy == old_policy {
+                return Err(ClientError::Invalid("no device of the account is a member".into()));
+            }
+            if let (Some(old), Some(new)) = (&old_policy, &new_policy) {
+                // The server's waiting removals are covered too (not ours).
+                let mut removed: Vec<(LeafNodeIndex, bool)> = own_removals.iter().map(|l| (*l, true)).collect();
+                removed.extend(
+                    group.pending_proposals().filter_map(m::removed_leaf).filter(|l| *l != own_leaf && !own_removals.contains(l)).map(|l| (l, false)),
+                );
+                let leaves: Vec<(LeafNodeIndex, Option<String>)> = members.iter().map(|(i, _, a)| (*i, a.clone())).collect();
+                let added = fresh.iter().filter_map(|kp| m::credential_account_id(kp.leaf_node().credential()));
+                let effect = crate::policy::effect(&leaves, &me, false, added, &removed);
+                check_commit(old, new, &effect, now)?;
+            }
+            let extensions = match &new_policy {
+                Some(new) if new_policy != old_policy => Some(m::with_policy(group.extensions(), new)?),
+                _ => None,
+            };
+            if matches!(change, Change::Policy) && extensions.is_none() && self_committable(group, own_leaf) == 0 {
+                return Err(ClientError::Invalid("the policy is unchanged".into()));
+            }
+            let mut builder = group.commit_builder();
+            if !fresh.is_empty() {
+                builder = builder.propose_adds(fresh);
+            }
+            if !own_removals.is_empty() {
+                builder = builder.propose_removals(own_removals);
+            }
+            if let Some(extensions) = extensions {
+                builder = builder.propose_group_context_extensions(extensions).map_err(mls("policy proposal"))?;
+            }
             let bundle = builder
                 .load_psks(self.provider.storage())
                 .map_err(mls("load psks"))?
@@ -1272,7 +1582,7 @@ impl Core {
     pub async fn commit_pending_proposals<T: Transport>(&mut self, io: &mut T) -> Result<Vec<(String, u64)>, ClientError> {
         let mut done = Vec::new();
         while let Some(tid) = self.proposals_pending.pop_first() {
-            match self.commit_change(io, &tid, Change::Pending).await {
+            match self.commit_change(io, &tid, Change::Pending, no_edit()).await {
                 Ok(0) => {}
                 Ok(seq) => done.push((tid, seq)),
                 Err(e @ (ClientError::Disconnected(_) | ClientError::Timeout)) => {
@@ -1305,7 +1615,7 @@ impl Core {
         if !tsunagu_protocol::ids::valid_msg_id(msg_id) {
             return Err(ClientError::Invalid(format!("bad msg_id {msg_id:?}")));
         }
-        self.check_member(timeline_id)?;
+        self.check_may_post(timeline_id)?;
         if !self.state.outbox.iter().any(|e| e.msg_id == msg_id) {
             // Saved together with the ratchet state, before the send.
             self.outbox_push(OutboxEntry {
@@ -1332,7 +1642,7 @@ impl Core {
         if !tsunagu_protocol::ids::valid_msg_id(msg_id) {
             return Err(ClientError::Invalid(format!("bad msg_id {msg_id:?}")));
         }
-        self.check_member(timeline_id)?;
+        self.check_may_post(timeline_id)?;
         if !self.state.outbox.iter().any(|e| e.msg_id == msg_id) {
             self.outbox_push(OutboxEntry { timeline_id: timeline_id.into(), msg_id: msg_id.into(), post });
         }
@@ -1419,6 +1729,7 @@ impl Core {
                 .with_config(m::join_config())
                 .build_group(&self.provider, vgi, self.cwk())
                 .map_err(mls("external commit"))?
+                .leaf_node_parameters(LeafNodeParameters::builder().with_capabilities(m::leaf_capabilities()).build())
                 .load_psks(self.provider.storage())
                 .map_err(mls("load psks"))?
                 .create_group_info(true)

@@ -39,6 +39,14 @@ pub enum ClientError {
     /// truncated, the wrong blob) or uses an unknown cipher.
     #[error("attachment rejected: {0}")]
     Attachment(String),
+    /// The timeline's policy requires the patient's consent record before
+    /// this change (someone from another organisation, or family).
+    #[error("consent required: {0}")]
+    ConsentRequired(String),
+    /// This person's role in the timeline does not allow the change (or the
+    /// post: readers only read).
+    #[error("not allowed: {0}")]
+    NotAllowed(String),
     /// A commit could not be placed after repeated conflicts.
     #[error("gave up after {0} attempts")]
     TooManyRetries(u32),
@@ -50,6 +58,17 @@ impl ClientError {
         match self {
             ClientError::Server(e) => Some(e.code),
             _ => None,
+        }
+    }
+}
+
+impl From<tsunagu_protocol::policy::PolicyError> for ClientError {
+    fn from(e: tsunagu_protocol::policy::PolicyError) -> Self {
+        use tsunagu_protocol::policy::PolicyError as P;
+        match e {
+            P::ConsentRequired(m) => ClientError::ConsentRequired(m),
+            P::NotAllowed(m) | P::Unlisted(m) => ClientError::NotAllowed(m),
+            P::Malformed(m) => ClientError::Invalid(format!("timeline policy: {m}")),
         }
     }
 }

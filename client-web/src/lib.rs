@@ -7,6 +7,7 @@ pub mod bench;
 pub mod core;
 pub mod error;
 pub mod mls;
+pub mod policy;
 pub mod receipts;
 pub mod state;
 pub mod store;

@@ -11,6 +11,7 @@ use openmls_memory_storage::MemoryStorage;
 use openmls_rust_crypto::RustCrypto;
 
 use tsunagu_protocol::frames::ExternalSenderInfo;
+use tsunagu_protocol::policy::{PolicyError, TimelinePolicy, POLICY_EXTENSION_TYPE};
 
 use crate::error::mls;
 use crate::ClientError;
@@ -104,17 +105,61 @@ pub fn join_config() -> MlsGroupJoinConfig {
 /// propose the removal of revoked devices. Without it (a server too old to
 /// announce one) the group has no external sender, and a current server
 /// refuses it.
-pub fn create_config(server: Option<&ExternalSenderInfo>) -> Result<MlsGroupCreateConfig, ClientError> {
+///
+/// `policy` (the timeline's roles) goes into the group context next to the
+/// external senders, as the private extension `POLICY_EXTENSION_TYPE`,
+/// with a `required_capabilities` extension naming that type; every leaf
+/// announces it ([`leaf_capabilities`]), as openmls requires of every leaf
+/// for every group-context extension.
+pub fn create_config(server: Option<&ExternalSenderInfo>, policy: Option<&TimelinePolicy>) -> Result<MlsGroupCreateConfig, ClientError> {
     let mut builder = MlsGroupCreateConfig::builder()
         .ciphersuite(CIPHERSUITE)
         .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
         .use_ratchet_tree_extension(true)
-        .max_past_epochs(MAX_PAST_EPOCHS);
+        .max_past_epochs(MAX_PAST_EPOCHS)
+        .capabilities(leaf_capabilities());
+    let mut extensions = Vec::new();
     if let Some(server) = server {
-        let extensions = Extensions::single(Extension::ExternalSenders(vec![external_sender(server)])).map_err(mls("external senders"))?;
-        builder = builder.with_group_context_extensions(extensions);
+        extensions.push(Extension::ExternalSenders(vec![external_sender(server)]));
+    }
+    if let Some(policy) = policy {
+        // openmls accepts a later GroupContextExtensions proposal only for
+        // extension types the group requires every member to support.
+        let required = RequiredCapabilitiesExtension::new(&[ExtensionType::Unknown(POLICY_EXTENSION_TYPE)], &[], &[]);
+        extensions.push(Extension::RequiredCapabilities(required));
+        extensions.push(policy_extension(policy));
+    }
+    if !extensions.is_empty() {
+        builder = builder.with_group_context_extensions(Extensions::from_vec(extensions).map_err(mls("group context extensions"))?);
     }
     Ok(builder.build())
+}
+
+/// The capabilities of every leaf this client makes (key packages, the
+/// creator's leaf, an external commit's leaf): the last-resort extension
+/// and the timeline policy extension.
+pub fn leaf_capabilities() -> Capabilities {
+    Capabilities::builder().extensions(vec![ExtensionType::LastResort, ExtensionType::Unknown(POLICY_EXTENSION_TYPE)]).build()
+}
+
+/// The group-context extension carrying a timeline's policy.
+pub fn policy_extension(policy: &TimelinePolicy) -> Extension {
+    Extension::Unknown(POLICY_EXTENSION_TYPE, UnknownExtension(policy.encode()))
+}
+
+/// The policy in a group context's extensions: `None` for a timeline made
+/// before policies existed, `Some(Err)` for a malformed one.
+pub fn policy_of(extensions: &Extensions<GroupContext>) -> Option<Result<TimelinePolicy, PolicyError>> {
+    extensions.unknown(POLICY_EXTENSION_TYPE).map(|u| TimelinePolicy::decode(&u.0))
+}
+
+/// `extensions` with the policy replaced by `policy` (for a
+/// GroupContextExtensions proposal, which replaces them all).
+pub fn with_policy(extensions: &Extensions<GroupContext>, policy: &TimelinePolicy) -> Result<Extensions<GroupContext>, ClientError> {
+    let mut list: Vec<Extension> =
+        extensions.iter().filter(|e| e.extension_type() != ExtensionType::Unknown(POLICY_EXTENSION_TYPE)).cloned().collect();
+    list.push(policy_extension(policy));
+    Extensions::from_vec(list).map_err(mls("group context extensions"))
 }
 
 /// The server's entry in a group's `external_senders` extension.
@@ -238,10 +283,10 @@ pub fn new_key_package(
     cwk: CredentialWithKey,
     last_resort: bool,
 ) -> Result<Vec<u8>, ClientError> {
-    // The last-resort extension must be announced in the leaf capabilities;
-    // every package carries the same capabilities.
-    let capabilities = Capabilities::builder().extensions(vec![ExtensionType::LastResort]).build();
-    let mut builder = KeyPackage::builder().leaf_node_capabilities(capabilities);
+    // The last-resort extension must be announced in the leaf capabilities,
+    // and so must the policy extension of the groups it may join; every
+    // package carries the same capabilities.
+    let mut builder = KeyPackage::builder().leaf_node_capabilities(leaf_capabilities());
     if last_resort {
         builder = builder.mark_as_last_resort();
     }

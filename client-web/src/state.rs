@@ -168,6 +168,12 @@ pub struct DeviceRecord {
     /// The server's MLS external sender, from its latest `ready` frame.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_sender: Option<ExternalSenderInfo>,
+    /// The account's organisation and kind, from the latest `ready` frame
+    /// (a new timeline's policy names the organisation for its owner).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub organisation_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_kind: Option<tsunagu_protocol::people::AccountKind>,
 }
 
 /// A timeline's bookkeeping without its posts (`tl/<timeline>/meta`).
@@ -338,6 +344,8 @@ mod tests {
             signature_key_pair: Bytes(vec![1; 70]),
             last_resort_published: true,
             external_sender: Some(tsunagu_protocol::frames::ExternalSenderInfo { identity: "s".into(), signature_key: Bytes(vec![2; 32]) }),
+            organisation_id: Some("o".into()),
+            account_kind: None,
         };
         let state = AppState {
             device,

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use openmls::prelude::{ExternalProposal, GroupEpoch, LeafNodeIndex, SenderExtensionIndex};
 use tsunagu_protocol::frames::{AccountInfo, Delivered, DeviceKeyPackage, ErrorFrame, ExternalSenderInfo, MessageKind, TimelineInfo};
+use tsunagu_protocol::policy::Role;
 use tsunagu_protocol::{Bytes, ClientFrame, Envelope, ErrorCode, Post, PostKind, ServerFrame};
 
 use crate::core::{Core, Enrolment};
@@ -16,6 +17,9 @@ use crate::state::keys;
 use crate::store::{Change, MemoryStore, StateStore};
 use crate::transport::Transport;
 use crate::{ClientError, PostStatus};
+
+/// Every test account's organisation (the policy's roles depend on it).
+const TEST_ORG: &str = "org-test";
 
 pub(crate) use crate::bench::block_on;
 
@@ -120,7 +124,7 @@ impl Hub {
                     devices.push(DeviceKeyPackage { device_id: d.clone(), key_package: Bytes(kp) });
                 }
                 self.claimed.insert(from.into(), acc.device_ids.clone());
-                self.push(from, &ServerFrame::KeyPackages { rid, account_id, devices, organisation_id: None, account_kind: None })
+                self.push(from, &ServerFrame::KeyPackages { rid, account_id, devices, organisation_id: acc.organisation_id, account_kind: acc.kind })
             }
             ClientFrame::ListAccounts { rid } => {
                 let accounts = self.accounts.clone();
@@ -342,7 +346,7 @@ fn setup(n: usize) -> (Rc<RefCell<Hub>>, Vec<Dev>) {
             account_id: account_id.clone(),
             name: format!("user{i}"),
             device_ids: vec![device_id.clone()],
-            organisation_id: None,
+            organisation_id: Some(TEST_ORG.into()),
             kind: None,
         });
         let store = SharedStore::default();
@@ -360,7 +364,7 @@ fn setup(n: usize) -> (Rc<RefCell<Hub>>, Vec<Dev>) {
         .unwrap();
         let mut dev = Dev { core, io: Conn { hub: hub.clone(), device: device_id.clone() }, store };
         let external_sender = Some(server_info(hub.borrow().server_key.as_ref().unwrap()));
-        let ready = ServerFrame::Ready { protocol: 1, account_id: dev.core.account_id().into(), device_id, external_sender, organisation_id: None, account_kind: None };
+        let ready = ServerFrame::Ready { protocol: 1, account_id: dev.core.account_id().into(), device_id, external_sender, organisation_id: Some(TEST_ORG.into()), account_kind: None };
         hub.borrow_mut().push(&dev.id(), &ready);
         block_on(dev.core.on_connected(&mut dev.io)).unwrap();
         devs.push(dev);
@@ -429,7 +433,8 @@ fn stale_epoch_and_epoch_conflict_are_retried() {
     let (hub, mut d) = setup(4);
     let tid = call!(d[0], create_timeline()).unwrap();
     let b = account(&d[1]);
-    call!(d[0], add_person(&tid, &b)).unwrap();
+    // B invites and removes staff of the organisation (a liaison).
+    call!(d[0], add_member(&tid, &b, Role::Liaison, None)).unwrap();
     sync(&mut d[1]);
     // A lags: B adds C (epoch 2) while A has not seen it.
     hub.borrow_mut().hold(&d[0].id());
@@ -471,7 +476,7 @@ fn remove_after_conflict_is_rebuilt() {
     let (hub, mut d) = setup(3);
     let tid = call!(d[0], create_timeline()).unwrap();
     let b = account(&d[1]);
-    call!(d[0], add_person(&tid, &b)).unwrap();
+    call!(d[0], add_member(&tid, &b, Role::Liaison, None)).unwrap();
     sync(&mut d[1]);
     hub.borrow_mut().hold(&d[0].id());
     let c = account(&d[2]);
@@ -658,7 +663,7 @@ fn every_commit_point_reopens() {
     let start = d[1].store.commits();
     let tid = call!(d[0], create_timeline()).unwrap();
     let b = account(&d[1]);
-    call!(d[0], add_person(&tid, &b)).unwrap();
+    call!(d[0], add_member(&tid, &b, Role::Liaison, None)).unwrap();
     sync(&mut d[1]);
     call!(d[0], post(&tid, "a1", "one", None)).unwrap();
     call!(d[1], post(&tid, "b1", "two", None)).unwrap();

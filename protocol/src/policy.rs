@@ -181,11 +181,13 @@ impl TimelinePolicy {
         self.members.iter().filter(|m| m.until.is_some_and(|u| now_ms >= u)).map(|m| m.account_id.as_str()).collect()
     }
 
-    /// Whether the account is outside the owner's organisation (family
-    /// members always are): adding such a person needs the consent record.
+    /// Whether the account is outside the owner's organisation (readers —
+    /// family — always are): adding such a person needs the consent record.
+    /// Professionals without an organisation (accounts the operator made)
+    /// count as the same "organisation" as an owner without one.
     pub fn is_outsider(&self, m: &MemberPolicy) -> bool {
         let owner_org = self.owner().organisation_id.as_deref();
-        m.organisation_id.is_none() || m.organisation_id.as_deref() != owner_org
+        m.role == Role::Reader || m.organisation_id.as_deref() != owner_org
     }
 }
 
