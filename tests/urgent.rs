@@ -1,0 +1,3 @@
+//! Urgent posts against the real server (placeholder while it is written).
+
+mod harness;
