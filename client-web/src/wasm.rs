@@ -268,6 +268,11 @@ impl Facade {
         self.view(|c| json(&c.posts(timeline_id)))
     }
 
+    /// `MemberView[]` JSON: the timeline's members with roles and end dates.
+    pub fn members(&self, timeline_id: &str) -> Result<JsValue, JsValue> {
+        self.view(|c| json(&c.members(timeline_id)))
+    }
+
     /// `AccountView[]` JSON.
     pub fn accounts(&self) -> Result<JsValue, JsValue> {
         self.view(|c| json(&c.accounts()))
@@ -348,10 +353,84 @@ impl Facade {
         })
     }
 
-    /// Resolves with the new timeline's id; `title` names it for its members.
-    pub fn create_timeline(&self, title: Option<String>) -> Promise {
+    /// Resolves with the new timeline's id; `title` names it for its members,
+    /// `patient` (JSON `{name, kana, birth_date?}`) says whom it is about.
+    pub fn create_timeline(&self, title: Option<String>, patient: Option<String>) -> Promise {
         self.run(move |mut c| async move {
-            let r = c.create_timeline(title.as_deref()).await.map(|t| JsValue::from_str(&t));
+            let patient = match patient.as_deref().map(serde_json::from_str::<tsunagu_protocol::envelope::Patient>).transpose() {
+                Ok(p) => p,
+                Err(e) => return (c, Err(ClientError::Invalid(format!("patient: {e}")))),
+            };
+            let r = c.create_patient_timeline(title.as_deref(), patient).await.map(|t| JsValue::from_str(&t));
+            (c, r)
+        })
+    }
+
+    /// Edit one of this account's posts; resolves with the edit's seq.
+    pub fn edit_post(&self, timeline_id: String, seq: f64, text: String) -> Promise {
+        self.run(move |mut c| async move {
+            let r = c.edit_post(&timeline_id, seq as u64, &text).await.map(|s| JsValue::from_f64(s as f64));
+            (c, r)
+        })
+    }
+
+    /// Delete one of this account's posts.
+    pub fn delete_post(&self, timeline_id: String, seq: f64) -> Promise {
+        self.run(move |mut c| async move {
+            let r = c.delete_post(&timeline_id, seq as u64).await.map(|s| JsValue::from_f64(s as f64));
+            (c, r)
+        })
+    }
+
+    /// The history before the commit at `added_at_seq`, sealed for the
+    /// accounts it added (JSON array): `{ciphertext, handover}` (upload the
+    /// ciphertext, then `announce_history(handover)`), or null when there is
+    /// nothing to hand over. `since_ms`: only messages stored since then.
+    pub fn prepare_history(&self, timeline_id: &str, added_at_seq: f64, accounts: String, since_ms: Option<f64>) -> Result<JsValue, JsValue> {
+        let accounts: Vec<String> = serde_json::from_str(&accounts).map_err(|e| client_error(&ClientError::Invalid(format!("accounts: {e}"))))?;
+        let prepared = match self.client.borrow().as_ref() {
+            Some(c) => c.prepare_history(timeline_id, added_at_seq as u64, accounts, since_ms.map(|s| s as u64)).map_err(|e| client_error(&e))?,
+            None => return Err(busy()),
+        };
+        let Some((ciphertext, handover)) = prepared else { return Ok(JsValue::NULL) };
+        let out = js_sys::Object::new();
+        js_sys::Reflect::set(&out, &"ciphertext".into(), &Uint8Array::from(ciphertext.as_slice()))?;
+        js_sys::Reflect::set(&out, &"handover".into(), &json(&handover))?;
+        Ok(out.into())
+    }
+
+    /// Send an uploaded history archive's key to the group.
+    pub fn announce_history(&self, timeline_id: String, handover: String) -> Promise {
+        self.run(move |mut c| async move {
+            let r = match serde_json::from_str::<tsunagu_protocol::envelope::HistoryHandover>(&handover) {
+                Ok(h) => c.announce_history(&timeline_id, h).await.map(|s| JsValue::from_f64(s as f64)),
+                Err(e) => Err(ClientError::Invalid(format!("handover: {e}"))),
+            };
+            (c, r)
+        })
+    }
+
+    /// `[{timelineId, handover}]` JSON: history handed over to this account
+    /// whose archive is still to be fetched and imported.
+    pub fn pending_handovers(&self) -> Result<JsValue, JsValue> {
+        self.view(|c| {
+            let list: Vec<serde_json::Value> = c
+                .pending_handovers()
+                .into_iter()
+                .map(|(t, h)| serde_json::json!({ "timelineId": t, "handover": h }))
+                .collect();
+            json(&list)
+        })
+    }
+
+    /// Import a handed-over archive (`ciphertext` undefined: the blob is
+    /// gone, the handover is dropped); resolves with the number of messages.
+    pub fn import_history(&self, timeline_id: String, handover: String, ciphertext: Option<Vec<u8>>) -> Promise {
+        self.run(move |mut c| async move {
+            let r = match serde_json::from_str::<tsunagu_protocol::envelope::HistoryHandover>(&handover) {
+                Ok(h) => c.import_history(&timeline_id, &h, ciphertext.as_deref()).await.map(|n| JsValue::from_f64(n as f64)),
+                Err(e) => Err(ClientError::Invalid(format!("handover: {e}"))),
+            };
             (c, r)
         })
     }
@@ -424,6 +503,85 @@ impl Facade {
         })
     }
 
+    /// Add a person with a role ("member", "liaison", "reader") and an
+    /// optional access end (ms since the epoch).
+    pub fn add_member(&self, timeline_id: String, account_id: String, role: String, until: Option<f64>) -> Promise {
+        self.run(move |mut c| async move {
+            let r = match parse_role(&role) {
+                Ok(role) => c.add_member(&timeline_id, &account_id, role, until.map(|u| u as u64)).await.map(|s| JsValue::from_f64(s as f64)),
+                Err(e) => Err(e),
+            };
+            (c, r)
+        })
+    }
+
+    /// Change a member's role or end date.
+    pub fn set_member_role(&self, timeline_id: String, account_id: String, role: String, until: Option<f64>) -> Promise {
+        self.run(move |mut c| async move {
+            let r = match parse_role(&role) {
+                Ok(role) => c.set_member_role(&timeline_id, &account_id, role, until.map(|u| u as u64)).await.map(|s| JsValue::from_f64(s as f64)),
+                Err(e) => Err(e),
+            };
+            (c, r)
+        })
+    }
+
+    /// Record the patient's consent: `input` is `ConsentInput` JSON
+    /// (`{givenBy, method, obtainedAt, scope, note?}`).
+    pub fn record_consent(&self, timeline_id: String, input: String) -> Promise {
+        self.run(move |mut c| async move {
+            let r = match serde_json::from_str::<crate::web::ConsentInput>(&input) {
+                Ok(i) => c.record_consent(&timeline_id, i).await.map(|s| JsValue::from_f64(s as f64)),
+                Err(e) => Err(ClientError::Invalid(format!("consent: {e}"))),
+            };
+            (c, r)
+        })
+    }
+
+    /// Post an admission/discharge: `event` is the `CareEvent` JSON of
+    /// PROTOCOL.md (`{kind, hospital, at, organisation_id?, note?}`).
+    pub fn post_event(&self, timeline_id: String, event: String) -> Promise {
+        self.run(move |mut c| async move {
+            let r = match serde_json::from_str::<tsunagu_protocol::envelope::CareEvent>(&event) {
+                Ok(e) => c.post_event(&timeline_id, e).await.map(|s| JsValue::from_f64(s as f64)),
+                Err(e) => Err(ClientError::Invalid(format!("event: {e}"))),
+            };
+            (c, r)
+        })
+    }
+
+    /// Send this person's read position (after `mark_read`; nothing offline).
+    pub fn send_read(&self, timeline_id: String) -> Promise {
+        self.run(move |mut c| async move {
+            let r = c.send_read(&timeline_id).await.map(|()| JsValue::UNDEFINED);
+            (c, r)
+        })
+    }
+
+    /// Ask the server who has read and received the timeline's posts.
+    pub fn fetch_receipts(&self, timeline_id: String) -> Promise {
+        self.run(move |mut c| async move {
+            let r = c.fetch_receipts(&timeline_id).await.map(|()| JsValue::UNDEFINED);
+            (c, r)
+        })
+    }
+
+    /// Acknowledge (確認しました) the urgent post at `seq`.
+    pub fn acknowledge(&self, timeline_id: String, seq: f64) -> Promise {
+        self.run(move |mut c| async move {
+            let r = c.acknowledge(&timeline_id, seq as u64).await.map(|()| JsValue::UNDEFINED);
+            (c, r)
+        })
+    }
+
+    /// Ask the server for the urgent posts again.
+    pub fn refresh_urgent(&self) -> Promise {
+        self.run(move |mut c| async move {
+            let r = c.refresh_urgent().await.map(|()| JsValue::UNDEFINED);
+            (c, r)
+        })
+    }
+
     pub fn send_outbox(&self) -> Promise {
         self.run(move |mut c| async move {
             let r = c.send_outbox().await.map(|()| JsValue::UNDEFINED);
@@ -469,4 +627,8 @@ pub fn bench_mls(reps: u32, now: &js_sys::Function) -> Result<String, JsValue> {
     let clock = || now.call0(&JsValue::NULL).ok().and_then(|v| v.as_f64()).unwrap_or(0.0);
     let costs = crate::bench::mls_costs(reps, &clock).map_err(|e| client_error(&e))?;
     Ok(serde_json::to_string(&costs).expect("json"))
+}
+
+fn parse_role(role: &str) -> Result<tsunagu_protocol::policy::Role, ClientError> {
+    serde_json::from_value(serde_json::Value::String(role.into())).map_err(|_| ClientError::Invalid(format!("unknown role {role:?}")))
 }

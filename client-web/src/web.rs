@@ -25,10 +25,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
+use tsunagu_protocol::envelope::{CareEvent, Consent, ConsentMethod, HistoryHandover, Patient};
 use tsunagu_protocol::frames::AccountInfo;
+use tsunagu_protocol::policy::Role;
 use tsunagu_protocol::{Bytes, Post, PostKind};
 
-use crate::core::{new_msg_id, Core, Enrolment};
+use crate::core::{new_msg_id, Core, Enrolment, HistoryFrom};
 use crate::mls as m;
 use crate::store::{Change, Pair, StateStore};
 use crate::transport::Transport;
@@ -164,6 +166,10 @@ pub struct AccountView {
     pub account_id: String,
     pub name: String,
     pub device_ids: Vec<String>,
+    /// The account's organisation (none for family).
+    pub organisation_id: Option<String>,
+    /// "professional" or "family", when the server said.
+    pub kind: Option<tsunagu_protocol::people::AccountKind>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -209,6 +215,28 @@ pub struct PostView {
     /// A consent record or care event shown in the timeline (the envelope as
     /// JSON, `type` "consent" or "event"); `text` is then empty.
     pub record: Option<serde_json::Value>,
+    /// Who has read it (既読), with when (server time); the author excluded.
+    pub read_by: Vec<Receipt>,
+    /// Who has received it on a device but not read it yet.
+    pub delivered_to: Vec<Receipt>,
+    /// How many members besides the author could read it ("read by n of total").
+    pub receipt_total: u64,
+    /// For an urgent post: who acknowledged it (確認しました) and when.
+    pub acks: Vec<Receipt>,
+    /// Whether this account has acknowledged it (or wrote it).
+    pub acked_by_me: bool,
+    /// When the second call was alerted, if nobody of the first call acknowledged in time.
+    pub escalated_at: Option<u64>,
+}
+
+/// One person in a post's receipts or acknowledgements.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Receipt {
+    pub account_id: String,
+    pub name: String,
+    /// ms since the epoch (server time); 0 for "delivered".
+    pub at: u64,
 }
 
 /// A post to queue, as the composer builds it (`queue_draft`'s JSON from
@@ -237,6 +265,42 @@ pub struct TimelineSummary {
     pub last_seq: u64,
     pub last_post: Option<PostView>,
     pub pending: u64,
+    /// This account's role (`None` for a timeline opened before roles).
+    pub my_role: Option<Role>,
+    /// The patient, as the timeline's members see it (encrypted in it).
+    pub patient: Option<Patient>,
+    /// Whether the patient's consent is recorded (the policy's consent_seq).
+    pub consent_seq: Option<u64>,
+    /// Urgent posts by others this account has not acknowledged yet.
+    pub urgent_open: u64,
+}
+
+/// A member of a timeline as the members page shows it (`MemberView` in
+/// index.ts).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberView {
+    pub account_id: String,
+    pub name: String,
+    /// `None` for a timeline opened before roles.
+    pub role: Option<Role>,
+    pub organisation_id: Option<String>,
+    /// Access end (milliseconds since the Unix epoch).
+    pub until: Option<u64>,
+    pub added_by: Option<String>,
+}
+
+/// The consent form's fields (`record_consent`'s JSON from JavaScript); the
+/// one who obtained it is this device's account.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsentInput {
+    pub given_by: String,
+    pub method: ConsentMethod,
+    pub obtained_at: u64,
+    pub scope: String,
+    #[serde(default)]
+    pub note: String,
 }
 
 /// What changed, for the UI (`EngineEvent` in index.ts, without the events
@@ -253,6 +317,14 @@ pub enum Event {
     Warning {
         message: String,
     },
+    /// An urgent post needs this person (`level` "first_call" or
+    /// "second_call": nobody of the first call acknowledged in time).
+    UrgentAlert {
+        #[serde(rename = "timelineId")]
+        timeline_id: String,
+        seq: u64,
+        level: tsunagu_protocol::frames::AlertLevel,
+    },
 }
 
 /// The error code JavaScript sees for an error (`EngineError.code`).
@@ -263,6 +335,8 @@ pub fn error_code(e: &ClientError) -> &'static str {
         ClientError::Invalid(_) => "invalid",
         ClientError::Http { status: 401, .. } => "unauthorized",
         ClientError::Attachment(_) => "attachment_rejected",
+        ClientError::NotAllowed(_) => "policy_violation",
+        ClientError::ConsentRequired(_) => "consent_required",
         _ => "internal",
     }
 }
@@ -272,7 +346,9 @@ fn not_registered() -> ClientError {
 }
 
 /// Per timeline, what a re-render depends on.
-type Fingerprint = (u64, usize, usize, bool, u64);
+/// (processed seq, posts, pending, active, last seq, receipts: the sum of
+/// the members' read positions and the number of urgent acknowledgements).
+type Fingerprint = (u64, usize, usize, bool, u64, (u64, usize));
 
 /// The browser client: the core, the browser's own records, and the events
 /// for the UI.
@@ -508,18 +584,117 @@ impl<H: Host> WebClient<H> {
 
     // ----- workflows ------------------------------------------------------------------
 
-    /// Create a timeline, named `title` for its members when given.
+    /// Create a timeline, named `title` for its members when given, about
+    /// `patient` when given (both encrypted in the timeline).
     pub async fn create_timeline(&mut self, title: Option<&str>) -> Result<String, ClientError> {
+        self.create_patient_timeline(title, None).await
+    }
+
+    pub async fn create_patient_timeline(&mut self, title: Option<&str>, patient: Option<Patient>) -> Result<String, ClientError> {
         let result = async {
             let (core, mut io) = self.core_mut()?;
             let tid = core.create_timeline(&mut io).await?;
-            if let Some(title) = title.filter(|t| !t.trim().is_empty()) {
-                core.set_title(&mut io, &tid, title.trim()).await?;
+            let title = title.map(str::trim).filter(|t| !t.is_empty());
+            match (title, patient) {
+                (title, Some(p)) => {
+                    let title = title.map(str::to_string).unwrap_or_else(|| p.name.clone());
+                    core.set_timeline_info(&mut io, &tid, tsunagu_protocol::envelope::TimelineInfo { title, patient: Some(p) }).await?;
+                }
+                (Some(title), None) => {
+                    core.set_title(&mut io, &tid, title).await?;
+                }
+                (None, None) => {}
             }
             self.refresh_members().await?;
             Ok(tid)
         }
         .await;
+        self.finish(result).await
+    }
+
+    /// Edit one of this account's posts (an `edit` message; the original
+    /// stays in the record).
+    pub async fn edit_post(&mut self, timeline_id: &str, seq: u64, text: &str) -> Result<u64, ClientError> {
+        let result = async {
+            let (core, mut io) = self.core_mut()?;
+            core.edit_post(&mut io, timeline_id, seq, text).await
+        }
+        .await;
+        self.finish(result).await
+    }
+
+    /// Delete one of this account's posts (shown as deleted to everyone).
+    pub async fn delete_post(&mut self, timeline_id: &str, seq: u64) -> Result<u64, ClientError> {
+        let result = async {
+            let (core, mut io) = self.core_mut()?;
+            core.delete_post(&mut io, timeline_id, seq).await
+        }
+        .await;
+        self.finish(result).await
+    }
+
+    /// The history before the commit at `added_at_seq` (everything, or
+    /// stored since `since_ms`) as one sealed archive for the accounts that
+    /// commit added: JavaScript uploads `ciphertext` (`POST /v1/blobs`), then
+    /// calls [`WebClient::announce_history`] with the handover. `None` when
+    /// there is nothing to hand over.
+    pub fn prepare_history(
+        &self,
+        timeline_id: &str,
+        added_at_seq: u64,
+        accounts: Vec<String>,
+        since_ms: Option<u64>,
+    ) -> Result<Option<(Vec<u8>, HistoryHandover)>, ClientError> {
+        let core = self.core.as_ref().ok_or_else(not_registered)?;
+        let from = since_ms.map(HistoryFrom::Since).unwrap_or(HistoryFrom::All);
+        let Some(from_seq) = core.history_from_seq(timeline_id, from, added_at_seq) else { return Ok(None) };
+        let archive = core.history_archive(timeline_id, from_seq, added_at_seq - 1);
+        if archive.items.is_empty() {
+            return Ok(None);
+        }
+        let count = archive.items.len() as u64;
+        let sealed = crate::core::history::seal_archive(&archive)?;
+        let handover = HistoryHandover { added_at_seq, for_accounts: accounts, from_seq, to_seq: added_at_seq - 1, count, archive: sealed.reference };
+        Ok(Some((sealed.ciphertext, handover)))
+    }
+
+    /// Send the key of an uploaded history archive to the group.
+    pub async fn announce_history(&mut self, timeline_id: &str, handover: HistoryHandover) -> Result<u64, ClientError> {
+        let result = async {
+            let (core, mut io) = self.core_mut()?;
+            core.announce_history(&mut io, timeline_id, handover).await
+        }
+        .await;
+        self.finish(result).await
+    }
+
+    /// History handed over to this account, waiting for its archive
+    /// (`GET /v1/blobs/{handover.archive.blob_id}`, then `import_history`).
+    pub fn pending_handovers(&self) -> Vec<(String, HistoryHandover)> {
+        self.core.as_ref().map(|c| c.pending_handovers().into_iter().map(|(t, p)| (t, p.handover)).collect()).unwrap_or_default()
+    }
+
+    /// Import a handed-over archive (`None` for ciphertext: the blob is gone;
+    /// the handover is dropped with a warning, as is one that does not open).
+    /// Returns the number of messages added.
+    pub async fn import_history(&mut self, timeline_id: &str, handover: &HistoryHandover, ciphertext: Option<&[u8]>) -> Result<usize, ClientError> {
+        let result = (|| {
+            let core = self.core.as_mut().ok_or_else(not_registered)?;
+            let opened = match ciphertext {
+                Some(bytes) => crate::core::history::open_archive(&handover.archive, bytes),
+                None => Err(ClientError::Invalid("the history archive is no longer on the server".into())),
+            };
+            match opened {
+                Ok(archive) => core.import_history(timeline_id, handover, archive),
+                Err(e) => {
+                    core.drop_handover(timeline_id, &handover.archive.blob_id, &e.to_string())?;
+                    Ok(0)
+                }
+            }
+        })();
+        if let Some(core) = self.core.as_mut() {
+            core.save()?;
+        }
         self.finish(result).await
     }
 
@@ -539,6 +714,74 @@ impl<H: Host> WebClient<H> {
         let result = async {
             let (core, mut io) = self.core_mut()?;
             let seq = core.add_person(&mut io, timeline_id, account_id).await?;
+            self.refresh_members().await?;
+            Ok(seq)
+        }
+        .await;
+        self.finish(result).await
+    }
+
+    /// Add every device of an account with a role and an optional access
+    /// end date (the core checks the policy first: `not_allowed`,
+    /// `consent_required`).
+    pub async fn add_member(&mut self, timeline_id: &str, account_id: &str, role: Role, until: Option<u64>) -> Result<u64, ClientError> {
+        let result = async {
+            let (core, mut io) = self.core_mut()?;
+            let seq = core.add_member(&mut io, timeline_id, account_id, role, until).await?;
+            self.refresh_members().await?;
+            Ok(seq)
+        }
+        .await;
+        self.finish(result).await
+    }
+
+    /// Change one member's role or end date (the owner, or a liaison for
+    /// the staff of their organisation).
+    pub async fn set_member_role(&mut self, timeline_id: &str, account_id: &str, role: Role, until: Option<u64>) -> Result<u64, ClientError> {
+        let account = account_id.to_string();
+        let result = async {
+            let (core, mut io) = self.core_mut()?;
+            core.update_policy(&mut io, timeline_id, |p| {
+                if let Some(m) = p.members.iter_mut().find(|m| m.account_id == account) {
+                    m.role = role;
+                    m.until = until;
+                }
+            })
+            .await
+        }
+        .await;
+        self.finish(result).await
+    }
+
+    /// Record the patient's consent, obtained by this account.
+    pub async fn record_consent(&mut self, timeline_id: &str, input: ConsentInput) -> Result<u64, ClientError> {
+        let result = async {
+            let (core, mut io) = self.core_mut()?;
+            let consent = Consent {
+                obtained_by: core.account_id().to_string(),
+                given_by: input.given_by.trim().to_string(),
+                method: input.method,
+                obtained_at: input.obtained_at,
+                scope: input.scope.trim().to_string(),
+                note: input.note.trim().to_string(),
+            };
+            core.record_consent(&mut io, timeline_id, consent).await
+        }
+        .await;
+        self.finish(result).await
+    }
+
+    /// Post an admission or discharge event (a discharge posted by a
+    /// hospital's liaison also removes the ward staff: [`crate::Core::discharge`]).
+    pub async fn post_event(&mut self, timeline_id: &str, event: CareEvent) -> Result<u64, ClientError> {
+        let result = async {
+            let (core, mut io) = self.core_mut()?;
+            let liaison = core.my_role(timeline_id) == Some(Role::Liaison);
+            let seq = if liaison && event.kind == tsunagu_protocol::envelope::CareEventKind::Discharged {
+                core.discharge(&mut io, timeline_id, event).await?.0
+            } else {
+                core.post_event(&mut io, timeline_id, event).await?
+            };
             self.refresh_members().await?;
             Ok(seq)
         }
@@ -631,12 +874,62 @@ impl<H: Host> WebClient<H> {
         let core = self.core.as_ref().ok_or_else(not_registered)?;
         let last = core.state().timelines.get(timeline_id).and_then(|t| t.posts.keys().next_back().copied()).unwrap_or(0);
         let seq = seq.unwrap_or(last).min(last);
-        if self.read.get(timeline_id).copied().unwrap_or(0) != seq {
+        if self.read.get(timeline_id).copied().unwrap_or(0) < seq {
             self.read.insert(timeline_id.to_string(), seq);
             self.buffer.put(read_key(timeline_id), Some(seq.to_be_bytes().to_vec()));
             self.events.push(Event::Timelines);
         }
         self.finish(Ok(())).await
+    }
+
+    /// Tell the server this person has read the timeline up to the read
+    /// marker (read receipts, 既読; sent only when it moves). Offline it
+    /// does nothing: the next call after reconnecting sends it.
+    pub async fn send_read(&mut self, timeline_id: &str) -> Result<(), ClientError> {
+        let seq = self.read.get(timeline_id).copied().unwrap_or(0);
+        let sent = async {
+            let (core, mut io) = self.core_mut()?;
+            core.mark_read(&mut io, timeline_id, seq).await
+        }
+        .await;
+        let sent = match sent {
+            Err(ClientError::Disconnected(_) | ClientError::NotConnected) => Ok(()),
+            other => other,
+        };
+        self.finish(sent).await
+    }
+
+    /// Ask the server who has read and received the timeline's posts
+    /// (`read_mark` pushes keep it current afterwards).
+    pub async fn fetch_receipts(&mut self, timeline_id: &str) -> Result<(), ClientError> {
+        let result = async {
+            let (core, mut io) = self.core_mut()?;
+            core.fetch_receipts(&mut io, timeline_id).await
+        }
+        .await;
+        self.events.push(Event::Posts { timeline_id: timeline_id.to_string() });
+        self.finish(result).await
+    }
+
+    /// Acknowledge (確認しました) an urgent post.
+    pub async fn acknowledge(&mut self, timeline_id: &str, seq: u64) -> Result<(), ClientError> {
+        let result = async {
+            let (core, mut io) = self.core_mut()?;
+            core.acknowledge(&mut io, timeline_id, seq).await
+        }
+        .await;
+        self.finish(result).await
+    }
+
+    /// Ask the server for the urgent posts (after connecting).
+    pub async fn refresh_urgent(&mut self) -> Result<(), ClientError> {
+        let result = async {
+            let (core, mut io) = self.core_mut()?;
+            core.list_urgent(&mut io).await.map(|_| ())
+        }
+        .await;
+        self.events.push(Event::Timelines);
+        self.finish(result).await
     }
 
     // ----- views ----------------------------------------------------------------------
@@ -645,7 +938,13 @@ impl<H: Host> WebClient<H> {
         self.directory
             .accounts
             .iter()
-            .map(|a| AccountView { account_id: a.account_id.clone(), name: a.name.clone(), device_ids: a.device_ids.clone() })
+            .map(|a| AccountView {
+                account_id: a.account_id.clone(),
+                name: a.name.clone(),
+                device_ids: a.device_ids.clone(),
+                organisation_id: a.organisation_id.clone(),
+                kind: a.kind,
+            })
             .collect()
     }
 
@@ -665,11 +964,97 @@ impl<H: Host> WebClient<H> {
         (account, name)
     }
 
+    /// A timeline's members with their roles: from the timeline's policy
+    /// (MLS group context) when it has one, else as the server last listed.
+    pub fn members(&self, timeline_id: &str) -> Vec<MemberView> {
+        let Some(core) = &self.core else { return Vec::new() };
+        let name = |a: &str| {
+            if a == core.account_id() {
+                core.state().device.account_name.clone()
+            } else {
+                self.directory.names.get(a).cloned().unwrap_or_default()
+            }
+        };
+        if let Some(policy) = core.policy(timeline_id) {
+            let rank = |r: Role| match r {
+                Role::Owner => 0,
+                Role::Liaison => 1,
+                Role::Member => 2,
+                Role::Reader => 3,
+            };
+            let mut list: Vec<MemberView> = policy
+                .members
+                .iter()
+                .map(|m| MemberView {
+                    account_id: m.account_id.clone(),
+                    name: name(&m.account_id),
+                    role: Some(m.role),
+                    organisation_id: m.organisation_id.clone(),
+                    until: m.until,
+                    added_by: m.added_by.clone(),
+                })
+                .collect();
+            list.sort_by(|a, b| (a.role.map(rank), &a.name).cmp(&(b.role.map(rank), &b.name)));
+            return list;
+        }
+        self.members
+            .get(timeline_id)
+            .map(|list| {
+                list.iter()
+                    .map(|a| MemberView { account_id: a.clone(), name: name(a), role: None, organisation_id: None, until: None, added_by: None })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The accounts of a timeline: its policy's, else the server's list.
+    fn member_accounts(&self, timeline_id: &str) -> Vec<String> {
+        match self.core.as_ref().and_then(|c| c.policy(timeline_id)) {
+            Some(p) => p.members.iter().map(|m| m.account_id.clone()).collect(),
+            None => self.members.get(timeline_id).cloned().unwrap_or_default(),
+        }
+    }
+
+    fn account_name(&self, core: &Core, account_id: &str) -> String {
+        if account_id == core.account_id() {
+            core.state().device.account_name.clone()
+        } else {
+            self.directory.names.get(account_id).cloned().unwrap_or_default()
+        }
+    }
+
+    /// Receipts and acknowledgements of a sent post, as the server last said.
+    fn add_receipts(&self, core: &Core, view: &mut PostView, members: &[String]) {
+        let Some(seq) = view.seq else { return };
+        if view.record.is_some() {
+            return;
+        }
+        let author = view.sender_account_id.clone().unwrap_or_default();
+        let others: Vec<&String> = members.iter().filter(|a| **a != author).collect();
+        view.receipt_total = others.len() as u64;
+        let read: BTreeMap<String, u64> = core.read_by(&view.timeline_id, seq).into_iter().filter(|(a, _)| *a != author).collect();
+        view.read_by = read.iter().map(|(a, at)| Receipt { account_id: a.clone(), name: self.account_name(core, a), at: *at }).collect();
+        view.read_by.sort_by_key(|r| r.at);
+        view.delivered_to = core
+            .delivered_to(&view.timeline_id, seq)
+            .into_iter()
+            .filter(|a| *a != author && !read.contains_key(a))
+            .map(|a| Receipt { name: self.account_name(core, &a), account_id: a, at: 0 })
+            .collect();
+        if let Some(u) = core.urgent_state(&view.timeline_id, seq) {
+            view.urgent = true;
+            view.acks = u.acks.iter().map(|a| Receipt { account_id: a.account_id.clone(), name: self.account_name(core, &a.account_id), at: a.at }).collect();
+            view.escalated_at = u.escalated_at;
+        }
+        view.acked_by_me = author == core.account_id() || view.acks.iter().any(|a| a.account_id == core.account_id());
+    }
+
     /// A timeline's posts in seq order, then its pending posts in queue order.
     pub fn posts(&self, timeline_id: &str) -> Vec<PostView> {
         let Some(core) = &self.core else { return Vec::new() };
         let me = &core.state().device;
         let msg_ids: BTreeMap<u64, &String> = core.state().sent.iter().map(|(id, seq)| (*seq, id)).collect();
+        let members = self.member_accounts(timeline_id);
         let mut out = Vec::new();
         if let Some(tl) = core.state().timelines.get(timeline_id) {
             for p in tl.posts.values() {
@@ -708,7 +1093,15 @@ impl<H: Host> WebClient<H> {
                     deleted_at: p.deleted_at,
                     handed_over_by: p.handed_over_by.clone(),
                     record: p.record.as_ref().and_then(|r| serde_json::to_value(r).ok()),
+                    read_by: Vec::new(),
+                    delivered_to: Vec::new(),
+                    receipt_total: 0,
+                    acks: Vec::new(),
+                    acked_by_me: false,
+                    escalated_at: None,
                 });
+                let view = out.last_mut().expect("just pushed");
+                self.add_receipts(core, view, &members);
             }
         }
         for e in core.outbox().iter().filter(|e| e.timeline_id == timeline_id) {
@@ -732,6 +1125,12 @@ impl<H: Host> WebClient<H> {
                 deleted_at: None,
                 handed_over_by: None,
                 record: None,
+                read_by: Vec::new(),
+                delivered_to: Vec::new(),
+                receipt_total: 0,
+                acks: Vec::new(),
+                acked_by_me: false,
+                escalated_at: None,
             });
         }
         out
@@ -762,7 +1161,16 @@ impl<H: Host> WebClient<H> {
                     .unwrap_or(0);
                 let posts = self.posts(&tid);
                 let pending = posts.iter().filter(|p| p.state == PostState::Pending).count() as u64;
+                let policy = core.policy(&tid);
                 TimelineSummary {
+                    my_role: policy.as_ref().and_then(|p| p.role(&me.account_id)),
+                    patient: tl.and_then(|t| t.patient.clone()),
+                    consent_seq: policy.as_ref().and_then(|p| p.consent_seq),
+                    urgent_open: core
+                        .urgent_posts()
+                        .iter()
+                        .filter(|u| u.timeline_id == tid && u.sender_account_id != me.account_id && !u.acks.iter().any(|a| a.account_id == me.account_id))
+                        .count() as u64,
                     title: core.title(&tid).map(str::to_string),
                     active: active.contains(&tid),
                     member_account_ids: self.members.get(&tid).cloned().unwrap_or_default(),
@@ -782,14 +1190,17 @@ impl<H: Host> WebClient<H> {
     fn fingerprints(&self) -> BTreeMap<String, Fingerprint> {
         let Some(core) = &self.core else { return BTreeMap::new() };
         let active: BTreeSet<String> = core.timelines().into_iter().collect();
+        let urgent = core.urgent_posts();
         let mut out = BTreeMap::new();
         for (tid, tl) in &core.state().timelines {
             let pending = core.outbox().iter().filter(|e| &e.timeline_id == tid).count();
             let last = tl.posts.keys().next_back().copied().unwrap_or(0);
-            out.insert(tid.clone(), (tl.processed_seq, tl.posts.len(), pending, active.contains(tid), last));
+            let read: u64 = self.member_accounts(tid).iter().filter_map(|a| core.read_position(tid, a)).sum();
+            let acks: usize = urgent.iter().filter(|u| &u.timeline_id == tid).map(|u| 1 + u.acks.len()).sum();
+            out.insert(tid.clone(), (tl.processed_seq, tl.posts.len(), pending, active.contains(tid), last, (read, acks)));
         }
         for tid in active {
-            out.entry(tid).or_insert((0, 0, 0, true, 0));
+            out.entry(tid).or_insert((0, 0, 0, true, 0, (0, 0)));
         }
         out
     }
@@ -815,6 +1226,9 @@ impl<H: Host> WebClient<H> {
             while core.take_new_post().is_some() {}
             for w in core.take_warnings() {
                 self.events.push(Event::Warning { message: w });
+            }
+            for a in core.take_alerts() {
+                self.events.push(Event::UrgentAlert { timeline_id: a.timeline_id, seq: a.seq, level: a.level });
             }
         }
     }

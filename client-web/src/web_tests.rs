@@ -365,3 +365,31 @@ fn a_draft_carries_mentions_urgency_and_a_thumbnail_to_the_other_browser() {
     assert_eq!((json["urgent"].clone(), json["editedAt"].clone(), json["record"].clone()), (true.into(), serde_json::Value::Null, serde_json::Value::Null));
     assert_eq!(reload(&daughter).posts(&tid), daughter.posts(&tid));
 }
+
+#[test]
+fn the_owner_records_consent_and_adds_a_reader_whose_browser_knows_its_role() {
+    use tsunagu_protocol::policy::Role;
+    let hub = Rc::new(RefCell::new(Hub::default()));
+    let mut doctor = browser(&hub, "Dr. Sato");
+    let mut daughter = browser(&hub, "Suzuki Hanako");
+    let tid = block_on(doctor.create_timeline(Some("田中 一郎 様"))).unwrap();
+    assert_eq!(doctor.timelines()[0].my_role, Some(Role::Owner));
+    assert_eq!(doctor.timelines()[0].consent_seq, None);
+    let input: crate::web::ConsentInput = serde_json::from_value(serde_json::json!({
+        "givenBy": "田中 一郎（本人）", "method": "written", "obtainedAt": 1_700_000_000_000u64, "scope": "在宅チームと入院先",
+    }))
+    .unwrap();
+    let consent_seq = block_on(doctor.record_consent(&tid, input)).unwrap();
+    assert_eq!(doctor.timelines()[0].consent_seq, Some(consent_seq));
+
+    let account = daughter.device().unwrap().account_id;
+    block_on(doctor.add_member(&tid, &account, Role::Reader, None)).unwrap();
+    block_on(daughter.drain()).unwrap();
+    block_on(doctor.refresh_accounts()).unwrap();
+    let roles: Vec<(String, Option<Role>)> = doctor.members(&tid).into_iter().map(|m| (m.name, m.role)).collect();
+    assert_eq!(roles, vec![("Dr. Sato".into(), Some(Role::Owner)), ("Suzuki Hanako".into(), Some(Role::Reader))]);
+    let mine = daughter.timelines().into_iter().find(|t| t.timeline_id == tid).expect("the daughter has the timeline");
+    assert_eq!(mine.my_role, Some(Role::Reader));
+    assert_eq!(mine.consent_seq, Some(consent_seq));
+    assert_eq!(reload(&daughter).timelines(), daughter.timelines());
+}
