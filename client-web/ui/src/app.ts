@@ -207,6 +207,28 @@ export class App {
     }
   }
 
+  /**
+   * A banner that stays until dismissed or `clearAlert(key)`: urgent posts
+   * (an "urgent_alert" push). One per key.
+   */
+  alert(key: string, message: string, href: string): void {
+    if (this.notices.querySelector(`[data-alert-key="${CSS.escape(key)}"]`)) return;
+    const el = h(
+      "div",
+      { class: "alert-banner", role: "alert", "data-alert-key": key, "data-testid": "urgent-alert" },
+      h("span", { class: "grow" }, message),
+      h("a", { href, class: "button", onclick: () => el.remove() }, t("urgent.open")),
+      h("button", { type: "button", class: "link-button", onclick: () => el.remove(), "aria-label": t("common.close") }, "×"),
+    );
+    this.notices.prepend(el);
+  }
+
+  clearAlert(prefix: string): void {
+    for (const el of this.notices.querySelectorAll<HTMLElement>("[data-alert-key]")) {
+      if (el.dataset.alertKey?.startsWith(prefix)) el.remove();
+    }
+  }
+
   notify(message: string, kind: "info" | "error" = "info"): void {
     const el = h(
       "div",

@@ -6,7 +6,7 @@ import { currentEngine, ensureEngine, hostEvents, onEngine, pauseEngine, wipeEng
 import { t, type MessageKey } from "./i18n/index.ts";
 import { inviteScreen, loginScreen, setupScreen } from "./screens/auth.ts";
 import { adminScreen, devicesScreen, directoryScreen, profileScreen } from "./screens/people.ts";
-import { clearTitles, createTimelineScreen, timelineScreen, timelinesScreen } from "./screens/timelines.ts";
+import { clearTitles, createTimelineScreen, timelineScreen, timelinesScreen, timelineTitle } from "./screens/timelines.ts";
 import "./styles.css";
 
 const screens: Record<string, ScreenDef> = {
@@ -62,9 +62,18 @@ onEngine((e) => {
     app.notify(text, "error");
     return;
   }
+  if (e.type === "urgent_alert") {
+    const s = currentEngine()?.timelines().find((x) => x.timelineId === e.timelineId);
+    const title = timelineTitle(e.timelineId, s);
+    app.alert(`${e.timelineId}/${e.seq}`, t(e.level === "second_call" ? "urgent.alertSecond" : "urgent.alert", { title }), `#/t/${encodeURIComponent(e.timelineId)}`);
+    return;
+  }
   if (e.type !== "timelines" && e.type !== "posts") return;
   const engine = currentEngine();
-  app.setUnread(engine ? engine.timelines().reduce((n, s) => n + s.unread, 0) : 0);
+  const list = engine ? engine.timelines() : [];
+  app.setUnread(list.reduce((n, s) => n + s.unread, 0));
+  // An urgent post acknowledged (here or on another device) needs no banner.
+  for (const s of list) if (s.urgentOpen === 0) app.clearAlert(`${s.timelineId}/`);
 });
 
 void app.start();

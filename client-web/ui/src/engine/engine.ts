@@ -15,12 +15,17 @@
 import init, { Facade, open_attachment, seal_attachment } from "./pkg/tsunagu_client.js";
 import type {
   AccountView,
+  CareEventInput,
   ConnectionStatus,
+  ConsentInput,
   DeviceInfo,
   EngineEvent,
   EngineListener,
   EngineOptions,
+  MemberView,
+  Patient,
   PostView,
+  Role,
   TimelineSummary,
 } from "./index.ts";
 import { EngineError } from "./index.ts";
@@ -139,6 +144,8 @@ export class Engine {
   private cachedDevice: DeviceInfo | null = null;
   private cachedTimelines: TimelineSummary[] = [];
   private cachedPosts = new Map<string, PostView[]>();
+  private cachedMembers = new Map<string, MemberView[]>();
+  private importing = false;
   private cachedAccounts: AccountView[] = [];
 
   // Connection.
@@ -286,6 +293,16 @@ export class Engine {
     return this.cachedPosts.get(timelineId) ?? [];
   }
 
+  /** The timeline's members with roles and end dates (see index.ts). */
+  members(timelineId: string): MemberView[] {
+    if (this.facade && !this.facade.busy()) {
+      const members = JSON.parse(this.facade.members(timelineId) as string) as MemberView[];
+      this.cachedMembers.set(timelineId, members);
+      return members;
+    }
+    return this.cachedMembers.get(timelineId) ?? [];
+  }
+
   accounts(): AccountView[] {
     if (this.facade && !this.facade.busy()) {
       this.cachedAccounts = JSON.parse(this.facade.accounts() as string) as AccountView[];
@@ -398,6 +415,9 @@ export class Engine {
           this.setStatus("online");
           this.armKeepalive();
           if (this.facade && this.facade.queued_frames() > 0) this.scheduleDrain();
+          void this.importHistory().catch(() => {});
+          // The urgent posts waiting for this person (alerts missed offline).
+          this.enqueue((f) => f.refresh_urgent()).catch(() => {});
         },
         (e: EngineError) => {
           if (ws !== this.ws) return;
@@ -487,7 +507,7 @@ export class Engine {
     this.enqueue(async (f) => {
       this.drainQueued = false;
       if (f.queued_frames() > 0) await f.drain();
-    }).catch((e: EngineError) => {
+    }).then(() => void this.importHistory().catch(() => {})).catch((e: EngineError) => {
       if (e.code !== "offline") this.emit({ type: "warning", message: e.message, code: e.code });
     });
   }
@@ -532,9 +552,63 @@ export class Engine {
     return this.enqueue(async (f) => JSON.parse((await f.refresh_accounts()) as string) as AccountView[]);
   }
 
-  async createTimeline(title?: string): Promise<string> {
+  async createTimeline(title?: string, patient?: Patient): Promise<string> {
     await this.requireOnline();
-    return this.enqueue(async (f) => (await f.create_timeline(title ?? undefined)) as string);
+    return this.enqueue(async (f) => (await f.create_timeline(title ?? undefined, patient ? JSON.stringify(patient) : undefined)) as string);
+  }
+
+  async editPost(timelineId: string, seq: number, text: string): Promise<void> {
+    await this.requireOnline();
+    await this.enqueue((f) => f.edit_post(timelineId, seq, text));
+  }
+
+  async deletePost(timelineId: string, seq: number): Promise<void> {
+    await this.requireOnline();
+    await this.enqueue((f) => f.delete_post(timelineId, seq));
+  }
+
+  /**
+   * Hands the timeline's past over to the accounts the commit at
+   * `addedAtSeq` added: one archive sealed with a fresh key (by the core),
+   * uploaded as one blob, its key sent inside the group. `sinceMs`: only
+   * what was stored since then. Resolves with the number of messages (0:
+   * nothing to hand over).
+   */
+  async handOverHistory(timelineId: string, addedAtSeq: number, accounts: string[], sinceMs?: number): Promise<number> {
+    await this.requireOnline();
+    const prepared = await this.enqueue(
+      async (f) => f.prepare_history(timelineId, addedAtSeq, JSON.stringify(accounts), sinceMs ?? undefined) as { ciphertext: Uint8Array; handover: string } | null,
+    );
+    if (!prepared) return 0;
+    await this.uploadBlob(prepared.ciphertext, () => {});
+    await this.enqueue((f) => f.announce_history(timelineId, prepared.handover));
+    return (JSON.parse(prepared.handover) as { count: number }).count;
+  }
+
+  /** Fetches and imports the history handed over to this account (after
+   *  each catch-up); a blob that is gone is dropped, a network failure
+   *  keeps it for the next time. */
+  private async importHistory(): Promise<void> {
+    if (this.importing) return;
+    this.importing = true;
+    try {
+      type Pending = { timelineId: string; handover: { archive: { blob_id: string } } };
+      const pending = await this.enqueue(async (f) => JSON.parse(f.pending_handovers() as string) as Pending[]);
+      for (const p of pending) {
+        let bytes: Uint8Array | undefined;
+        try {
+          const resp = await fetch(new URL(`/v1/blobs/${encodeURIComponent(p.handover.archive.blob_id)}`, this.serverUrl), { credentials: "same-origin" });
+          if (resp.status === 404) bytes = undefined;
+          else if (!resp.ok) return;
+          else bytes = new Uint8Array(await resp.arrayBuffer());
+        } catch {
+          return; // offline: next time
+        }
+        await this.enqueue((f) => f.import_history(p.timelineId, JSON.stringify(p.handover), bytes));
+      }
+    } finally {
+      this.importing = false;
+    }
   }
 
   async setTitle(timelineId: string, title: string): Promise<void> {
@@ -545,6 +619,27 @@ export class Engine {
   async addPerson(timelineId: string, accountId: string): Promise<void> {
     await this.requireOnline();
     await this.enqueue((f) => f.add_person(timelineId, accountId));
+  }
+
+  /** Resolves with the adding commit's seq (for `handOverHistory`). */
+  async addMember(timelineId: string, accountId: string, role: Role, until?: number | null): Promise<number> {
+    await this.requireOnline();
+    return this.enqueue(async (f) => (await f.add_member(timelineId, accountId, role, until ?? undefined)) as number);
+  }
+
+  async setMemberRole(timelineId: string, accountId: string, role: Role, until?: number | null): Promise<void> {
+    await this.requireOnline();
+    await this.enqueue((f) => f.set_member_role(timelineId, accountId, role, until ?? undefined));
+  }
+
+  async recordConsent(timelineId: string, consent: ConsentInput): Promise<void> {
+    await this.requireOnline();
+    await this.enqueue((f) => f.record_consent(timelineId, JSON.stringify(consent)));
+  }
+
+  async postEvent(timelineId: string, event: CareEventInput): Promise<void> {
+    await this.requireOnline();
+    await this.enqueue((f) => f.post_event(timelineId, JSON.stringify(event)));
   }
 
   async removePerson(timelineId: string, accountId: string): Promise<void> {
@@ -662,8 +757,23 @@ export class Engine {
     });
   }
 
+  /** Moves the read marker and, when online, tells the server (read receipts). */
   async markRead(timelineId: string, seq?: number): Promise<void> {
     await this.enqueue((f) => f.mark_read(timelineId, seq ?? undefined));
+    if (this.currentStatus === "online") await this.enqueue((f) => f.send_read(timelineId));
+  }
+
+  /** Asks the server who has read and received the timeline's posts
+   *  (`PostView.readBy` / `deliveredTo`; pushes keep them current). */
+  async fetchReceipts(timelineId: string): Promise<void> {
+    await this.requireOnline();
+    await this.enqueue((f) => f.fetch_receipts(timelineId));
+  }
+
+  /** Acknowledges (確認しました) an urgent post. */
+  async acknowledge(timelineId: string, seq: number): Promise<void> {
+    await this.requireOnline();
+    await this.enqueue((f) => f.acknowledge(timelineId, seq));
   }
 
   // ----- wiping ---------------------------------------------------------------------
@@ -685,6 +795,7 @@ export class Engine {
     this.cachedDevice = null;
     this.cachedTimelines = [];
     this.cachedPosts.clear();
+    this.cachedMembers.clear();
     this.cachedAccounts = [];
     this.releaseLock?.();
     this.releaseLock = null;

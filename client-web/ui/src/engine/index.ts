@@ -64,6 +64,51 @@ export interface AccountView {
   name: string;
   /** Its active devices. */
   deviceIds: string[];
+  /** Its organisation (null for family accounts). */
+  organisationId: string | null;
+  /** "professional", "family" or "bot", when the server said. */
+  kind: "professional" | "family" | "bot" | null;
+}
+
+/** A role in a timeline (protocol/src/policy.rs). */
+export type Role = "owner" | "member" | "liaison" | "reader";
+
+/** A member of a timeline, from its policy (MLS group context). */
+export interface MemberView {
+  accountId: string;
+  name: string;
+  /** null for a timeline opened before roles. */
+  role: Role | null;
+  organisationId: string | null;
+  /** Access end, ms since the epoch (removed automatically then). */
+  until: number | null;
+  addedBy: string | null;
+}
+
+/** The patient a timeline is about (encrypted in the timeline). */
+export interface Patient {
+  name: string;
+  kana: string;
+  /** YYYY-MM-DD */
+  birth_date?: string;
+}
+
+/** The consent form (the one who obtained it is this account). */
+export interface ConsentInput {
+  givenBy: string;
+  method: "written" | "verbal" | "proxy";
+  obtainedAt: number;
+  scope: string;
+  note?: string;
+}
+
+/** An admission or discharge (PROTOCOL.md `event`). */
+export interface CareEventInput {
+  kind: "admitted" | "discharged";
+  hospital: string;
+  at: number;
+  organisation_id?: string;
+  note?: string;
 }
 
 /** One row of the timeline list. */
@@ -86,6 +131,14 @@ export interface TimelineSummary {
   lastPost: PostView | null;
   /** Posts waiting in the outbox for this timeline. */
   pending: number;
+  /** This account's role (null for a timeline opened before roles). */
+  myRole: Role | null;
+  /** The patient (encrypted in the timeline), when set. */
+  patient: Patient | null;
+  /** The seq of the patient's consent record, null until recorded. */
+  consentSeq: number | null;
+  /** Urgent posts by others this account has not acknowledged. */
+  urgentOpen: number;
 }
 
 /** A post as the UI shows it. */
@@ -133,6 +186,26 @@ export interface PostView {
   handedOverBy: string | null;
   /** A consent record or care event shown in the timeline, else null. */
   record: TimelineRecord | null;
+  /** Who has read it (既読) and when; the author excluded. */
+  readBy: Receipt[];
+  /** Who has received it on a device but not read it yet. */
+  deliveredTo: Receipt[];
+  /** Members besides the author ("read by readBy.length of receiptTotal"). */
+  receiptTotal: number;
+  /** Urgent posts: who acknowledged (確認しました) and when. */
+  acks: Receipt[];
+  /** This account acknowledged it (or wrote it). */
+  ackedByMe: boolean;
+  /** When the second call was alerted (nobody of the first call in time). */
+  escalatedAt: number | null;
+}
+
+/** One person in a post's receipts or acknowledgements. */
+export interface Receipt {
+  accountId: string;
+  name: string;
+  /** ms since the epoch (server time); 0 for "delivered". */
+  at: number;
 }
 
 /** A record in the timeline (PROTOCOL.md envelopes `consent` and `event`). */
@@ -172,6 +245,9 @@ export type EngineEvent =
   | { type: "posts"; timelineId: string }
   /** The accounts list was refreshed. */
   | { type: "accounts" }
+  /** An urgent post needs this person ("second_call": nobody of the first
+   *  call acknowledged it in time). */
+  | { type: "urgent_alert"; timelineId: string; seq: number; level: "first_call" | "second_call" }
   /** The session is no longer valid (HTTP 401): the UI shows the login.
    *  Local data is kept; the device is still registered. */
   | { type: "signed_out" }
@@ -252,6 +328,22 @@ export class EngineError extends Error {
  *
  * addPerson(timelineId, accountId): Promise<void>
  * removePerson(timelineId, accountId): Promise<void>
+ *
+ * members(timelineId): MemberView[]
+ *   The members with their roles and end dates (from the timeline's policy).
+ *
+ * addMember(timelineId, accountId, role, until?) / setMemberRole(...)
+ *   Adds a person with a role ("member", "liaison", "reader") and an access
+ *   end; rejects "policy_violation" when this account's role does not allow
+ *   it and "consent_required" before the patient's consent is recorded.
+ *
+ * recordConsent(timelineId, ConsentInput): Promise<void>
+ *   The owner records the patient's consent (an encrypted record in the
+ *   timeline; the policy then points at it).
+ *
+ * postEvent(timelineId, CareEventInput): Promise<void>
+ *   Admission or discharge; a liaison's discharge also removes the ward
+ *   staff of their organisation.
  *   Adds (or removes) every device of the account in one commit. Need the
  *   connection.
  *
@@ -268,8 +360,12 @@ export class EngineError extends Error {
  *
  * markRead(timelineId: string, seq?: number): Promise<void>
  *   Moves the timeline's read marker (default: to its last post), which
- *   sets the unread count. Local to this device for now (read receipts are
- *   issue 4).
+ *   sets the unread count, and when online sends `read` to the server: the
+ *   other members' receipts (既読) show this person.
+ *
+ * fetchReceipts(timelineId) / acknowledge(timelineId, seq)
+ *   Receipts of the timeline's posts (PostView.readBy/deliveredTo, kept
+ *   current by pushes) / 確認しました for an urgent post.
  *
  * wipe(): Promise<void>
  *   Logout or revocation: closes the connection, deletes the IndexedDB

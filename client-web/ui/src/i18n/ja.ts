@@ -108,7 +108,7 @@ export const ja = {
   "timelines.photoHint": "顔写真を登録すると、他の事業所の方があなたに連絡しやすくなります。",
   "timelines.photoHintLink": "プロフィールで顔写真を登録",
   "create.title": "新しいタイムライン",
-  "create.name": "タイムラインの名前（例: 患者さんの氏名）",
+  "create.name": "タイムラインの名前（空欄なら「患者名 様」）",
   "create.nameHint": "名前は暗号化され、サーバーには読めません。",
   "create.submit": "作成",
   "timeline.posts": "投稿",
@@ -314,6 +314,13 @@ export const ja = {
   "engine.consent_required": "先に患者さんの同意を記録してください。",
   "attach.openFull": "{name} を大きく表示",
   "attach.download": "保存",
+  "create.defaultTitle": "{name} 様",
+  "history.label": "これまでの記録の引き継ぎ",
+  "history.all": "すべて",
+  "history.since": "この日以降",
+  "history.none": "引き継がない",
+  "history.sinceDate": "引き継ぐ記録の開始日",
+  "history.handedOver": "{count} 件の記録を引き継ぎました",
 } as const;
 
 export type MessageKey = keyof typeof ja;

@@ -6,10 +6,10 @@
 import { api, type DirectoryPerson } from "../api.ts";
 import { errorText, type Ctx } from "../app.ts";
 import { field, formatTime, h, replace } from "../dom.ts";
-import { EngineError, type Engine, type PostView, type TimelineSummary } from "../engine/index.ts";
+import { EngineError, type CareEventInput, type ConsentInput, type Engine, type Patient, type PostView, type Role, type TimelineSummary } from "../engine/index.ts";
 import { currentEngine, ensureEngine, onEngine } from "../engine-host.ts";
 import { ACCEPT, attachmentList, checkFiles, formatSize, kindLabel } from "../attachments.ts";
-import { input, onSubmit } from "../forms.ts";
+import { input, onSubmit, select } from "../forms.ts";
 import { lang, t, type MessageKey } from "../i18n/index.ts";
 import { directorySearch, invitationView } from "./people.ts";
 
@@ -157,6 +157,7 @@ function timelineRow(s: TimelineSummary): HTMLElement {
         "span",
         { class: "timeline-meta" },
         last ? h("span", { class: "hint" }, formatTime(last.sentAt, lang())) : null,
+        s.urgentOpen > 0 ? h("span", { class: "badge badge-urgent", "data-testid": "urgent-count" }, t("urgent.listBadge", { count: s.urgentOpen })) : null,
         s.unread > 0 ? h("span", { class: "badge badge-unread", "data-testid": "unread" }, t("timelines.unread", { count: s.unread })) : null,
         s.pending > 0 ? h("span", { class: "badge badge-pending" }, t("timeline.pendingCount", { count: s.pending })) : null,
       ),
@@ -167,22 +168,29 @@ function timelineRow(s: TimelineSummary): HTMLElement {
 export async function createTimelineScreen(ctx: Ctx): Promise<HTMLElement> {
   const engine = await withEngine(ctx);
   if (engine instanceof HTMLElement) return engine;
-  const name = input("title", { required: true, maxlength: 100 });
+  // The patient's name, reading and birth date are content of the timeline:
+  // encrypted for its members, never seen by the server.
+  const patientName = input("patient_name", { required: true, maxlength: 100, autocomplete: "off" });
+  const kana = input("patient_kana", { maxlength: 100 });
+  const birth = input("patient_birth_date", { type: "date" });
+  const name = input("title", { maxlength: 100 });
   const form = h(
     "form",
     { class: "card narrow", "data-testid": "create-timeline-form" },
     h("h1", null, t("create.title")),
+    h("p", { class: "hint" }, t("patient.hint")),
+    field(t("patient.name"), patientName),
+    field(t("patient.kana"), kana),
+    field(t("patient.birthDate"), birth),
     field(t("create.name"), name, t("create.nameHint")),
     h("div", { class: "actions" }, h("button", { type: "submit", class: "primary" }, t("create.submit")), h("a", { href: "#/", class: "button" }, t("common.cancel"))),
   );
   onSubmit(form, async () => {
     try {
       await whenOnline(engine);
-      const title = name.value.trim();
-      // The engine takes the title once it carries titles (an extra argument
-      // is ignored before that).
-      const create = engine.createTimeline as (title?: string) => Promise<string>;
-      const id = await create.call(engine, title);
+      const patient: Patient = { name: patientName.value.trim(), kana: kana.value.trim(), ...(birth.value ? { birth_date: birth.value } : {}) };
+      const title = name.value.trim() || t("create.defaultTitle", { name: patient.name });
+      const id = await engine.createTimeline(title, patient);
       setTitle(id, title);
       ctx.navigate(`#/t/${encodeURIComponent(id)}/members`);
     } catch (e) {
@@ -204,6 +212,11 @@ export async function timelineScreen(ctx: Ctx): Promise<HTMLElement> {
     return h("section", { class: "card" }, h("h1", null, t("timeline.notFound")), h("a", { href: "#/" }, t("common.back")));
   }
   const professional = isProfessional(ctx);
+  // Who may post: every role but reader (families are readers); a timeline
+  // opened before roles: professionals. Readers get no composer at all (the
+  // server refuses their posts as well, and every client drops them).
+  const role0 = summary()?.myRole ?? null;
+  const mayPost = role0 ? role0 !== "reader" : professional;
   let replyTo: PostView | null = null;
 
   const postsEl = h("ol", { class: "posts", "data-testid": "posts", "aria-label": t("timeline.posts") });
@@ -212,7 +225,7 @@ export async function timelineScreen(ctx: Ctx): Promise<HTMLElement> {
     const s = summary();
     replace(
       header,
-      h("h1", { "data-testid": "timeline-title" }, timelineTitle(id, s)),
+      h("div", null, h("h1", { "data-testid": "timeline-title" }, timelineTitle(id, s)), patientLine(s)),
       h(
         "div",
         { class: "actions" },
@@ -228,7 +241,99 @@ export async function timelineScreen(ctx: Ctx): Promise<HTMLElement> {
     me: ctx.me?.account_id,
     names: new Map(engine.accounts().map((a) => [a.accountId, a.name])),
     onReply,
+    extras: (p) => [...postExtras(p), ...ownPostControls(p)],
   });
+  // Editing and deleting one's own posts (the change stays visible).
+  const ownPostControls = (p: PostView): (HTMLElement | null)[] => {
+    if (!p.own || p.seq === null || p.deletedAt !== null || p.record || p.state !== "sent" || summary()?.active === false) return [];
+    const seq = p.seq;
+    const edit = h("button", { type: "button", class: "link-button", "data-testid": "post-edit" }, t("post.edit"));
+    edit.addEventListener("click", () => {
+      const article = edit.closest("article");
+      const textEl = article?.querySelector(".post-text");
+      if (!article || !textEl) return;
+      const area = h("textarea", { name: "edit", rows: 3, "data-testid": "edit-text", "aria-label": t("post.edit") }, p.text) as HTMLTextAreaElement;
+      const form = h(
+        "form",
+        { class: "edit-form", "data-testid": "edit-form" },
+        area,
+        h("div", { class: "actions" }, h("button", { type: "submit", class: "primary" }, t("post.saveEdit")), h("button", { type: "button", onclick: () => renderPosts() }, t("common.cancel"))),
+      );
+      onSubmit(form, async () => {
+        const next = area.value.trim();
+        if (!next || next === p.text) return renderPosts();
+        try {
+          await engine.editPost(id, seq, next);
+        } catch (e) {
+          throw new Error(engineErrorText(e));
+        }
+        renderPosts();
+      });
+      textEl.replaceWith(form);
+      area.focus();
+    });
+    const del = h("button", { type: "button", class: "link-button danger-link", "data-testid": "post-delete" }, t("post.delete"));
+    del.addEventListener("click", async () => {
+      if (!confirm(t("post.confirmDelete"))) return;
+      try {
+        await engine.deletePost(id, seq);
+      } catch (e) {
+        ctx.notify(engineErrorText(e), "error");
+      }
+      renderPosts();
+    });
+    return [edit, del];
+  };
+  // Read receipts (既読 n/m, names and times on click) and urgent
+  // acknowledgements (確認しました). Which receipts are open survives re-renders.
+  const openReceipts = new Set<number>();
+  const postExtras = (p: PostView): (HTMLElement | null)[] => {
+    if (p.seq === null || p.state !== "sent" || p.record) return [];
+    const seq = p.seq;
+    const out: (HTMLElement | null)[] = [];
+    if (p.urgent) {
+      const acked = p.acks.length ? t("urgent.ackedBy", { names: p.acks.map((a) => a.name || t("timeline.unknownSender")).join("、") }) : t("urgent.waiting");
+      out.push(h("span", { class: "hint urgent-acks", "data-testid": "urgent-acks" }, acked));
+      if (!p.ackedByMe && summary()?.active !== false) {
+        const b: HTMLButtonElement = h("button", { type: "button", class: "primary ack-button", "data-testid": "ack-button" }, t("urgent.ack"));
+        b.addEventListener("click", async () => {
+          b.disabled = true;
+          try {
+            await engine.acknowledge(id, seq);
+            ctx.notify(t("urgent.acked"));
+          } catch (e) {
+            ctx.notify(engineErrorText(e), "error");
+            b.disabled = false;
+          }
+          renderPosts();
+        });
+        out.push(b);
+      } else if (!p.own) {
+        out.push(h("span", { class: "badge", "data-testid": "acked" }, t("urgent.acked")));
+      }
+    }
+    if (p.receiptTotal > 0) {
+      const details = h(
+        "details",
+        { class: "receipts", "data-testid": "receipts", open: openReceipts.has(seq) },
+        h("summary", { "data-testid": "receipt-summary" }, t("receipt.summary", { read: p.readBy.length, total: p.receiptTotal })),
+        h(
+          "div",
+          { class: "receipts-detail" },
+          h("strong", null, t("receipt.title")),
+          h(
+            "ul",
+            null,
+            p.readBy.map((r) => h("li", { "data-testid": "receipt-read" }, `${r.name || t("timeline.unknownSender")} — ${t("receipt.read")} ${formatTime(r.at, lang())}`)),
+            p.deliveredTo.map((r) => h("li", { class: "hint", "data-testid": "receipt-delivered" }, `${r.name || t("timeline.unknownSender")} — ${t("receipt.delivered")}`)),
+          ),
+        ),
+      ) as HTMLDetailsElement;
+      details.addEventListener("toggle", () => (details.open ? openReceipts.add(seq) : openReceipts.delete(seq)));
+      out.push(details);
+    }
+    return out;
+  };
   const renderPosts = () => {
     const nearBottom = window.innerHeight + window.scrollY >= document.body.scrollHeight - 80;
     const posts = engine.posts(id);
@@ -254,7 +359,7 @@ export async function timelineScreen(ctx: Ctx): Promise<HTMLElement> {
         return h(
           "li",
           { class: "thread" },
-          postView(pctx(professional && summary()?.active !== false ? startReply : null), p),
+          postView(pctx(mayPost && summary()?.active !== false ? startReply : null), p),
           thread.length
             ? h("ol", { class: "replies", "aria-label": t("timeline.replies", { count: thread.length }) }, thread.map((r) => h("li", null, postView(pctx(null), r))))
             : null,
@@ -400,7 +505,7 @@ export async function timelineScreen(ctx: Ctx): Promise<HTMLElement> {
     });
     return h("span", { class: "grow" }, picker, h("label", { for: "attach-files", class: "button" }, t("attach.pick")));
   };
-  if (professional) {
+  if (mayPost) {
     const form = h(
       "form",
       { class: "composer", "data-testid": "composer" },
@@ -472,6 +577,7 @@ export async function timelineScreen(ctx: Ctx): Promise<HTMLElement> {
   renderHeader();
   renderPosts();
   markRead();
+  void engine.fetchReceipts(id).catch(() => {});
   // The newest posts are at the bottom, next to the composer: start there.
   requestAnimationFrame(() => {
     const last = postsEl.lastElementChild;
@@ -498,7 +604,7 @@ export async function timelineScreen(ctx: Ctx): Promise<HTMLElement> {
     header,
     inactiveNote,
     postsEl,
-    professional ? composer : h("p", { class: "notice notice-info", "data-testid": "read-only" }, t("timeline.readOnly")),
+    mayPost ? composer : h("p", { class: "notice notice-info", "data-testid": "read-only" }, t("timeline.readOnly")),
   );
 }
 
@@ -604,29 +710,158 @@ function postView(c: PostCtx, p: PostView): HTMLElement {
   );
 }
 
+/** "YYYY-MM-DD" (local) of a date input → end of that day, ms; null when empty. */
+function endOfDay(value: string): number | null {
+  if (!value) return null;
+  const d = new Date(`${value}T23:59:59`);
+  return Number.isNaN(d.getTime()) ? null : d.getTime();
+}
+
+/** "YYYY-MM-DDTHH:MM" of now, local, for a datetime-local input. */
+function localNow(): string {
+  const d = new Date();
+  d.setMinutes(d.getMinutes() - d.getTimezoneOffset());
+  return d.toISOString().slice(0, 16);
+}
+
+function roleBadge(role: Role | null): HTMLElement | null {
+  if (!role) return null;
+  return h("span", { class: `badge badge-role role-${role}`, "data-testid": "member-role", "data-role": role }, t(`role.${role}` as MessageKey));
+}
+
+/** The patient's name, reading and birth date, under a timeline's title. */
+function patientLine(s: TimelineSummary | undefined): HTMLElement | null {
+  const p = s?.patient;
+  if (!p) return null;
+  const parts = [p.kana ? `${p.name}（${p.kana}）` : p.name];
+  if (p.birth_date) parts.push(t("patient.born", { date: p.birth_date }));
+  return h("p", { class: "patient-line", "data-testid": "patient-line" }, `${t("patient.title")}: ${parts.join(" ")}`);
+}
+
+/** The consent form: who gave it, how, when, for what (the owner, before inviting beyond the organisation). */
+function consentForm(ctx: Ctx, engine: Engine, id: string, done: () => void): HTMLElement {
+  const givenBy = input("given_by", { required: true, maxlength: 200 });
+  const method = select("method", "consent.method", ["written", "verbal", "proxy"], { value: "written" }) as HTMLSelectElement;
+  const when = input("obtained_at", { type: "datetime-local", required: true, value: localNow() });
+  const scope = h("textarea", { name: "scope", rows: 2, required: true, maxlength: 500 }, t("consent.scopeDefault")) as HTMLTextAreaElement;
+  const note = input("note", { maxlength: 500 });
+  const form = h(
+    "form",
+    { "data-testid": "consent-form" },
+    h("p", { class: "notice notice-info" }, t("consent.required")),
+    h("p", { class: "hint" }, t("consent.obtainedByYou")),
+    field(t("consent.givenBy"), givenBy),
+    field(t("consent.method"), method),
+    field(t("consent.when"), when),
+    field(t("consent.scope"), scope),
+    field(t("consent.note"), note),
+    h("button", { type: "submit", class: "primary" }, t("consent.submit")),
+  );
+  onSubmit(form, async () => {
+    const at = new Date(when.value).getTime();
+    try {
+      await whenOnline(engine);
+      await engine.recordConsent(id, {
+        givenBy: givenBy.value.trim(),
+        method: method.value as ConsentInput["method"],
+        obtainedAt: Number.isNaN(at) ? Date.now() : at,
+        scope: scope.value.trim(),
+        note: note.value.trim() || undefined,
+      });
+    } catch (e) {
+      throw new Error(engineErrorText(e));
+    }
+    ctx.notify(t("consent.done"));
+    done();
+  });
+  return form;
+}
+
+/** Admission and discharge (seed 003): the events anyone who posts may record; a liaison's discharge removes the ward staff. */
+function eventsForm(ctx: Ctx, engine: Engine, id: string): HTMLElement {
+  const hospital = input("hospital", { required: true, maxlength: 200 });
+  const note = input("event_note", { maxlength: 500 });
+  const form = h(
+    "form",
+    { "data-testid": "event-form" },
+    field(t("event.hospital"), hospital),
+    field(t("consent.note"), note),
+    h(
+      "div",
+      { class: "actions" },
+      h("button", { type: "submit", name: "kind", value: "admitted", "data-testid": "event-admit" }, t("event.admit")),
+      h("button", { type: "submit", name: "kind", value: "discharged", "data-testid": "event-discharge" }, t("event.discharge")),
+    ),
+  );
+  let kind: CareEventInput["kind"] = "admitted";
+  form.addEventListener("click", (e) => {
+    const b = (e.target as HTMLElement).closest("button[name=kind]") as HTMLButtonElement | null;
+    if (b) kind = b.value as CareEventInput["kind"];
+  });
+  onSubmit(form, async () => {
+    try {
+      await whenOnline(engine);
+      await engine.postEvent(id, { kind, hospital: hospital.value.trim(), at: Date.now(), note: note.value.trim() || undefined });
+    } catch (e) {
+      throw new Error(engineErrorText(e));
+    }
+    ctx.notify(t(kind === "admitted" ? "event.admitted" : "event.discharged", { hospital: hospital.value.trim() }));
+  });
+  return form;
+}
+
 async function membersScreen(ctx: Ctx, id: string): Promise<HTMLElement> {
   const engine = await withEngine(ctx);
   if (engine instanceof HTMLElement) return engine;
   if (!isProfessional(ctx)) return h("section", { class: "card" }, h("h1", null, t("error.forbidden")));
   const summary = () => engine.timelines().find((s) => s.timelineId === id);
   if (!summary()) return h("section", { class: "card" }, h("h1", null, t("timeline.notFound")));
+  const myRole = () => summary()?.myRole ?? null;
+  // Who may invite and remove: the owner, and a liaison (for their own
+  // organisation's staff); a timeline opened before roles: every member.
+  const mayInvite = () => myRole() === null || myRole() === "owner" || myRole() === "liaison";
+  const consentNeeded = () => myRole() !== null && summary()?.consentSeq == null;
 
-  const memberIds = () => new Set(summary()?.memberAccountIds ?? []);
+  const memberIds = () => new Set(engine.members(id).map((m) => m.accountId).concat(summary()?.memberAccountIds ?? []));
   const members = h("ul", { class: "list", "data-testid": "members" });
   const others = h("ul", { class: "list", "data-testid": "addable" });
   const filter = input("filter", { type: "search" });
-  const names = () => new Map(engine.accounts().map((a) => [a.accountId, a.name]));
+  const accountsById = () => new Map(engine.accounts().map((a) => [a.accountId, a]));
+
+  // The invitation's role and end date, for every "Add" button below.
+  const roleSelect = select("role", "role", ["member", "liaison", "reader"], { value: "member" }) as HTMLSelectElement;
+  roleSelect.setAttribute("data-testid", "invite-role");
+  const until = input("until", { type: "date", "data-testid": "invite-until" });
+  // The history the newcomer gets (seed 003: a ward nurse reads the past).
+  const historySelect = select("history", "history", ["all", "since", "none"], { value: "all" }) as HTMLSelectElement;
+  historySelect.setAttribute("data-testid", "invite-history");
+  const historySince = input("history_since", { type: "date" });
+  const sinceField = field(t("history.sinceDate"), historySince);
+  sinceField.hidden = true;
+  historySelect.addEventListener("change", () => (sinceField.hidden = historySelect.value !== "since"));
+  const inviteOptions = h(
+    "fieldset",
+    { class: "invite-options", "data-testid": "invite-options" },
+    h("legend", null, t("timeline.add")),
+    field(t("role.label"), roleSelect),
+    field(t("role.until"), until, t("role.untilHint")),
+    field(t("history.label"), historySelect),
+    sinceField,
+  );
 
   const add = async (accountId: string, name: string, button: HTMLButtonElement) => {
     button.disabled = true;
     try {
       await whenOnline(engine);
+      // A family account is always a reader.
+      const role = (accountsById().get(accountId)?.kind === "family" ? "reader" : roleSelect.value) as Role;
       // A device registered a moment ago (the family member who just
       // scanned the QR code) publishes its key packages once connected:
       // retry for a little while before saying it is not ready.
+      let seq = 0;
       for (let attempt = 0; ; attempt++) {
         try {
-          await engine.addPerson(id, accountId);
+          seq = await engine.addMember(id, accountId, role, endOfDay(until.value));
           break;
         } catch (e) {
           if (!(e instanceof EngineError) || e.code !== "no_key_packages" || attempt >= 5) throw e;
@@ -634,6 +869,11 @@ async function membersScreen(ctx: Ctx, id: string): Promise<HTMLElement> {
         }
       }
       ctx.notify(t("timeline.added", { name }));
+      if (historySelect.value !== "none") {
+        const since = historySelect.value === "since" && historySince.value ? new Date(`${historySince.value}T00:00:00`).getTime() : undefined;
+        const count = await engine.handOverHistory(id, seq, [accountId], since);
+        if (count > 0) ctx.notify(t("history.handedOver", { count }));
+      }
       render();
     } catch (e) {
       ctx.notify(engineErrorText(e), "error");
@@ -641,7 +881,7 @@ async function membersScreen(ctx: Ctx, id: string): Promise<HTMLElement> {
     }
   };
   const addButton = (accountId: string, name: string): HTMLElement | null => {
-    if (memberIds().has(accountId) || accountId === ctx.me?.account_id) return null;
+    if (!mayInvite() || memberIds().has(accountId) || accountId === ctx.me?.account_id) return null;
     const b: HTMLButtonElement = h("button", { type: "button", "data-testid": "add-person", onclick: () => void add(accountId, name, b) }, t("timeline.add"));
     return b;
   };
@@ -658,15 +898,36 @@ async function membersScreen(ctx: Ctx, id: string): Promise<HTMLElement> {
       button.disabled = false;
     }
   };
+  const consentCard = h("section", { class: "card", "data-testid": "consent-card" });
+  const familyCard = h("section", { class: "card" });
+  const renderConsent = () => {
+    consentCard.hidden = !(myRole() === "owner" || consentNeeded());
+    if (!consentNeeded()) {
+      replace(consentCard, h("h2", null, t("consent.title")), h("p", { "data-testid": "consent-done" }, t("consent.done")));
+    } else if (myRole() === "owner") {
+      replace(consentCard, h("h2", null, t("consent.title")), consentForm(ctx, engine, id, () => render()));
+    } else {
+      replace(consentCard, h("h2", null, t("consent.title")), h("p", { class: "notice notice-info" }, t("consent.required")));
+    }
+  };
   const render = () => {
-    const n = names();
+    const byId = accountsById();
+    const list = engine.members(id);
     replace(
       members,
-      [...memberIds()].map((a) => {
-        const name = n.get(a) ?? a;
-        if (a === ctx.me?.account_id) return h("li", { class: "list-item" }, `${name} (${t("timeline.you")})`);
-        const b: HTMLButtonElement = h("button", { type: "button", class: "danger", "data-testid": "remove-person", onclick: () => void remove(a, name, b) }, t("timeline.remove"));
-        return h("li", { class: "list-item", "data-testid": "member" }, h("span", { class: "grow" }, name), b);
+      list.map((m) => {
+        const name = m.name || byId.get(m.accountId)?.name || m.accountId;
+        const you = m.accountId === ctx.me?.account_id;
+        const mayRemove = !you && m.role !== "owner" && mayInvite();
+        const b: HTMLButtonElement | null = mayRemove
+          ? h("button", { type: "button", class: "danger", "data-testid": "remove-person", onclick: () => void remove(m.accountId, name, b!) }, t("timeline.remove"))
+          : null;
+        return h(
+          "li",
+          { class: "list-item", "data-testid": you ? "member-me" : "member" },
+          h("span", { class: "grow" }, you ? `${name} (${t("timeline.you")})` : name, " ", roleBadge(m.role), m.until ? h("span", { class: "hint" }, ` ${t("role.untilShown", { date: new Date(m.until).toLocaleDateString(lang() === "ja" ? "ja-JP" : "en-GB") })}`) : null),
+          b,
+        );
       }),
     );
     const f = filter.value.trim().toLowerCase();
@@ -677,18 +938,19 @@ async function membersScreen(ctx: Ctx, id: string): Promise<HTMLElement> {
     replace(
       others,
       addable.length
-        ? addable.map((a) => h("li", { class: "list-item" }, h("span", { class: "grow" }, a.name || t("timeline.noName")), addButton(a.accountId, a.name)))
+        ? addable.map((a) => h("li", { class: "list-item" }, h("span", { class: "grow" }, a.name || t("timeline.noName"), a.kind === "family" ? h("span", { class: "hint" }, ` (${t("role.reader")})`) : null), addButton(a.accountId, a.name)))
         : h("li", null, t("common.none")),
     );
+    renderConsent();
+    // A family member is invited only once the patient's consent is recorded.
+    familyCard.hidden = !mayInvite();
+    replace(
+      familyCard,
+      h("h2", null, t("family.title")),
+      consentNeeded() ? h("p", { class: "notice notice-info", "data-testid": "family-needs-consent" }, t("consent.required")) : familyForm,
+      familyOut,
+    );
   };
-  filter.addEventListener("input", render);
-  render();
-  // A family member invited a minute ago appears once they have registered:
-  // ask the server again while this page is open.
-  void engine.refreshAccounts().then(render, () => {});
-  const timer = window.setInterval(() => void engine.refreshAccounts().then(render, () => {}), 10_000);
-  ctx.onLeave(() => window.clearInterval(timer));
-  ctx.onLeave(onEngine((e) => (e.type === "timelines" || e.type === "accounts" ? render() : undefined)));
 
   // Renaming, for every member (the name is encrypted in the timeline).
   const newName = input("rename", { required: true, maxlength: 100, value: timelineTitle(id, summary()) });
@@ -722,6 +984,16 @@ async function membersScreen(ctx: Ctx, id: string): Promise<HTMLElement> {
     replace(familyOut, h("p", null, t("family.show")), invitationView(inv));
   });
 
+  filter.addEventListener("input", render);
+  render();
+  // A family member invited a minute ago appears once they have registered:
+  // ask the server again while this page is open.
+  void engine.refreshAccounts().then(render, () => {});
+  const timer = window.setInterval(() => void engine.refreshAccounts().then(render, () => {}), 10_000);
+  ctx.onLeave(() => window.clearInterval(timer));
+  ctx.onLeave(onEngine((e) => (e.type === "timelines" || e.type === "accounts" || (e.type === "posts" && e.timelineId === id) ? render() : undefined)));
+
+  const mayPost = myRole() !== "reader";
   return h(
     "div",
     { class: "stack" },
@@ -729,11 +1001,16 @@ async function membersScreen(ctx: Ctx, id: string): Promise<HTMLElement> {
       "section",
       { class: "card" },
       h("div", { class: "title-row" }, h("h1", null, `${timelineTitle(id, summary())} — ${t("timeline.members")}`), h("a", { class: "button", href: `#/t/${encodeURIComponent(id)}` }, t("common.back"))),
+      patientLine(summary()),
       members,
       renameForm,
     ),
-    h("section", { class: "card" }, h("h2", null, t("timeline.otherAccounts")), field(t("timeline.filter"), filter), others),
-    h("section", { class: "card" }, h("h2", null, t("timeline.addPeople")), directorySearch(ctx, (p: DirectoryPerson) => addButton(p.account_id, p.display_name))),
-    h("section", { class: "card" }, h("h2", null, t("family.title")), familyForm, familyOut),
+    consentCard,
+    mayInvite()
+      ? h("section", { class: "card" }, h("h2", null, t("timeline.otherAccounts")), inviteOptions, field(t("timeline.filter"), filter), others)
+      : null,
+    mayInvite() ? h("section", { class: "card" }, h("h2", null, t("timeline.addPeople")), directorySearch(ctx, (p: DirectoryPerson) => addButton(p.account_id, p.display_name))) : null,
+    familyCard,
+    mayPost ? h("section", { class: "card" }, h("h2", null, t("event.title")), eventsForm(ctx, engine, id)) : null,
   );
 }
