@@ -589,6 +589,7 @@ impl Core {
     }
 
     fn record_post(&mut self, timeline_id: &str, post: ReceivedPost, notify: bool) {
+        self.receipts.on_post(timeline_id, &post);
         if !self.state.timelines.contains_key(timeline_id) {
             self.tl_mut(timeline_id);
         }

@@ -15,6 +15,7 @@ use tsunagu_protocol::frames::{AlertLevel, DeliveredMark, ReadMark, UrgentAck, U
 use tsunagu_protocol::{ClientFrame, ServerFrame};
 
 use crate::core::Core;
+use crate::state::ReceivedPost;
 use crate::transport::Transport;
 use crate::ClientError;
 
@@ -111,6 +112,23 @@ impl Receipts {
     /// The server's list of urgent posts replaces the known ones.
     pub fn set_urgent(&mut self, items: &[UrgentState]) {
         self.urgent = items.iter().map(|u| ((u.timeline_id.clone(), u.seq), u.clone())).collect();
+    }
+
+    /// A post was recorded: an urgent one becomes known as urgent (its
+    /// `escalate_at` is 0, unknown, until [`Core::list_urgent`]).
+    pub fn on_post(&mut self, timeline_id: &str, post: &ReceivedPost) {
+        if !post.post.as_ref().is_some_and(|p| p.urgent) {
+            return;
+        }
+        self.urgent.entry((timeline_id.to_owned(), post.seq)).or_insert_with(|| UrgentState {
+            timeline_id: timeline_id.to_owned(),
+            seq: post.seq,
+            sender_account_id: post.sender_account_id.clone().unwrap_or_default(),
+            created_at: post.stored_at,
+            escalate_at: 0,
+            escalated_at: None,
+            acks: Vec::new(),
+        });
     }
 
     pub fn add_ack(&mut self, timeline_id: &str, seq: u64, ack: UrgentAck) {
