@@ -582,6 +582,15 @@ impl Facade {
         })
     }
 
+    /// A modified client's post (no role check), for the browser tests
+    /// that prove the server refuses a reader's post. Not used by the UI.
+    pub fn force_post_unchecked(&self, timeline_id: String, text: String) -> Promise {
+        self.run(move |mut c| async move {
+            let r = c.force_post_unchecked(&timeline_id, &text).await.map(|s| JsValue::from_f64(s as f64));
+            (c, r)
+        })
+    }
+
     pub fn send_outbox(&self) -> Promise {
         self.run(move |mut c| async move {
             let r = c.send_outbox().await.map(|()| JsValue::UNDEFINED);

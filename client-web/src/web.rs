@@ -859,6 +859,27 @@ impl<H: Host> WebClient<H> {
         self.finish(result).await
     }
 
+    /// What a modified client does: encrypt a post and send it without the
+    /// core's role check (a reader's post). The UI never calls this; the
+    /// browser tests do, to show that the server refuses it (`forbidden`)
+    /// and the other members' clients would drop it. Resolves with the seq
+    /// if the server accepted it.
+    pub async fn force_post_unchecked(&mut self, timeline_id: &str, text: &str) -> Result<u64, ClientError> {
+        let now = self.host.now_ms();
+        let result = async {
+            let (core, mut io) = self.core_mut()?;
+            let post = Post { kind: PostKind::Text, text: text.into(), reply_to: None, sent_at: now, attachments: Vec::new(), mentions: Vec::new(), urgent: false };
+            let message = core.encrypt(timeline_id, &tsunagu_protocol::Envelope::Post(post).encode())?;
+            let frame = tsunagu_protocol::ClientFrame::Send { rid: core.rid(), timeline_id: timeline_id.into(), msg_id: new_msg_id(), message: Bytes(message), urgent: false };
+            match core.request(&mut io, frame).await? {
+                tsunagu_protocol::ServerFrame::Accepted { seq, .. } => Ok(seq),
+                other => Err(ClientError::Protocol(format!("unexpected reply {other:?}"))),
+            }
+        }
+        .await;
+        self.finish(result).await
+    }
+
     /// Send the outbox (each post until accepted or refused).
     pub async fn send_outbox(&mut self) -> Result<(), ClientError> {
         let result = async {

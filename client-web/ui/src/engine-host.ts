@@ -90,6 +90,10 @@ function attach(e: Engine): void {
   if (engine === e && offEngine) return;
   offEngine?.();
   engine = e;
+  // The browser tests play a modified client (Engine.forcePostUnchecked)
+  // through this handle; nothing of the app uses it. Anyone with the
+  // browser's developer tools has the same power over their own page.
+  if (localStorage.getItem("tsunagu.testHooks") === "1") (window as unknown as { __tsunaguEngine?: Engine }).__tsunaguEngine = e;
   offEngine = e.on((event) => {
     if (event.type === "status") setFromEngine(event.status);
     if (event.type === "signed_out") hostEvents.signedOut();

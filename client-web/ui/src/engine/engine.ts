@@ -770,6 +770,16 @@ export class Engine {
     await this.enqueue((f) => f.fetch_receipts(timelineId));
   }
 
+  /**
+   * What a modified client does: encrypts and sends a post without the
+   * core's role check (a reader's post). The UI never calls it; the browser
+   * tests do, to show that the server refuses it ("forbidden").
+   */
+  async forcePostUnchecked(timelineId: string, text: string): Promise<number> {
+    await this.requireOnline();
+    return this.enqueue(async (f) => (await f.force_post_unchecked(timelineId, text)) as number);
+  }
+
   /** Acknowledges (確認しました) an urgent post. */
   async acknowledge(timelineId: string, seq: number): Promise<void> {
     await this.requireOnline();
