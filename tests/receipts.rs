@@ -166,6 +166,49 @@ async fn many_reads_from_several_devices_cost_few_writes() {
     }
 }
 
+/// Run the `tsunagu` command-line client (built beside the server).
+fn tsunagu(state: &std::path::Path, args: &[&str]) -> String {
+    let bin = std::path::Path::new(harness::SERVER_BIN).with_file_name("tsunagu");
+    assert!(bin.exists(), "{} is missing: cargo build -p tsunagu-client", bin.display());
+    let out = std::process::Command::new(bin).arg("--state-dir").arg(state).args(args).output().expect("run tsunagu");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "tsunagu {args:?} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_client_reads_acknowledges_and_shows_receipts() {
+    let server = TestServer::start().await;
+    let (_, doctor_code) = server.create_account("Dr. Sato");
+    let (nurse_account, nurse_code) = server.create_account("Nurse Tanaka");
+    let (doctor, nurse) = (server.client_state_dir(), server.client_state_dir());
+    tsunagu(&doctor, &["enrol", "--server", server.url(), "--code", &doctor_code]);
+    tsunagu(&nurse, &["enrol", "--server", server.url(), "--code", &nurse_code]);
+    let timeline = tsunagu(&doctor, &["create"]).trim().to_owned();
+    tsunagu(&doctor, &["add", &timeline, &nurse_account]);
+    let seq = tsunagu(&doctor, &["post", "--urgent", &timeline, "Short of breath, please call back."]).trim().trim_start_matches('#').to_owned();
+
+    let open = tsunagu(&nurse, &["urgent"]);
+    assert!(open.contains(&format!("#{seq}\tDr. Sato")) && open.contains("open, second call at"), "{open}");
+    assert!(open.contains("Short of breath, please call back."), "{open}");
+    tsunagu(&nurse, &["read", &timeline]);
+    assert_eq!(tsunagu(&nurse, &["ack", &timeline, &seq]).trim(), format!("acknowledged #{seq}"));
+    let done = tsunagu(&nurse, &["urgent"]);
+    assert!(done.contains("acknowledged by: Nurse Tanaka"), "{done}");
+
+    // The read mark is written within a second of the `read`.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let receipts = tsunagu(&doctor, &["receipts", &timeline]);
+        if receipts.contains(&format!("#{seq}\tread by 1 of 1: Nurse Tanaka")) {
+            assert!(receipts.contains("received by 1: Nurse Tanaka"), "{receipts}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the nurse's read never showed:\n{receipts}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
 }

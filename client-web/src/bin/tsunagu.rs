@@ -1,5 +1,6 @@
 //! `tsunagu`: the native command-line client (enrol, list, create, add,
-//! remove, post (with attachments), read, fetch, follow, devices, revoke).
+//! remove, post (with attachments; urgent), read (marks it read), receipts,
+//! ack, urgent, fetch, follow, devices, revoke).
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -49,6 +50,10 @@ enum Cmd {
         /// A file to attach (photo, PDF, …); repeatable.
         #[arg(long = "attach", value_name = "FILE")]
         attach: Vec<PathBuf>,
+        /// Ask for an acknowledgement (確認しました): the timeline's first call
+        /// is alerted, and the second call if nobody of it acknowledges in time.
+        #[arg(long)]
+        urgent: bool,
     },
     /// Download, decrypt and check the attachments of post SEQ into DIR.
     Fetch {
@@ -57,8 +62,19 @@ enum Cmd {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
-    /// Catch up and print a timeline.
-    Read { timeline: String },
+    /// Catch up and print a timeline, and mark it read (既読) for everyone
+    /// to see (not with --no-mark).
+    Read {
+        timeline: String,
+        #[arg(long)]
+        no_mark: bool,
+    },
+    /// Who has read (and received) each post of a timeline.
+    Receipts { timeline: String },
+    /// Acknowledge (確認しました) the urgent post SEQ.
+    Ack { timeline: String, seq: u64 },
+    /// Urgent posts of this device's timelines: open ones and the last week's.
+    Urgent,
     /// Print a timeline (or all), then live posts until Ctrl-C.
     Follow { timeline: Option<String> },
     /// List this account's devices (id, name, enrolled, revoked; `*` marks this one).
@@ -131,9 +147,14 @@ async fn run(cmd: Cmd, dir: PathBuf) -> Result<()> {
             println!("removed at #{seq}");
             c.disconnect().await;
         }
-        Cmd::Post { timeline, text, reply_to, attach } => {
+        Cmd::Post { timeline, text, reply_to, attach, urgent } => {
             let mut c = connected(&dir).await?;
-            let seq = if attach.is_empty() {
+            let seq = if urgent {
+                if !attach.is_empty() {
+                    bail!("--urgent posts carry no attachments yet: post the files separately");
+                }
+                c.post_with(&timeline, &text, tsunagu_client::core::PostOptions { urgent, reply_to, ..Default::default() }).await?
+            } else if attach.is_empty() {
                 let id = tsunagu_client::core::new_msg_id();
                 c.post_reply(&timeline, &id, &text, reply_to).await?
             } else {
@@ -170,16 +191,62 @@ async fn run(cmd: Cmd, dir: PathBuf) -> Result<()> {
             }
             c.disconnect().await;
         }
-        Cmd::Read { timeline } => {
+        Cmd::Read { timeline, no_mark } => {
             let mut c = connected(&dir).await?;
             if !c.timelines().contains(&timeline) && c.processed_seq(&timeline).is_none() {
                 bail!("this device has no timeline {timeline}");
             }
             let names = device_names(&mut c).await?;
-            for p in c.posts(&timeline) {
-                println!("{}", format_post(&p, &names));
+            let posts = c.posts(&timeline);
+            for p in &posts {
+                println!("{}", format_post(p, &names));
+            }
+            if let (Some(last), false) = (posts.last(), no_mark) {
+                c.mark_read(&timeline, last.seq).await?;
             }
             warn(&mut c);
+            c.disconnect().await;
+        }
+        Cmd::Receipts { timeline } => {
+            let mut c = connected(&dir).await?;
+            let names = account_names(&mut c).await?;
+            let members = c.list_timelines().await?.into_iter().find(|t| t.timeline_id == timeline).map(|t| t.member_account_ids);
+            let Some(members) = members else { bail!("this device has no timeline {timeline}") };
+            c.fetch_receipts(&timeline).await?;
+            let name = |a: &String| names.get(a).cloned().unwrap_or_else(|| a.clone());
+            for p in c.posts(&timeline).iter().filter(|p| p.post.is_some()) {
+                let others = members.iter().filter(|a| p.sender_account_id.as_ref() != Some(*a)).count();
+                let read: Vec<String> = c
+                    .read_by(&timeline, p.seq)
+                    .into_iter()
+                    .filter(|(a, _)| p.sender_account_id.as_ref() != Some(a))
+                    .map(|(a, at)| format!("{} {}", name(&a), iso(at)))
+                    .collect();
+                let delivered: Vec<String> = c.delivered_to(&timeline, p.seq).iter().filter(|a| p.sender_account_id.as_ref() != Some(*a)).map(name).collect();
+                println!("#{}\tread by {} of {others}: {}\treceived by {}: {}", p.seq, read.len(), read.join(", "), delivered.len(), delivered.join(", "));
+            }
+            c.disconnect().await;
+        }
+        Cmd::Ack { timeline, seq } => {
+            let mut c = connected(&dir).await?;
+            c.acknowledge(&timeline, seq).await.context("acknowledging")?;
+            println!("acknowledged #{seq}");
+            c.disconnect().await;
+        }
+        Cmd::Urgent => {
+            let mut c = connected(&dir).await?;
+            let names = account_names(&mut c).await?;
+            let name = |a: &String| names.get(a).cloned().unwrap_or_else(|| a.clone());
+            for u in c.list_urgent().await? {
+                let acks: Vec<String> = u.acks.iter().map(|a| format!("{} {}", name(&a.account_id), iso(a.at))).collect();
+                let state = match (u.acks.is_empty(), u.escalated_at) {
+                    (_, Some(at)) => format!("second call alerted {}", iso(at)),
+                    (true, None) => format!("open, second call at {}", iso(u.escalate_at)),
+                    (false, None) => "acknowledged".into(),
+                };
+                let text = c.posts(&u.timeline_id).into_iter().find(|p| p.seq == u.seq).and_then(|p| p.shown_text().map(str::to_owned)).unwrap_or_default();
+                println!("{}#{}\t{} {}\t{}\tacknowledged by: {}\t{}", prefix(&None, &u.timeline_id), u.seq, name(&u.sender_account_id), iso(u.created_at), state, acks.join(", "), text);
+            }
             c.disconnect().await;
         }
         Cmd::Follow { timeline } => {
