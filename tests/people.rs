@@ -309,8 +309,19 @@ async fn a_family_account_sees_only_the_timeline_it_was_invited_to() {
         other => panic!("family claimed an outsider's key packages: {other:?}"),
     }
 
-    // The care team adds the family account (all its devices) in MLS.
+    // The care team adds the family account (all its devices) in MLS, as a
+    // reader, once the patient's consent is recorded in the timeline.
+    let consent = tsunagu_protocol::envelope::Consent {
+        obtained_by: doctor.account_id().to_owned(),
+        given_by: "the patient".into(),
+        method: tsunagu_protocol::envelope::ConsentMethod::Verbal,
+        obtained_at: 1,
+        scope: "the home-care team and the family".into(),
+        note: String::new(),
+    };
+    doctor.record_consent(&patient_a, consent).await.unwrap();
     doctor.add_person(&patient_a, &family_id).await.unwrap();
+    assert_eq!(doctor.policy(&patient_a).unwrap().role(&family_id), Some(tsunagu_protocol::policy::Role::Reader), "family accounts are readers");
     let seq = doctor.post(&patient_a, "ご家族の方へ: 明日 10 時に訪問します").await.unwrap();
     family_device.wait_for_seq(&patient_a, seq, Duration::from_secs(20)).await.unwrap();
     let timelines: Vec<String> = family_device.list_timelines().await.unwrap().into_iter().map(|t| t.timeline_id).collect();

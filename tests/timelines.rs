@@ -81,7 +81,9 @@ async fn two_members_commit_at_the_same_epoch_and_the_group_does_not_fork() {
     let mut doctor = server.enrol("Dr. Sato").await;
     let mut nurse = server.enrol("Nurse Tanaka").await;
     let timeline = doctor.create_timeline().await.unwrap();
-    let seq = doctor.add_person(&timeline, nurse.account_id()).await.unwrap();
+    // The nurse may invite too (a liaison: staff of her own organisation).
+    let role = tsunagu_protocol::policy::Role::Liaison;
+    let seq = doctor.add_member(&timeline, nurse.account_id(), role, None).await.unwrap();
     nurse.wait_for_seq(&timeline, seq, WAIT).await.unwrap();
 
     // Both add someone at the same moment, each from the same epoch. Rounds

@@ -1349,6 +1349,42 @@ impl Core {
         Ok((event_seq, Some(seq)))
     }
 
+    /// For tests of a modified client: a commit by this device that removes
+    /// every leaf of `remove_accounts` and changes the policy with `edit`,
+    /// built WITHOUT the policy check and not sent (the group stays at its
+    /// epoch). Returns the commit's MLS message bytes.
+    #[doc(hidden)]
+    pub fn forge_commit(&mut self, timeline_id: &str, remove_accounts: &[String], edit: impl FnOnce(&mut TimelinePolicy)) -> Result<Vec<u8>, ClientError> {
+        let group = self.groups.get_mut(timeline_id).ok_or_else(|| ClientError::Invalid(format!("no group for timeline {timeline_id}")))?;
+        let old = crate::policy::of_group(group)?.ok_or_else(|| ClientError::Invalid("no policy".into()))?;
+        let mut new = old.clone();
+        edit(&mut new);
+        let leaves: Vec<LeafNodeIndex> = crate::policy::leaf_accounts(group)
+            .into_iter()
+            .filter(|(_, a)| a.as_ref().is_some_and(|a| remove_accounts.contains(a)))
+            .map(|(i, _)| i)
+            .collect();
+        let extensions = if new != old { Some(m::with_policy(group.extensions(), &new)?) } else { None };
+        let mut builder = group.commit_builder();
+        if !leaves.is_empty() {
+            builder = builder.propose_removals(leaves);
+        }
+        if let Some(extensions) = extensions {
+            builder = builder.propose_group_context_extensions(extensions).map_err(mls("policy proposal"))?;
+        }
+        let bundle = builder
+            .load_psks(self.provider.storage())
+            .map_err(mls("load psks"))?
+            .build(self.provider.rand(), self.provider.crypto(), &self.signer, |_| false)
+            .map_err(mls("build commit"))?
+            .stage_commit(&self.provider)
+            .map_err(mls("stage commit"))?;
+        let bytes = m::to_bytes(bundle.commit())?;
+        group.clear_pending_commit(self.provider.storage()).map_err(mls("clear pending commit"))?;
+        self.save()?;
+        Ok(bytes)
+    }
+
     fn check_may_post(&self, timeline_id: &str) -> Result<(), ClientError> {
         self.check_member(timeline_id)?;
         match self.policy(timeline_id) {

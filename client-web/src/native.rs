@@ -10,6 +10,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tsunagu_protocol::frames::{AccountInfo, BlobStored, DeviceInfo, EnrolRequest, EnrolResponse, ErrorFrame, HttpError, TimelineInfo};
+use tsunagu_protocol::envelope::{CareEvent, Consent};
+use tsunagu_protocol::policy::{Role, TimelinePolicy};
 use tsunagu_protocol::{Attachment, Bytes, ClientFrame, ErrorCode, ServerFrame};
 
 use crate::core::{new_msg_id, Core, Enrolment};
@@ -301,6 +303,58 @@ impl Client {
         let (core, io) = self.io()?;
         let r = core.remove_person(io, timeline_id, account_id).await;
         self.check(r)
+    }
+
+    /// See [`Core::add_member`]: every device of an account, with a role and
+    /// an optional end of access (ms since the Unix epoch).
+    pub async fn add_member(&mut self, timeline_id: &str, account_id: &str, role: Role, until: Option<u64>) -> Result<u64, ClientError> {
+        let (core, io) = self.io()?;
+        let r = core.add_member(io, timeline_id, account_id, role, until).await;
+        self.check(r)
+    }
+
+    /// The timeline's policy (roles, end dates, call lists, consent).
+    pub fn policy(&self, timeline_id: &str) -> Option<TimelinePolicy> {
+        self.core.policy(timeline_id)
+    }
+
+    /// This account's role in the timeline.
+    pub fn my_role(&self, timeline_id: &str) -> Option<Role> {
+        self.core.my_role(timeline_id)
+    }
+
+    /// See [`Core::update_policy`].
+    pub async fn update_policy<F: FnMut(&mut TimelinePolicy)>(&mut self, timeline_id: &str, edit: F) -> Result<u64, ClientError> {
+        let (core, io) = self.io()?;
+        let r = core.update_policy(io, timeline_id, edit).await;
+        self.check(r)
+    }
+
+    /// See [`Core::record_consent`]; returns the consent record's seq.
+    pub async fn record_consent(&mut self, timeline_id: &str, consent: Consent) -> Result<u64, ClientError> {
+        let (core, io) = self.io()?;
+        let r = core.record_consent(io, timeline_id, consent).await;
+        self.check(r)
+    }
+
+    /// See [`Core::post_event`] (admitted / discharged).
+    pub async fn post_event(&mut self, timeline_id: &str, event: CareEvent) -> Result<u64, ClientError> {
+        let (core, io) = self.io()?;
+        let r = core.post_event(io, timeline_id, event).await;
+        self.check(r)
+    }
+
+    /// See [`Core::discharge`]: the event's seq and the removal's.
+    pub async fn discharge(&mut self, timeline_id: &str, event: CareEvent) -> Result<(u64, Option<u64>), ClientError> {
+        let (core, io) = self.io()?;
+        let r = core.discharge(io, timeline_id, event).await;
+        self.check(r)
+    }
+
+    /// For tests of a modified client: see [`Core::forge_commit`].
+    #[doc(hidden)]
+    pub fn forge_commit(&mut self, timeline_id: &str, remove_accounts: &[String], edit: impl FnOnce(&mut TimelinePolicy)) -> Result<Vec<u8>, ClientError> {
+        self.core.forge_commit(timeline_id, remove_accounts, edit)
     }
 
     pub async fn post(&mut self, timeline_id: &str, text: &str) -> Result<u64, ClientError> {

@@ -284,8 +284,11 @@ pub fn check_commit(old: &TimelinePolicy, new: &TimelinePolicy, effect: &CommitE
     match role {
         Role::Owner => Ok(()),
         Role::Liaison => {
+            // (Professionals without an organisation — accounts the operator
+            // made — are one "organisation", as in `is_outsider`; family
+            // accounts are readers, never staff.)
             let own_org = old.member(&effect.committer).and_then(|m| m.organisation_id.clone());
-            let of_own_org = |m: &MemberPolicy| own_org.is_some() && m.organisation_id == own_org;
+            let of_own_org = |m: &MemberPolicy| m.organisation_id == own_org;
             for m in &newly_listed {
                 if !(of_own_org(m) && m.role == Role::Member) {
                     return Err(PolicyError::NotAllowed("a liaison may add only staff of their own organisation, as members".into()));

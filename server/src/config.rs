@@ -180,6 +180,10 @@ pub struct ServeConfig {
     /// call, in milliseconds.
     #[arg(long, env = "TSUNAGU_URGENT_CHECK_MS", default_value_t = 5000)]
     pub urgent_check_ms: u64,
+    /// How often timeline end dates are checked, in seconds: the devices of
+    /// a person whose access has ended are proposed for removal.
+    #[arg(long, env = "TSUNAGU_POLICY_SWEEP_SECONDS", default_value_t = 60)]
+    pub policy_sweep_seconds: u64,
     /// A TOML file with any of the settings above (keys as the flags, with
     /// `_` for `-`). Flags and environment variables override it.
     #[arg(long, env = "TSUNAGU_CONFIG")]
@@ -212,6 +216,7 @@ struct FileConfig {
     max_blob_bytes: Option<u64>,
     receipt_flush_ms: Option<u64>,
     urgent_check_ms: Option<u64>,
+    policy_sweep_seconds: Option<u64>,
 }
 
 impl Cli {
@@ -270,6 +275,9 @@ impl Cli {
         }
         if let (Some(v), true) = (file.urgent_check_ms, unset("urgent_check_ms")) {
             serve.urgent_check_ms = v;
+        }
+        if let (Some(v), true) = (file.policy_sweep_seconds, unset("policy_sweep_seconds")) {
+            serve.policy_sweep_seconds = v;
         }
         Ok(cli)
     }

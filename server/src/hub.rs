@@ -127,6 +127,9 @@ pub struct Hub {
     /// Member devices per timeline, valid for one epoch (members only change
     /// with a commit, and a commit ends the epoch).
     members: Mutex<HashMap<String, EpochMembers>>,
+    /// Each timeline's policy at one epoch, beside `members` (who may
+    /// post; see `crate::policy`). `None` inside: a timeline without one.
+    policies: Mutex<HashMap<String, EpochPolicy>>,
     /// Devices revoked while this process runs (a revoked device cannot
     /// connect again, so this only has to cover connections that were open).
     revoked: RwLock<HashSet<String>>,
@@ -136,6 +139,9 @@ pub struct Hub {
 
 /// A timeline's member devices and the epoch they are valid for.
 type EpochMembers = (i64, Arc<Vec<String>>);
+
+/// A timeline's policy and the epoch it is valid for.
+type EpochPolicy = (i64, Arc<Option<tsunagu_protocol::TimelinePolicy>>);
 
 /// A connection's registration; unregisters on drop.
 pub struct Subscription {
@@ -183,6 +189,22 @@ impl Hub {
             *entry = (epoch, devices.clone());
         }
         devices
+    }
+
+    /// The policy of a timeline at `epoch`, if known.
+    pub fn policy_at(&self, timeline_id: &str, epoch: i64) -> Option<Arc<Option<tsunagu_protocol::TimelinePolicy>>> {
+        let policies = self.policies.lock().expect("hub lock");
+        policies.get(timeline_id).filter(|(e, _)| *e == epoch).map(|(_, p)| p.clone())
+    }
+
+    pub fn set_policy(&self, timeline_id: &str, epoch: i64, policy: Option<tsunagu_protocol::TimelinePolicy>) -> Arc<Option<tsunagu_protocol::TimelinePolicy>> {
+        let policy = Arc::new(policy);
+        let mut policies = self.policies.lock().expect("hub lock");
+        let entry = policies.entry(timeline_id.to_owned()).or_insert((epoch, policy.clone()));
+        if entry.0 <= epoch {
+            *entry = (epoch, policy.clone());
+        }
+        policy
     }
 
     /// Push a stored timeline message to its recipients' connections.

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod mls;
 pub mod operator;
 pub mod people;
+pub mod policy;
 pub mod receipts;
 pub mod revocation;
 pub mod urgent;
@@ -92,6 +93,7 @@ impl Server {
         if let Err(e) = revocation::sweep(&state).await {
             tracing::error!(code = e.code.as_str(), message = %e.message, "pending removals not proposed at start");
         }
+        policy::spawn_end_date_sweep(&state, std::time::Duration::from_secs(state.config.policy_sweep_seconds.max(1)));
         Ok(Server { state })
     }
 

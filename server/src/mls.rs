@@ -13,7 +13,14 @@ use openmls_memory_storage::MemoryStorage;
 use openmls_rust_crypto::{OpenMlsRustCrypto, RustCrypto};
 use tsunagu_protocol::ErrorCode;
 
+use tsunagu_protocol::policy::{CommitEffect, PolicyError, TimelinePolicy, POLICY_EXTENSION_TYPE};
+
 use crate::error::ApiError;
+
+/// The timeline policy among a group context's extensions.
+fn policy_in(extensions: &Extensions<GroupContext>) -> Result<Option<TimelinePolicy>, PolicyError> {
+    extensions.unknown(POLICY_EXTENSION_TYPE).map(|u| TimelinePolicy::decode(&u.0)).transpose()
+}
 
 fn invalid(msg: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::InvalidMls, msg)
@@ -171,6 +178,12 @@ impl PublicState {
         self.group.group_context().epoch().as_u64()
     }
 
+    /// The timeline policy in the group context (`Ok(None)` for a group
+    /// made before policies).
+    pub fn policy(&self) -> Result<Option<TimelinePolicy>, PolicyError> {
+        policy_in(self.group.group_context().extensions())
+    }
+
     /// Every leaf of the group: the devices that receive its messages.
     pub fn members(&self) -> Result<Vec<LeafClaim>, ApiError> {
         self.group
@@ -192,7 +205,7 @@ impl PublicState {
             Sender::NewMemberCommit => true,
             _ => return Err(invalid("commits must come from a member or be external commits")),
         };
-        let sender = identity(processed.credential())?;
+        let (committer, sender) = account_and_device(processed.credential())?;
         let ProcessedMessageContent::StagedCommitMessage(staged) = processed.into_content() else {
             return Err(invalid("the message is not a commit"));
         };
@@ -203,7 +216,31 @@ impl PublicState {
         if let Some(leaf) = staged.update_path_leaf_node() {
             new_leaves.push(leaf_claim(leaf)?);
         }
-        Ok(StagedChange { state: self, staged: *staged, sender, external, new_leaves })
+        // What the commit does, in accounts, for the policy check.
+        let leaves: Vec<(LeafNodeIndex, String)> =
+            self.group.members().map(|m| Ok((m.index, account_and_device(&m.credential)?.0))).collect::<Result<_, ApiError>>()?;
+        let removed: Vec<(LeafNodeIndex, bool)> =
+            staged.remove_proposals().map(|r| (r.remove_proposal().removed(), matches!(r.sender(), Sender::Member(_)))).collect();
+        let account_of = |leaf: LeafNodeIndex| leaves.iter().find(|(i, _)| *i == leaf).map(|(_, a)| a.clone());
+        let mut added_accounts: BTreeSet<String> = BTreeSet::new();
+        for add in staged.add_proposals() {
+            added_accounts.insert(account_and_device(add.add_proposal().key_package().leaf_node().credential())?.0);
+        }
+        if external {
+            added_accounts.insert(committer.clone());
+        }
+        let mut accounts_after: BTreeSet<String> =
+            leaves.iter().filter(|(i, _)| !removed.iter().any(|(r, _)| r == i)).map(|(_, a)| a.clone()).collect();
+        accounts_after.extend(added_accounts.iter().cloned());
+        let effect = CommitEffect {
+            committer,
+            external,
+            added_accounts,
+            removed_by_committer: removed.iter().filter(|(_, own)| *own).filter_map(|(l, _)| account_of(*l)).collect(),
+            accounts_after,
+        };
+        let new_policy = policy_in(staged.group_context().extensions());
+        Ok(StagedChange { state: self, staged: *staged, sender, external, new_leaves, effect, new_policy })
     }
 }
 
@@ -218,6 +255,10 @@ pub struct StagedChange {
     /// Leaves the commit adds or updates: each must name a registered device
     /// with that signature key, and an update path leaf must be the sender's.
     pub new_leaves: Vec<LeafClaim>,
+    /// What the commit does, in accounts (for `policy::check_commit`).
+    pub effect: CommitEffect,
+    /// The policy in the new group context (`None`: the group has none).
+    pub new_policy: Result<Option<TimelinePolicy>, PolicyError>,
 }
 
 impl StagedChange {

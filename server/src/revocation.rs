@@ -155,7 +155,9 @@ pub async fn propose_locked(
     head_seq: i64,
 ) -> Result<Vec<Proposed>, StoreError> {
     let members: Vec<String> = mls::device_set(&public.members().map_err(corrupt)?).into_iter().collect();
-    let revoked = Db::revoked_among_tx(tx, &members).await?;
+    let mut revoked = Db::revoked_among_tx(tx, &members).await?;
+    // And the devices of people whose access has ended (policy end dates).
+    revoked.extend(crate::policy::expired_devices(public, now_ms()));
     if revoked.is_empty() {
         return Ok(Vec::new());
     }

@@ -261,13 +261,21 @@ impl Connection {
 
     /// The `ready` frame, flushed.
     async fn greet(&mut self) -> Result<(), Closed> {
+        // The account's organisation names the owner in a new timeline's policy.
+        let (organisation_id, account_kind) = match crate::policy::registry(self.db(), &self.device.account_id).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(device = %self.device.id, message = %e.message, "account registry not read for ready");
+                (None, None)
+            }
+        };
         let ready = ServerFrame::Ready {
             protocol: PROTOCOL_VERSION,
             account_id: self.device.account_id.clone(),
             device_id: self.device.id.clone(),
             external_sender: Some(crate::revocation::external_sender_info(&self.state.external_sender)),
-            organisation_id: None,
-            account_kind: None,
+            organisation_id,
+            account_kind,
         };
         self.send(&ready).await?;
         self.flush().await
@@ -358,7 +366,16 @@ impl Connection {
             F::ListAccounts { rid } => {
                 // Family accounts only see (and are only seen by) their timelines' people.
                 let accounts = self.db().accounts_visible_to(&self.device.account_id).await.map_err(ApiError::from)?;
-                let accounts = accounts.into_iter().map(|(account_id, name, device_ids)| AccountInfo { account_id, name, device_ids, organisation_id: None, kind: None }).collect();
+                let ids: Vec<String> = accounts.iter().map(|(id, _, _)| id.clone()).collect();
+                let mut registry = self.db().registered_many(&ids).await.map_err(ApiError::from)?;
+                let accounts = accounts
+                    .into_iter()
+                    .map(|(account_id, name, device_ids)| {
+                        let r = registry.remove(&account_id);
+                        let kind = r.as_ref().and_then(|r| tsunagu_protocol::people::AccountKind::parse(&r.kind));
+                        AccountInfo { account_id, name, device_ids, organisation_id: r.and_then(|r| r.organisation_id), kind }
+                    })
+                    .collect();
                 ServerFrame::Accounts { rid, accounts }
             }
             F::ListTimelines { rid } => self.list_timelines(rid).await?,
@@ -570,7 +587,8 @@ impl Connection {
             };
             devices.push(DeviceKeyPackage { device_id, key_package: Bytes(kp) });
         }
-        Ok(ServerFrame::KeyPackages { rid, account_id, devices, organisation_id: None, account_kind: None })
+        let (organisation_id, account_kind) = crate::policy::registry(self.db(), &account_id).await?;
+        Ok(ServerFrame::KeyPackages { rid, account_id, devices, organisation_id, account_kind })
     }
 
     async fn list_devices(&mut self, rid: u64) -> Result<ServerFrame, Handled> {
@@ -620,12 +638,15 @@ impl Connection {
             [only] => self.check_own_leaf(only)?,
             _ => return Err(ApiError::new(ErrorCode::InvalidMls, "a new timeline's only member is its creator").into()),
         }
-        let result = self.db().create_timeline(&timeline_id, &state.encode(), group_info.as_slice(), &self.device.id, now_ms()).await;
+        let policy = crate::policy::check_creation(self.db(), &self.device.account_id, &state).await?;
+        let json = String::from_utf8(policy.encode()).expect("policy JSON is UTF-8");
+        let result = self.db().create_timeline(&timeline_id, &state.encode(), group_info.as_slice(), &self.device.id, now_ms(), Some(&json)).await;
         match result {
             Err(e) if e.is_unique_violation() => return Err(ApiError::new(ErrorCode::TimelineExists, "a timeline with this id exists").into()),
             other => other.map_err(ApiError::from)?,
         }
         self.state.hub.set_members(&timeline_id, 0, vec![self.device.id.clone()]);
+        self.state.hub.set_policy(&timeline_id, 0, Some(policy));
         self.last_sent.insert(timeline_id.clone(), 0);
         tracing::info!(device = %self.device.id, timeline = %timeline_id, "timeline created");
         crate::audit::timeline_created(self.db(), &timeline_id, &self.device.account_id, &self.device.id).await;
@@ -642,9 +663,14 @@ impl Connection {
         Ok(Some(ServerFrame::Accepted { rid, timeline_id: existing.timeline_id, seq: existing.seq as u64, epoch, duplicate: true }))
     }
 
-    /// A device may read the group info and join by external commit if it is
-    /// a member, or if another device of its account is.
+    /// A device may read the group info and join by external commit if its
+    /// account has access in the timeline's policy (listed, end date not
+    /// passed); in a timeline without a policy, if it is a member, or if
+    /// another device of its account is.
     async fn may_join(&self, timeline_id: &str) -> Result<bool, ApiError> {
+        if let Some(access) = crate::policy::has_access(&self.state, timeline_id, &self.device.account_id).await? {
+            return Ok(access);
+        }
         let accounts = self.db().member_accounts(timeline_id).await?;
         Ok(accounts.contains(&self.device.account_id))
     }
@@ -655,6 +681,10 @@ impl Connection {
         check_timeline_id(&timeline_id)?;
         check_msg_id(&msg_id)?;
         let epoch = mls::application_epoch(message.as_slice(), &timeline_id)? as i64;
+        // Readers read: their devices' posts are refused (cached per epoch).
+        if !crate::policy::may_post(&self.state, &timeline_id, epoch, &self.device.account_id).await? {
+            return Err(ApiError::new(ErrorCode::Forbidden, "readers do not post in this timeline").into());
+        }
         let (device_id, account_id) = (self.device.id.clone(), self.device.account_id.clone());
         let request = SendRequest { timeline_id, epoch, device_id, msg_id, data: message.into_vec(), account_id, urgent };
         let stored = self.state.writer.enqueue(request).await;
@@ -701,6 +731,7 @@ impl Connection {
         }
         let public = PublicState::load(&timeline_id, &locked.public_state)?;
         let senders_before = public.external_senders_encoded();
+        let old_policy = public.policy();
         let staged = public.stage(incoming)?;
         if staged.sender != self.device.id {
             return Err(ApiError::new(ErrorCode::CredentialMismatch, "the commit is signed by another member's credential").into());
@@ -708,6 +739,8 @@ impl Connection {
         if !staged.external && !is_member {
             return Err(ApiError::new(ErrorCode::NotMember, "this device is not a member of the timeline").into());
         }
+        // The roles: the same check every member's client makes, and the registry's.
+        let new_policy = crate::policy::check_commit(self.db(), old_policy, &staged, now_ms()).await?;
         for leaf in &staged.new_leaves {
             let device = self.db().device(&leaf.device_id).await.map_err(ApiError::from)?;
             match device {
@@ -748,6 +781,9 @@ impl Connection {
         let key = &self.state.external_sender;
         let written: Result<(Vec<(String, i64)>, Vec<crate::revocation::Proposed>), crate::error::StoreError> = async {
             Db::insert_message(&mut tx, &stored).await?;
+            if let Some(p) = &new_policy {
+                Db::set_policy_tx(&mut tx, &timeline_id, std::str::from_utf8(&p.encode()).expect("policy JSON is UTF-8")).await?;
+            }
             // Revoked devices still in the group at the new epoch: their
             // proposals died with the old epoch, so propose them again.
             let proposals = crate::revocation::propose_locked(&mut tx, key, &timeline_id, &mut new_state, new_epoch, seq).await?;
@@ -796,6 +832,7 @@ impl Connection {
 
         let hub = &self.state.hub;
         hub.set_members(&timeline_id, new_epoch, new_members.iter().cloned().collect());
+        hub.set_policy(&timeline_id, new_epoch, new_policy);
         let recipients: Vec<String> = old_members.into_iter().collect();
         hub.publish_message(&recipients, &stored);
         for (device, welcome_id) in welcome_ids {

@@ -14,6 +14,7 @@ pub mod people;
 pub mod blobs;
 pub mod receipts;
 pub mod urgent;
+pub mod policy;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -313,16 +314,17 @@ impl Db {
 
     // ---- timelines and messages ---------------------------------------------------------
 
-    pub async fn create_timeline(&self, id: &str, state: &[u8], group_info: &[u8], creator: &str, now: i64) -> Result<()> {
+    pub async fn create_timeline(&self, id: &str, state: &[u8], group_info: &[u8], creator: &str, now: i64, policy: Option<&str>) -> Result<()> {
         let mut tx = self.begin().await?;
         sqlx::query(
-            "INSERT INTO timelines (id, epoch, head_seq, public_state, group_info, created_by, created_at) VALUES ($1, 0, 0, $2, $3, $4, $5)",
+            "INSERT INTO timelines (id, epoch, head_seq, public_state, group_info, created_by, created_at, policy) VALUES ($1, 0, 0, $2, $3, $4, $5, $6)",
         )
         .bind(id)
         .bind(state)
         .bind(group_info)
         .bind(creator)
         .bind(now)
+        .bind(policy)
         .execute(&mut *tx)
         .await?;
         sqlx::query("INSERT INTO memberships (timeline_id, device_id, joined_seq, left_seq, cursor) VALUES ($1, $2, 0, NULL, 0)")
