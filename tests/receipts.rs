@@ -166,6 +166,29 @@ async fn many_reads_from_several_devices_cost_few_writes() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_pending_at_shutdown_is_written_by_the_drain() {
+    // Marks would be written only once a minute: this one must be written
+    // by the graceful shutdown.
+    let mut server = TestServer::start_with_args(&["--receipt-flush-ms", "60000"]).await;
+    let (timeline, mut doctor, mut phone, tablet, pharmacist) = team(&server).await;
+    let nurse = phone.account_id().to_owned();
+    let seq = doctor.post(&timeline, "Wound dressing changed").await.unwrap();
+    phone.wait_for_seq(&timeline, seq, WAIT).await.unwrap();
+    phone.mark_read(&timeline, seq).await.unwrap();
+    phone.sync().await.unwrap(); // the server has the `read`
+    assert_eq!(metric(&server, "tsunagu_read_marks_written_total").await, 0);
+    drop((tablet, pharmacist));
+
+    let status = server.terminate(Duration::from_secs(20)).expect("the server stops on SIGTERM");
+    assert!(status.success(), "{status}");
+    server.restart().await;
+    doctor.connect().await.unwrap();
+    doctor.fetch_receipts(&timeline).await.unwrap();
+    let readers: Vec<String> = doctor.read_by(&timeline, seq).into_iter().map(|(a, _)| a).collect();
+    assert_eq!(readers, vec![nurse]);
+}
+
 /// Run the `tsunagu` command-line client (built beside the server).
 fn tsunagu(state: &std::path::Path, args: &[&str]) -> String {
     let bin = std::path::Path::new(harness::SERVER_BIN).with_file_name("tsunagu");
