@@ -116,6 +116,9 @@ async fn an_urgent_post_left_unacknowledged_alerts_the_second_call() {
         assert!(got.is_empty(), "{} got {got:?}", c.account_name());
     }
 
+    let escalations = r#"tsunagu_urgent_posts_total{kind="escalated"}"#;
+    assert_eq!(metric(&server, escalations).await, 1, "escalated once");
+
     // The nurse on duty confirms late; everyone is told who and when.
     on_duty.acknowledge(&timeline, urgent).await.unwrap();
     let nurse = on_duty.account_id().to_owned();
@@ -151,6 +154,7 @@ async fn an_acknowledgement_in_time_does_not_alert_the_second_call() {
     pharmacist.wait_for_seq(&timeline, other, WAIT).await.unwrap();
     pharmacist.acknowledge(&timeline, other).await.unwrap();
     assert_eq!(alert_for(&mut second, &timeline, other).await.level, AlertLevel::SecondCall);
+    assert_eq!(metric(&server, r#"tsunagu_urgent_posts_total{kind="escalated"}"#).await, 1, "only the second post escalated");
 
     // Only urgent posts can be acknowledged, and only by members.
     let plain = doctor.post(&timeline, "Routine visit done.").await.unwrap();
@@ -248,6 +252,13 @@ async fn two_nodes_alert_the_second_call_once_and_pass_on_receipts() {
         .await
         .unwrap();
     assert!(told, "the doctor on node 1 did not hear of the nurse's read and acknowledgement on node 2");
+}
+
+/// The server's counter `name` (with its labels) from `GET /metrics`.
+async fn metric(server: &TestServer, name: &str) -> u64 {
+    let (status, body) = server.http_get("/metrics").await;
+    assert_eq!(status, 200);
+    body.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse::<f64>().ok())).unwrap_or(0.0) as u64
 }
 
 fn now_ms() -> u64 {

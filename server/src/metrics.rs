@@ -53,6 +53,8 @@ pub struct Metrics {
     pub read_mark_flushes: Counter,
     /// Read-mark rows written (at most one per timeline and person a flush).
     pub read_marks_written: Counter,
+    /// Urgent posts by event (`stored`, `acknowledged`, `escalated`).
+    pub urgent: Family<KindLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -69,6 +71,7 @@ impl Default for Metrics {
             read_frames: Counter::default(),
             read_mark_flushes: Counter::default(),
             read_marks_written: Counter::default(),
+            urgent: Family::default(),
             registry: Registry::default(),
         };
         registry.register("connections", "Open websocket connections", m.connections.clone());
@@ -81,6 +84,7 @@ impl Default for Metrics {
         registry.register("read_frames", "Read frames received from devices (before coalescing)", m.read_frames.clone());
         registry.register("read_mark_flushes", "Read-mark write transactions", m.read_mark_flushes.clone());
         registry.register("read_marks_written", "Read-mark rows written", m.read_marks_written.clone());
+        registry.register("urgent_posts", "Urgent posts stored, acknowledged (once per person) and escalated to the second call", m.urgent.clone());
         Metrics { registry, ..m }
     }
 }

@@ -19,6 +19,7 @@ use crate::db::urgent::UrgentRow;
 use crate::db::{Db, Device, StoredMessage, Tx};
 use crate::error::{ApiError, StoreError};
 use crate::hub::Hub;
+use crate::metrics::KindLabel;
 use crate::receipts::push_notices;
 use crate::{now_ms, AppState};
 
@@ -126,6 +127,7 @@ pub async fn acknowledge(state: &AppState, device: &Device, rid: u64, timeline_i
     }
     tx.commit().await.map_err(StoreError::from)?;
     if new {
+        state.metrics.urgent.get_or_create(&KindLabel { kind: "acknowledged" }).inc();
         tracing::info!(timeline = %timeline_id, seq, first_call, "urgent post acknowledged");
         push_notices(db, &state.hub, &timeline_id, None, &[frame]).await?;
     }
@@ -163,8 +165,11 @@ pub fn spawn_escalation(state: &AppState, period: Duration) {
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    if let Err(e) = escalate_due(&state.db, &state.hub, &state.cluster).await {
-                        tracing::warn!(error = %e, "urgent escalation check failed; retrying");
+                    match escalate_due(&state.db, &state.hub, &state.cluster).await {
+                        Ok(n) => {
+                            state.metrics.urgent.get_or_create(&KindLabel { kind: "escalated" }).inc_by(n as u64);
+                        }
+                        Err(e) => tracing::warn!(error = %e, "urgent escalation check failed; retrying"),
                     }
                 }
                 _ = state.shutdown.cancelled() => return,

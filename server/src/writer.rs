@@ -85,6 +85,8 @@ async fn run(db: Db, hub: Arc<Hub>, cluster: Cluster, metrics: Arc<Metrics>, mut
                 let stored = outcomes.iter().filter(|o| matches!(o, Ok(Outcome::Stored { .. }))).count();
                 metrics.messages_stored.get_or_create(&KindLabel { kind: "application" }).inc_by(stored as u64);
                 metrics.batch_size.observe(count as f64);
+                let urgent = jobs.iter().zip(&outcomes).filter(|((r, _), o)| r.urgent && matches!(o, Ok(Outcome::Stored { .. }))).count();
+                metrics.urgent.get_or_create(&KindLabel { kind: "stored" }).inc_by(urgent as u64);
                 for ((_, reply), outcome) in jobs.into_iter().zip(outcomes) {
                     let _ = reply.send(outcome);
                 }
