@@ -1349,12 +1349,20 @@ impl Core {
         Ok((event_seq, Some(seq)))
     }
 
-    /// For tests of a modified client: a commit by this device that removes
-    /// every leaf of `remove_accounts` and changes the policy with `edit`,
-    /// built WITHOUT the policy check and not sent (the group stays at its
-    /// epoch). Returns the commit's MLS message bytes.
+    /// For tests of a modified client: a commit by this device that adds
+    /// the leaves of `key_packages` (claimed bytes), removes every leaf of
+    /// `remove_accounts` and changes the policy with `edit`, built WITHOUT
+    /// the policy check and not sent (the group stays at its epoch).
+    /// Returns the commit's and the welcome's MLS message bytes.
     #[doc(hidden)]
-    pub fn forge_commit(&mut self, timeline_id: &str, remove_accounts: &[String], edit: impl FnOnce(&mut TimelinePolicy)) -> Result<Vec<u8>, ClientError> {
+    pub fn forge_commit(
+        &mut self,
+        timeline_id: &str,
+        key_packages: &[Vec<u8>],
+        remove_accounts: &[String],
+        edit: impl FnOnce(&mut TimelinePolicy),
+    ) -> Result<(Vec<u8>, Option<Vec<u8>>), ClientError> {
+        let kps = key_packages.iter().map(|b| m::parse_key_package(&self.provider, b)).collect::<Result<Vec<_>, _>>()?;
         let group = self.groups.get_mut(timeline_id).ok_or_else(|| ClientError::Invalid(format!("no group for timeline {timeline_id}")))?;
         let old = crate::policy::of_group(group)?.ok_or_else(|| ClientError::Invalid("no policy".into()))?;
         let mut new = old.clone();
@@ -1366,6 +1374,9 @@ impl Core {
             .collect();
         let extensions = if new != old { Some(m::with_policy(group.extensions(), &new)?) } else { None };
         let mut builder = group.commit_builder();
+        if !kps.is_empty() {
+            builder = builder.propose_adds(kps);
+        }
         if !leaves.is_empty() {
             builder = builder.propose_removals(leaves);
         }
@@ -1375,14 +1386,15 @@ impl Core {
         let bundle = builder
             .load_psks(self.provider.storage())
             .map_err(mls("load psks"))?
-            .build(self.provider.rand(), self.provider.crypto(), &self.signer, |_| false)
+            .build(self.provider.rand(), self.provider.crypto(), &self.signer, |_| true)
             .map_err(mls("build commit"))?
             .stage_commit(&self.provider)
             .map_err(mls("stage commit"))?;
         let bytes = m::to_bytes(bundle.commit())?;
+        let welcome = bundle.to_welcome_msg().map(|w| m::to_bytes(&w)).transpose()?;
         group.clear_pending_commit(self.provider.storage()).map_err(mls("clear pending commit"))?;
         self.save()?;
-        Ok(bytes)
+        Ok((bytes, welcome))
     }
 
     fn check_may_post(&self, timeline_id: &str) -> Result<(), ClientError> {

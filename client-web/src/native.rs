@@ -353,8 +353,14 @@ impl Client {
 
     /// For tests of a modified client: see [`Core::forge_commit`].
     #[doc(hidden)]
-    pub fn forge_commit(&mut self, timeline_id: &str, remove_accounts: &[String], edit: impl FnOnce(&mut TimelinePolicy)) -> Result<Vec<u8>, ClientError> {
-        self.core.forge_commit(timeline_id, remove_accounts, edit)
+    pub fn forge_commit(
+        &mut self,
+        timeline_id: &str,
+        key_packages: &[Vec<u8>],
+        remove_accounts: &[String],
+        edit: impl FnOnce(&mut TimelinePolicy),
+    ) -> Result<(Vec<u8>, Option<Vec<u8>>), ClientError> {
+        self.core.forge_commit(timeline_id, key_packages, remove_accounts, edit)
     }
 
     pub async fn post(&mut self, timeline_id: &str, text: &str) -> Result<u64, ClientError> {

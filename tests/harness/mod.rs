@@ -16,6 +16,7 @@
 //! while its `TestServer` is alive.
 #![allow(dead_code)]
 
+pub mod care;
 pub mod people;
 
 use std::fs::{File, OpenOptions};
