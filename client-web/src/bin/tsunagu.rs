@@ -1,6 +1,7 @@
-//! `tsunagu`: the native command-line client (enrol, list, create, add,
-//! remove, post (with attachments; urgent), read (marks it read), receipts,
-//! ack, urgent, fetch, follow, devices, revoke).
+//! `tsunagu`: the native command-line client (enrol, list, create, add
+//! (with a role and an end date), remove, roles, consent, calls, admit,
+//! discharge, post (with attachments; urgent), read (marks it read),
+//! receipts, ack, urgent, fetch, follow, devices, revoke).
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -9,6 +10,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use tsunagu_client::{Client, PostStatus, ReceivedPost};
+use tsunagu_protocol::envelope::{CareEvent, CareEventKind, Consent, ConsentMethod};
+use tsunagu_protocol::policy::Role;
 
 #[derive(Parser)]
 #[command(name = "tsunagu", about = "Tsunagu end-to-end encrypted care timeline client")]
@@ -37,8 +40,71 @@ enum Cmd {
     Timelines,
     /// Create a timeline and print its id.
     Create,
-    /// Add every device of an account to a timeline.
-    Add { timeline: String, account_id: String },
+    /// Add (invite) every device of an account to a timeline, with a role:
+    /// member (default; reader for family accounts), liaison or reader.
+    #[command(alias = "invite")]
+    Add {
+        timeline: String,
+        account_id: String,
+        #[arg(long, value_parser = parse_role)]
+        role: Option<Role>,
+        /// End of access: `+14d`, `+12h`, `+30m` from now, or milliseconds
+        /// since the Unix epoch. The server removes the person after it.
+        #[arg(long, value_parser = parse_until)]
+        until: Option<u64>,
+    },
+    /// Record the patient's consent to share the timeline beyond the
+    /// owner's organisation (the owner only; needed before such invitations).
+    Consent {
+        timeline: String,
+        /// Who gave it: the patient, or a proxy's name and relation.
+        #[arg(long, default_value = "the patient")]
+        given_by: String,
+        /// written, verbal or proxy.
+        #[arg(long, default_value = "written", value_parser = parse_method)]
+        method: ConsentMethod,
+        /// What it covers.
+        #[arg(long)]
+        scope: String,
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// Print the timeline's roles; with ACCOUNT and ROLE, change that
+    /// person's role (owner: hands the timeline over) or end date (owner).
+    Role {
+        timeline: String,
+        account_id: Option<String>,
+        #[arg(value_parser = parse_role)]
+        role: Option<Role>,
+        #[arg(long, value_parser = parse_until)]
+        until: Option<u64>,
+    },
+    /// Set the urgent-post call lists (comma-separated account ids) and the
+    /// time before the second call is alerted (the owner only).
+    Calls {
+        timeline: String,
+        #[arg(long, value_delimiter = ',')]
+        first: Option<Vec<String>>,
+        #[arg(long, value_delimiter = ',')]
+        second: Option<Vec<String>>,
+        #[arg(long, value_name = "SECONDS")]
+        escalate_after: Option<u32>,
+    },
+    /// Post "admitted to HOSPITAL" in the timeline.
+    Admit {
+        timeline: String,
+        hospital: String,
+        #[arg(long)]
+        organisation: Option<String>,
+    },
+    /// A hospital's liaison: post "discharged from HOSPITAL" and remove the
+    /// ward staff of the liaison's organisation (the liaison stays).
+    Discharge {
+        timeline: String,
+        hospital: String,
+        #[arg(long)]
+        organisation: Option<String>,
+    },
     /// Remove every device of an account from a timeline.
     Remove { timeline: String, account_id: String },
     /// Post a text, with files attached (each encrypted with its own key).
@@ -135,10 +201,84 @@ async fn run(cmd: Cmd, dir: PathBuf) -> Result<()> {
             println!("{}", c.create_timeline().await?);
             c.disconnect().await;
         }
-        Cmd::Add { timeline, account_id } => {
+        Cmd::Add { timeline, account_id, role, until } => {
             let mut c = connected(&dir).await?;
-            let seq = c.add_person(&timeline, &account_id).await?;
+            let seq = match (role, until) {
+                (None, None) => c.add_person(&timeline, &account_id).await?,
+                (role, until) => c.add_member(&timeline, &account_id, role.unwrap_or(Role::Member), until).await?,
+            };
             println!("added at #{seq}");
+            c.disconnect().await;
+        }
+        Cmd::Consent { timeline, given_by, method, scope, note } => {
+            let mut c = connected(&dir).await?;
+            let obtained_by = c.account_id().to_owned();
+            let consent = Consent { obtained_by, given_by, method, obtained_at: now_ms(), scope, note };
+            let seq = c.record_consent(&timeline, consent).await?;
+            println!("consent recorded at #{seq}");
+            c.disconnect().await;
+        }
+        Cmd::Role { timeline, account_id, role, until } => {
+            let mut c = connected(&dir).await?;
+            if let (Some(account), Some(role)) = (account_id, role) {
+                let seq = c
+                    .update_policy(&timeline, |p| {
+                        if role == Role::Owner {
+                            for m in p.members.iter_mut().filter(|m| m.role == Role::Owner) {
+                                m.role = Role::Member;
+                            }
+                        }
+                        if let Some(m) = p.members.iter_mut().find(|m| m.account_id == account) {
+                            m.role = role;
+                            if until.is_some() {
+                                m.until = until;
+                            }
+                        }
+                    })
+                    .await?;
+                println!("changed at #{seq}");
+            }
+            let names = account_names(&mut c).await?;
+            let policy = c.policy(&timeline).context("this timeline has no roles (opened before timeline policies)")?;
+            for m in &policy.members {
+                let until = m.until.map(|u| format!("\tuntil {}", iso(u))).unwrap_or_default();
+                println!("{}\t{}\t{}{until}", m.account_id, names.get(&m.account_id).map(String::as_str).unwrap_or("?"), m.role.as_str());
+            }
+            println!("consent: {}", policy.consent_seq.map(|s| format!("#{s}")).unwrap_or_else(|| "not recorded".into()));
+            c.disconnect().await;
+        }
+        Cmd::Calls { timeline, first, second, escalate_after } => {
+            let mut c = connected(&dir).await?;
+            let seq = c
+                .update_policy(&timeline, |p| {
+                    if let Some(f) = &first {
+                        p.first_call = f.clone();
+                    }
+                    if let Some(s) = &second {
+                        p.second_call = s.clone();
+                    }
+                    if let Some(e) = escalate_after {
+                        p.escalate_after_secs = e;
+                    }
+                })
+                .await?;
+            println!("call lists changed at #{seq}");
+            c.disconnect().await;
+        }
+        Cmd::Admit { timeline, hospital, organisation } => {
+            let mut c = connected(&dir).await?;
+            let event = CareEvent { kind: CareEventKind::Admitted, hospital, organisation_id: organisation, at: now_ms(), note: String::new() };
+            println!("posted at #{}", c.post_event(&timeline, event).await?);
+            c.disconnect().await;
+        }
+        Cmd::Discharge { timeline, hospital, organisation } => {
+            let mut c = connected(&dir).await?;
+            let event = CareEvent { kind: CareEventKind::Discharged, hospital, organisation_id: organisation, at: now_ms(), note: String::new() };
+            let (seq, removed) = c.discharge(&timeline, event).await?;
+            match removed {
+                Some(r) => println!("posted at #{seq}; ward staff removed at #{r}"),
+                None => println!("posted at #{seq}; no ward staff to remove"),
+            }
             c.disconnect().await;
         }
         Cmd::Remove { timeline, account_id } => {
@@ -301,6 +441,48 @@ async fn run(cmd: Cmd, dir: PathBuf) -> Result<()> {
     Ok(())
 }
 
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    match s {
+        "owner" => Ok(Role::Owner),
+        "member" => Ok(Role::Member),
+        "liaison" => Ok(Role::Liaison),
+        "reader" => Ok(Role::Reader),
+        _ => Err("one of owner, member, liaison, reader".into()),
+    }
+}
+
+fn parse_method(s: &str) -> Result<ConsentMethod, String> {
+    match s {
+        "written" => Ok(ConsentMethod::Written),
+        "verbal" => Ok(ConsentMethod::Verbal),
+        "proxy" => Ok(ConsentMethod::Proxy),
+        _ => Err("one of written, verbal, proxy".into()),
+    }
+}
+
+/// `+14d`, `+12h`, `+30m` from now, or milliseconds since the Unix epoch.
+fn parse_until(s: &str) -> Result<u64, String> {
+    let bad = || "`+14d`, `+12h`, `+30m` or milliseconds since the Unix epoch".to_string();
+    match s.strip_prefix('+') {
+        Some(rel) => {
+            let (n, unit) = rel.split_at(rel.len().saturating_sub(1));
+            let n: u64 = n.parse().map_err(|_| bad())?;
+            let ms = match unit {
+                "d" => 86_400_000,
+                "h" => 3_600_000,
+                "m" => 60_000,
+                _ => return Err(bad()),
+            };
+            Ok(now_ms() + n * ms)
+        }
+        None => s.parse().map_err(|_| bad()),
+    }
+}
+
 fn prefix(filter: &Option<String>, t: &str) -> String {
     if filter.is_some() {
         String::new()
@@ -341,6 +523,16 @@ fn format_post(p: &ReceivedPost, names: &HashMap<String, String>) -> String {
             }
             line
         }
+        (PostStatus::Ok, None) => match &p.record {
+            Some(tsunagu_protocol::Envelope::Consent(c)) => {
+                format!("#{} {} [consent recorded: given by {}, {:?}, for {}]", p.seq, who, c.given_by, c.method, c.scope)
+            }
+            Some(tsunagu_protocol::Envelope::Event(e)) => {
+                let what = if e.kind == CareEventKind::Admitted { "admitted to" } else { "discharged from" };
+                format!("#{} {} [{} {} {}]", p.seq, who, iso(e.at), what, e.hospital)
+            }
+            _ => format!("#{} {} - [record]", p.seq, who),
+        },
         (PostStatus::Unsupported, _) => format!("#{} {} - [unsupported message]", p.seq, who),
         _ => format!("#{} {} - [undecryptable]", p.seq, who),
     }
