@@ -591,6 +591,19 @@ impl Facade {
         })
     }
 
+    /// Set the urgent call lists (JSON arrays of account ids) and, when
+    /// given, the seconds before the second call is alerted.
+    pub fn set_call_lists(&self, timeline_id: String, first_call: String, second_call: String, escalate_after_secs: Option<f64>) -> Promise {
+        self.run(move |mut c| async move {
+            let lists = serde_json::from_str::<Vec<String>>(&first_call).and_then(|f| Ok((f, serde_json::from_str::<Vec<String>>(&second_call)?)));
+            let r = match lists {
+                Ok((f, s)) => c.set_call_lists(&timeline_id, f, s, escalate_after_secs.map(|v| v as u32)).await.map(|s| JsValue::from_f64(s as f64)),
+                Err(e) => Err(ClientError::Invalid(format!("call lists: {e}"))),
+            };
+            (c, r)
+        })
+    }
+
     pub fn send_outbox(&self) -> Promise {
         self.run(move |mut c| async move {
             let r = c.send_outbox().await.map(|()| JsValue::UNDEFINED);

@@ -273,6 +273,10 @@ pub struct TimelineSummary {
     pub consent_seq: Option<u64>,
     /// Urgent posts by others this account has not acknowledged yet.
     pub urgent_open: u64,
+    /// Who is alerted for urgent posts at once, and after `escalate_after_secs`.
+    pub first_call: Vec<String>,
+    pub second_call: Vec<String>,
+    pub escalate_after_secs: u32,
 }
 
 /// A member of a timeline as the members page shows it (`MemberView` in
@@ -753,6 +757,25 @@ impl<H: Host> WebClient<H> {
         self.finish(result).await
     }
 
+    /// Who is alerted for urgent posts: `first_call` at once, `second_call`
+    /// when nobody of the first call acknowledged within
+    /// `escalate_after_secs` (seed 000: the nurse on duty, then the second call).
+    pub async fn set_call_lists(&mut self, timeline_id: &str, first_call: Vec<String>, second_call: Vec<String>, escalate_after_secs: Option<u32>) -> Result<u64, ClientError> {
+        let result = async {
+            let (core, mut io) = self.core_mut()?;
+            core.update_policy(&mut io, timeline_id, |p| {
+                p.first_call = first_call.clone();
+                p.second_call = second_call.clone();
+                if let Some(secs) = escalate_after_secs {
+                    p.escalate_after_secs = secs;
+                }
+            })
+            .await
+        }
+        .await;
+        self.finish(result).await
+    }
+
     /// Record the patient's consent, obtained by this account.
     pub async fn record_consent(&mut self, timeline_id: &str, input: ConsentInput) -> Result<u64, ClientError> {
         let result = async {
@@ -873,6 +896,7 @@ impl<H: Host> WebClient<H> {
             let frame = tsunagu_protocol::ClientFrame::Send { rid: core.rid(), timeline_id: timeline_id.into(), msg_id: new_msg_id(), message: Bytes(message), urgent: false };
             match core.request(&mut io, frame).await? {
                 tsunagu_protocol::ServerFrame::Accepted { seq, .. } => Ok(seq),
+                tsunagu_protocol::ServerFrame::Error(e) => Err(ClientError::Server(e)),
                 other => Err(ClientError::Protocol(format!("unexpected reply {other:?}"))),
             }
         }
@@ -1187,6 +1211,9 @@ impl<H: Host> WebClient<H> {
                     my_role: policy.as_ref().and_then(|p| p.role(&me.account_id)),
                     patient: tl.and_then(|t| t.patient.clone()),
                     consent_seq: policy.as_ref().and_then(|p| p.consent_seq),
+                    first_call: policy.as_ref().map(|p| p.first_call.clone()).unwrap_or_default(),
+                    second_call: policy.as_ref().map(|p| p.second_call.clone()).unwrap_or_default(),
+                    escalate_after_secs: policy.as_ref().map(|p| p.escalate_after_secs).unwrap_or(0),
                     urgent_open: core
                         .urgent_posts()
                         .iter()

@@ -206,14 +206,39 @@ test("device management: a one-time code for a command-line device, and a second
   await screenshot(page, "06-devices");
 });
 
-test("the doctor creates a patient's timeline and invites a family member, who registers", async () => {
+test("the doctor opens a patient's timeline, records the consent, and invites a family member, who registers", async () => {
   const { page } = doctor;
   await page.goto(`${server.url}/#/new`);
   await page.waitForSelector('[data-testid="create-timeline-form"]', { timeout: TIMEOUT });
+  // The patient (encrypted in the timeline; the server never sees it).
+  await page.fill('input[name="patient_name"]', "田中 一郎");
+  await page.fill('input[name="patient_kana"]', "たなか いちろう");
+  await page.fill('input[name="patient_birth_date"]', "1941-03-02");
   await page.fill('[data-testid="create-timeline-form"] input[name="title"]', "田中 一郎 様");
+  await screenshot(page, "07a-create-patient-timeline");
   await page.click('[data-testid="create-timeline-form"] button[type="submit"]');
   await page.waitForURL(/#\/t\/[^/]+\/members$/, { timeout: TIMEOUT });
   timelineId = decodeURIComponent(page.url().match(/#\/t\/([^/]+)\/members$/)[1]);
+  await page.locator('[data-testid="patient-line"]', { hasText: "たなか いちろう" }).waitFor({ timeout: TIMEOUT });
+  assert.match(await page.textContent('[data-testid="patient-line"]'), /1941-03-02/);
+  await page.locator('[data-testid="member-me"] [data-role="owner"]').waitFor({ timeout: TIMEOUT });
+
+  // No family invitation before the patient's consent is recorded.
+  assert.equal(await page.locator('[data-testid="family-invite-form"]').count(), 0);
+  assert.ok(await page.isVisible('[data-testid="family-needs-consent"]'));
+  await page.fill('[data-testid="consent-form"] input[name="given_by"]', "田中 一郎（本人）");
+  await page.selectOption('[data-testid="consent-form"] select[name="method"]', "written");
+  await screenshot(page, "07b-consent-form");
+  assert.deepEqual(await accessibilityProblems(page), []);
+  await page.click('[data-testid="consent-form"] button[type="submit"]');
+  await page.waitForSelector('[data-testid="consent-done"]', { timeout: TIMEOUT });
+  await page.waitForSelector('[data-testid="family-invite-form"]', { timeout: TIMEOUT });
+  // The consent is a record in the timeline.
+  await page.goto(`${server.url}/#/t/${encodeURIComponent(timelineId)}`);
+  await page.locator('[data-testid="consent-record"]', { hasText: "田中 一郎（本人）" }).waitFor({ timeout: TIMEOUT });
+  assert.match(await page.textContent('[data-testid="consent-record"]'), /書面/);
+  await page.goto(`${server.url}/#/t/${encodeURIComponent(timelineId)}/members`);
+  await page.waitForSelector('[data-testid="family-invite-form"]', { timeout: TIMEOUT });
 
   await page.fill('[data-testid="family-invite-form"] input[name="family_name"]', "Hanako Tanaka");
   await page.click('[data-testid="family-invite-form"] button[type="submit"]');
@@ -237,11 +262,9 @@ test("the doctor adds the family member and posts; the family member reads it an
   const addable = page.locator('[data-testid="addable"] li', { hasText: "Hanako Tanaka" });
   await addable.waitFor({ timeout: TIMEOUT });
   await addable.locator('[data-testid="add-person"]').click();
-  await page.waitForFunction(
-    (id) => [...document.querySelectorAll('[data-testid="members"] li')].some((li) => li.textContent.includes("Hanako Tanaka")) || id === null,
-    familyAccountId,
-    { timeout: TIMEOUT },
-  );
+  // A family member is a reader (the role lives in the MLS group context).
+  await page.locator('[data-testid="member"]', { hasText: "Hanako Tanaka" }).locator('[data-role="reader"]').waitFor({ timeout: TIMEOUT });
+  await screenshot(page, "07c-members-roles");
 
   await page.goto(`${server.url}/#/t/${encodeURIComponent(timelineId)}`);
   await page.waitForSelector('[data-testid="composer"]', { timeout: TIMEOUT });
@@ -253,9 +276,11 @@ test("the doctor adds the family member and posts; the family member reads it an
   await fp.goto(`${server.url}/#/`);
   const link = fp.locator('[data-testid="timeline-link"]');
   await link.first().waitFor({ timeout: TIMEOUT });
-  await fp.locator('[data-testid="unread"]', { hasText: "1 unread" }).waitFor({ timeout: TIMEOUT });
-  assert.equal(await fp.textContent('[data-testid="nav-unread"]'), "1 unread");
-  assert.match(await fp.title(), /^\(1\) Tsunagu/);
+  // The post, and the consent record handed over with the history before she joined.
+  await fp.locator('[data-testid="unread"]', { hasText: /^\d+ unread$/ }).waitFor({ timeout: TIMEOUT });
+  const unread = await fp.textContent('[data-testid="unread"]');
+  assert.equal(await fp.textContent('[data-testid="nav-unread"]'), unread);
+  assert.match(await fp.title(), /^\(\d+\) Tsunagu/);
   await screenshot(fp, "10-timelines-family-phone");
   await link.first().click();
   await fp.waitForSelector('[data-testid="post"]', { timeout: TIMEOUT });
@@ -270,6 +295,14 @@ test("the doctor adds the family member and posts; the family member reads it an
   await link.first().waitFor({ timeout: TIMEOUT });
   assert.equal(await fp.locator('[data-testid="unread"]').count(), 0);
   assert.ok(await fp.locator('[data-testid="nav-unread"]').isHidden());
+
+  // The doctor sees the receipt: read by the daughter (既読 1/1), with her name and time.
+  const mine = page.locator('[data-testid="post"]', { hasText: "体温 36.8℃" });
+  await mine.locator('[data-testid="receipt-summary"]', { hasText: "既読 1/1" }).waitFor({ timeout: TIMEOUT });
+  await mine.locator('[data-testid="receipt-summary"]').click();
+  await mine.locator('[data-testid="receipt-read"]', { hasText: "Hanako Tanaka" }).waitFor({ timeout: TIMEOUT });
+  assert.equal(await mine.locator('[data-testid="receipt-delivered"]').count(), 0, "read, not merely delivered");
+  await screenshot(page, "16-receipts-doctor");
 });
 
 test("a reply is threaded under its post, for the doctor and the family", async () => {
@@ -302,16 +335,36 @@ test("the doctor posts a photo; the family member opens it, decrypted in the bro
   await page.goto(`${server.url}/#/t/${encodeURIComponent(timelineId)}`);
   await page.waitForSelector('[data-testid="composer"]', { timeout: TIMEOUT });
   await page.setInputFiles('[data-testid="attach-input"]', { name: "wound.png", mimeType: "image/png", buffer: PNG });
+  // Received, not yet read: the daughter is not on the timeline.
+  await family.page.goto(`${server.url}/#/devices`);
   await page.fill('[data-testid="composer-text"]', "褥瘡の写真です。");
   await page.click('[data-testid="send"]');
   const post = page.locator('[data-testid="post"][data-state="sent"]', { hasText: "褥瘡の写真" });
   await post.waitFor({ timeout: 40_000 });
   await post.locator('[data-testid="attachment"]', { hasText: "wound.png" }).waitFor({ timeout: TIMEOUT });
 
+  // Delivered is not read: the daughter's phone has received the post (its
+  // device acknowledged it) but she has not opened the timeline.
+  const deadline = Date.now() + TIMEOUT;
+  for (;;) {
+    await page.reload();
+    const p = page.locator('[data-testid="post"][data-state="sent"]', { hasText: "褥瘡の写真" });
+    await p.locator('[data-testid="receipt-summary"]').waitFor({ timeout: TIMEOUT });
+    await page.waitForTimeout(300);
+    if ((await p.locator('[data-testid="receipt-delivered"]').count()) > 0) {
+      assert.match(await p.locator('[data-testid="receipt-summary"]').textContent(), /既読 0\/1/);
+      assert.match(await p.locator('[data-testid="receipt-delivered"]').textContent(), /Hanako Tanaka/);
+      break;
+    }
+    assert.ok(Date.now() < deadline, "the daughter's device never acknowledged the photo post");
+  }
+
   const fp = family.page;
   await fp.goto(`${server.url}/#/t/${encodeURIComponent(timelineId)}`);
   const theirs = fp.locator('[data-testid="post"]', { hasText: "褥瘡の写真" });
   await theirs.waitFor({ timeout: TIMEOUT });
+  // Now read, on the doctor's screen too (pushed, no reload).
+  await page.locator('[data-testid="post"]', { hasText: "褥瘡の写真" }).locator('[data-testid="receipt-summary"]', { hasText: "既読 1/1" }).waitFor({ timeout: TIMEOUT });
   // A small photo opens by itself once visible.
   await fp.waitForFunction(
     () => [...document.querySelectorAll('[data-testid="attachment-image"]')].some((img) => img.complete && img.naturalWidth === 2),
@@ -319,6 +372,67 @@ test("the doctor posts a photo; the family member opens it, decrypted in the bro
     { timeout: TIMEOUT },
   );
   await screenshot(fp, "11b-photo-family-phone");
+});
+
+test("a large photo gets a thumbnail made in the browser; the timeline shows it and a click opens the full photo", async () => {
+  const { page } = doctor;
+  await page.goto(`${server.url}/#/t/${encodeURIComponent(timelineId)}`);
+  await page.waitForSelector('[data-testid="composer"]', { timeout: TIMEOUT });
+  // A 1600x1200 photo stand-in, drawn in the page.
+  const b64 = await page.evaluate(() => {
+    const c = document.createElement("canvas");
+    c.width = 1600;
+    c.height = 1200;
+    const g = c.getContext("2d");
+    for (let i = 0; i < 400; i++) {
+      g.fillStyle = `hsl(${(i * 37) % 360} 70% ${30 + (i % 50)}%)`;
+      g.fillRect((i * 53) % 1600, (i * 97) % 1200, 120, 90);
+    }
+    // Grain, like a camera's.
+    const px = g.getImageData(0, 0, 1600, 1200);
+    for (let i = 0; i < px.data.length; i += 4) px.data[i] = (px.data[i] + ((i * 2654435761) >>> 27)) & 255;
+    g.putImageData(px, 0, 0);
+    return c.toDataURL("image/png").split(",")[1];
+  });
+  const photo = Buffer.from(b64, "base64");
+  assert.ok(photo.length > 20_000, `a photo-sized file (${photo.length} bytes)`);
+  await page.setInputFiles('[data-testid="attach-input"]', { name: "heel.png", mimeType: "image/png", buffer: photo });
+  await page.fill('[data-testid="composer-text"]', "かかとの発赤、経過観察。");
+  await page.click('[data-testid="send"]');
+  const post = page.locator('[data-testid="post"][data-state="sent"]', { hasText: "かかとの発赤" });
+  await post.waitFor({ timeout: 40_000 });
+
+  const fp = family.page;
+  await fp.goto(`${server.url}/#/t/${encodeURIComponent(timelineId)}`);
+  const theirs = fp.locator('[data-testid="post"]', { hasText: "かかとの発赤" });
+  await theirs.waitFor({ timeout: TIMEOUT });
+  // The thumbnail (a JPEG of at most 320 px, its own encrypted blob) shows
+  // by itself once scrolled into view.
+  await theirs.locator('[data-testid="attachment-thumb-button"]').waitFor({ timeout: TIMEOUT });
+  await theirs.scrollIntoViewIfNeeded();
+  await fp
+    .waitForFunction(
+      () => [...document.querySelectorAll('[data-testid="attachment-thumbnail"]')].some((img) => img.complete && img.naturalWidth === 320 && img.naturalHeight === 240),
+      null,
+      { timeout: TIMEOUT },
+    )
+    .catch(async (e) => {
+      const sizes = await fp.evaluate(() => [...document.querySelectorAll('[data-testid="attachment-thumbnail"]')].map((i) => `${i.naturalWidth}x${i.naturalHeight}`));
+      throw new Error(`${e.message}\nthumbnails: ${sizes}\n${await theirs.innerHTML()}`);
+    });
+  await screenshot(fp, "11c-thumbnail-family-phone");
+  await theirs.locator('[data-testid="attachment-thumb-button"]').click();
+  await fp.waitForFunction(
+    () => {
+      const img = document.querySelector('[data-testid="attachment-full-image"]');
+      return img && img.complete && img.naturalWidth === 1600;
+    },
+    null,
+    { timeout: TIMEOUT },
+  );
+  await screenshot(fp, "11d-photo-full-family-phone");
+  await fp.keyboard.press("Escape");
+  await fp.waitForSelector('[data-testid="attachment-full"]', { state: "detached", timeout: TIMEOUT });
 });
 
 test("the timeline's name is encrypted in the timeline: the family sees it, and a rename reaches them", async () => {
@@ -333,14 +447,32 @@ test("the timeline's name is encrypted in the timeline: the family sees it, and 
   await fp.locator('[data-testid="timeline-title"]', { hasText: "（自宅）" }).waitFor({ timeout: TIMEOUT });
 });
 
-test("what the server refuses a family account today: the directory (403)", async () => {
-  await family.page.goto(`${server.url}/#/`);
-  // The server-side refusal of a family member's *post* needs the roles of
-  // the workflows issue (issue 4); until then the UI gives families no
-  // composer (checked above) and the server refuses them the directory.
-  // TODO(issue 4): force a post through the engine from the family context
-  // and assert the server answers `forbidden`.
-  const r = await apiFrom(family.page, "GET", "/v1/directory/people?q=");
+test("a reader's post forced through by a modified client is refused by the server (forbidden)", async () => {
+  const fp = family.page;
+  // The browser tests play the modified client through the engine's test handle.
+  await fp.evaluate(() => localStorage.setItem("tsunagu.testHooks", "1"));
+  await fp.goto(`${server.url}/#/t/${encodeURIComponent(timelineId)}`);
+  await fp.reload();
+  await fp.waitForFunction(() => window.__tsunaguEngine?.status() === "online", null, { timeout: TIMEOUT });
+  // The engine itself refuses: readers read.
+  const own = await fp.evaluate(
+    (id) => window.__tsunaguEngine.post(id, "家族の投稿").then(() => "accepted", (e) => e.code),
+    timelineId,
+  );
+  assert.equal(own, "policy_violation");
+  // Past the engine's check, the server refuses.
+  const forced = await fp.evaluate(
+    (id) => window.__tsunaguEngine.forcePostUnchecked(id, "改造クライアントからの投稿").then((seq) => `accepted ${seq}`, (e) => `${e.code}: ${e.message}`),
+    timelineId,
+  );
+  assert.match(forced, /^forbidden:/);
+  await fp.evaluate(() => localStorage.removeItem("tsunagu.testHooks"));
+  // Nobody sees it.
+  await doctor.page.goto(`${server.url}/#/t/${encodeURIComponent(timelineId)}`);
+  await doctor.page.waitForSelector('[data-testid="post"]', { timeout: TIMEOUT });
+  assert.doesNotMatch(await doctor.page.textContent('[data-testid="posts"]'), /改造クライアント|家族の投稿/);
+  // And the directory stays closed to families.
+  const r = await apiFrom(fp, "GET", "/v1/directory/people?q=");
   assert.equal(r.status, 403);
   assert.equal(r.body.code, "forbidden");
 });
@@ -503,6 +635,67 @@ test("the doctor adds the nurse to the timeline, then removes her: her copy beco
   await np.goto(`${server.url}/#/t/${encodeURIComponent(timelineId)}`);
   await np.locator('[data-testid="post"]', { hasText: "佐藤さんが参加" }).waitFor({ timeout: TIMEOUT });
   assert.equal(await np.locator('[data-testid="composer"]').count(), 1, "a professional member can post");
+  // The history from before she joined, handed over by the doctor's browser
+  // (an encrypted archive blob whose key travels inside the group).
+  const handed = np.locator('[data-testid="post"]', { hasText: "体温 36.8℃" });
+  await handed.waitFor({ timeout: TIMEOUT });
+  await handed.locator('[data-testid="handed-over"]').waitFor({ timeout: TIMEOUT });
+  await screenshot(np, "17-handed-over-history-nurse");
+
+  // An urgent post with a mention: the doctor (first call, the timeline's
+  // owner) gets an alert banner and acknowledges it.
+  // (The notice of the earlier revocation test is dismissed first.)
+  for (const close of await np.locator(".notices .notice button").all()) await close.click();
+  await np.fill('[data-testid="composer-text"]', "至急: 発熱 38.5℃、");
+  await np.click('[data-testid="mention-button"]');
+  await np.locator('[data-testid="mention-option"]', { hasText: "山田 太郎" }).click();
+  assert.match(await np.inputValue('[data-testid="composer-text"]'), /@山田 太郎 $/);
+  await np.type('[data-testid="composer-text"]', "往診をお願いします。");
+  await np.check('[data-testid="urgent-toggle"]');
+  await screenshot(np, "18-urgent-composer-nurse");
+  await np.click('[data-testid="send"]');
+  const urgentMine = np.locator('[data-testid="post"][data-urgent="true"][data-state="sent"]', { hasText: "発熱 38.5℃" });
+  await urgentMine.waitFor({ timeout: TIMEOUT });
+
+  await page.locator('[data-testid="urgent-alert"]').waitFor({ timeout: TIMEOUT });
+  await page.evaluate(() => {
+    location.hash = "#/";
+  });
+  await page.locator('[data-testid="urgent-count"]').waitFor({ timeout: TIMEOUT });
+  await screenshot(page, "19-urgent-alert-doctor");
+  await page.locator('[data-testid="urgent-alert"] a').click();
+  const urgentTheirs = page.locator('[data-testid="post"][data-urgent="true"]', { hasText: "発熱 38.5℃" });
+  await urgentTheirs.waitFor({ timeout: TIMEOUT });
+  assert.match(await urgentTheirs.locator('[data-testid="post-mentions"]').textContent(), /@あなた|@山田 太郎/);
+  assert.match(await urgentTheirs.getAttribute("class"), /mentions-me/);
+  await screenshot(page, "20-urgent-post-doctor");
+  await urgentTheirs.locator('[data-testid="ack-button"]').click();
+  await urgentTheirs.locator('[data-testid="acked"]').waitFor({ timeout: TIMEOUT });
+  await page.waitForSelector('[data-testid="urgent-alert"]', { state: "detached", timeout: TIMEOUT });
+  // The nurse sees who acknowledged.
+  await urgentMine.locator('[data-testid="urgent-acks"]', { hasText: "山田 太郎" }).waitFor({ timeout: TIMEOUT });
+
+  // She edits her post and deletes another: both stay visible as changes.
+  await np.fill('[data-testid="composer-text"]', "明日の訪問は10時です。");
+  await np.click('[data-testid="send"]');
+  const visit = np.locator('[data-testid="post"][data-state="sent"]', { hasText: "明日の訪問は10時" });
+  await visit.waitFor({ timeout: TIMEOUT });
+  await visit.locator('[data-testid="post-edit"]').click();
+  await np.fill('[data-testid="edit-text"]', "明日の訪問は11時です。");
+  await np.click('[data-testid="edit-form"] button[type="submit"]');
+  await np.locator('[data-testid="post"]', { hasText: "明日の訪問は11時" }).locator('[data-testid="post-edited"]').waitFor({ timeout: TIMEOUT });
+  np.once("dialog", (d) => d.accept());
+  await np.locator('[data-testid="post"]', { hasText: "佐藤さんが参加" }).waitFor({ timeout: TIMEOUT });
+  await np.fill('[data-testid="composer-text"]', "（誤送信）");
+  await np.click('[data-testid="send"]');
+  const wrong = np.locator('[data-testid="post"][data-state="sent"]', { hasText: "（誤送信）" });
+  await wrong.waitFor({ timeout: TIMEOUT });
+  await wrong.locator('[data-testid="post-delete"]').click();
+  await np.waitForSelector('[data-testid="post-deleted"]', { timeout: TIMEOUT });
+  await page.locator('[data-testid="post"]', { hasText: "明日の訪問は11時" }).locator('[data-testid="post-edited"]').waitFor({ timeout: TIMEOUT });
+  await page.waitForSelector('[data-testid="post-deleted"]', { timeout: TIMEOUT });
+  assert.doesNotMatch(await page.textContent('[data-testid="posts"]'), /誤送信|10時/);
+  await screenshot(page, "21-edited-deleted-doctor");
 
   page.once("dialog", (d) => d.accept());
   await page.goto(`${server.url}/#/t/${encodeURIComponent(timelineId)}/members`);

@@ -126,7 +126,7 @@ test("every websocket frame leaves after the IndexedDB commit it depends on; rel
 
   await page.goto(`${server.url}/#/new`);
   await page.waitForSelector('[data-testid="create-timeline-form"]', { timeout: TIMEOUT });
-  await page.fill('[data-testid="create-timeline-form"] input[name="title"]', "Patient A");
+  await page.fill('[data-testid="create-timeline-form"] input[name="patient_name"]', "Patient A");
   await page.click('[data-testid="create-timeline-form"] button[type="submit"]');
   await page.waitForURL(/#\/t\/[^/]+\/members$/, { timeout: TIMEOUT });
   const timelineId = decodeURIComponent(page.url().match(/#\/t\/([^/]+)\/members$/)[1]);

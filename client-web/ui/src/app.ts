@@ -68,6 +68,7 @@ export class App {
   private header!: HTMLElement;
   private statusEl!: HTMLElement;
   private notices!: HTMLElement;
+  private alerts!: HTMLElement;
   private renderToken = 0;
   private unread = 0;
   /** Called when the session changes (login, logout), e.g. to start or stop the engine. */
@@ -117,8 +118,9 @@ export class App {
     this.header = h("header", { class: "topbar" });
     this.statusEl = h("div", { class: "status-line", role: "status", "aria-live": "polite", "data-testid": "status" });
     this.notices = h("div", { class: "notices", "aria-live": "assertive" });
+    this.alerts = h("div", { class: "alerts" });
     this.main = h("main", { id: "main", tabindex: "-1" });
-    replace(this.root, skip, this.header, this.statusEl, this.notices, this.main);
+    replace(this.root, skip, this.header, this.statusEl, this.alerts, this.notices, this.main);
   }
 
   private renderHeader(): void {
@@ -212,7 +214,7 @@ export class App {
    * (an "urgent_alert" push). One per key.
    */
   alert(key: string, message: string, href: string): void {
-    if (this.notices.querySelector(`[data-alert-key="${CSS.escape(key)}"]`)) return;
+    if (this.alerts.querySelector(`[data-alert-key="${CSS.escape(key)}"]`)) return;
     const el = h(
       "div",
       { class: "alert-banner", role: "alert", "data-alert-key": key, "data-testid": "urgent-alert" },
@@ -220,11 +222,11 @@ export class App {
       h("a", { href, class: "button", onclick: () => el.remove() }, t("urgent.open")),
       h("button", { type: "button", class: "link-button", onclick: () => el.remove(), "aria-label": t("common.close") }, "×"),
     );
-    this.notices.prepend(el);
+    this.alerts.prepend(el);
   }
 
   clearAlert(prefix: string): void {
-    for (const el of this.notices.querySelectorAll<HTMLElement>("[data-alert-key]")) {
+    for (const el of this.alerts.querySelectorAll<HTMLElement>("[data-alert-key]")) {
       if (el.dataset.alertKey?.startsWith(prefix)) el.remove();
     }
   }

@@ -57,12 +57,16 @@ const THUMB_PX = 320;
 /**
  * A small JPEG of a photo (longest side THUMB_PX), made on this device so the
  * timeline shows previews without downloading every full photo; null when
- * the browser cannot decode the image (e.g. HEIC) or it is already small.
+ * the browser cannot decode the image (e.g. HEIC) or it is already that small.
  */
 async function makeThumbnail(file: Blob): Promise<Uint8Array | null> {
   try {
     const bitmap = await createImageBitmap(file);
-    const scale = Math.min(1, THUMB_PX / Math.max(bitmap.width, bitmap.height));
+    if (Math.max(bitmap.width, bitmap.height) <= THUMB_PX) {
+      bitmap.close();
+      return null; // already thumbnail-sized
+    }
+    const scale = THUMB_PX / Math.max(bitmap.width, bitmap.height);
     const w = Math.max(1, Math.round(bitmap.width * scale));
     const h = Math.max(1, Math.round(bitmap.height * scale));
     const canvas = document.createElement("canvas");
@@ -75,7 +79,7 @@ async function makeThumbnail(file: Blob): Promise<Uint8Array | null> {
     ctx.drawImage(bitmap, 0, 0, w, h);
     bitmap.close();
     const blob = await new Promise<Blob | null>((resolve) => canvas.toBlob(resolve, "image/jpeg", 0.7));
-    if (!blob || blob.size >= file.size) return null;
+    if (!blob) return null;
     return new Uint8Array(await blob.arrayBuffer());
   } catch {
     return null;
@@ -630,6 +634,12 @@ export class Engine {
   async setMemberRole(timelineId: string, accountId: string, role: Role, until?: number | null): Promise<void> {
     await this.requireOnline();
     await this.enqueue((f) => f.set_member_role(timelineId, accountId, role, until ?? undefined));
+  }
+
+  /** Who is alerted for urgent posts at once / after `escalateAfterSecs`. */
+  async setCallLists(timelineId: string, firstCall: string[], secondCall: string[], escalateAfterSecs?: number): Promise<void> {
+    await this.requireOnline();
+    await this.enqueue((f) => f.set_call_lists(timelineId, JSON.stringify(firstCall), JSON.stringify(secondCall), escalateAfterSecs ?? undefined));
   }
 
   async recordConsent(timelineId: string, consent: ConsentInput): Promise<void> {

@@ -139,6 +139,11 @@ export interface TimelineSummary {
   consentSeq: number | null;
   /** Urgent posts by others this account has not acknowledged. */
   urgentOpen: number;
+  /** Accounts alerted at once for an urgent post (default: the owner). */
+  firstCall: string[];
+  /** Accounts alerted when nobody of the first call acknowledged in time. */
+  secondCall: string[];
+  escalateAfterSecs: number;
 }
 
 /** A post as the UI shows it. */

@@ -321,4 +321,9 @@ export const en: Record<MessageKey, string> = {
   "history.none": "None",
   "history.sinceDate": "History from",
   "history.handedOver": "{count} past posts handed over",
+  "calls.title": "Who is called for urgent posts",
+  "calls.hint": "An urgent post alerts the first call at once; when nobody of them acknowledges in time, the second call is alerted.",
+  "calls.first": "First call",
+  "calls.second": "Second call",
+  "calls.after": "Minutes before the second call is alerted",
 };

@@ -321,6 +321,11 @@ export const ja = {
   "history.none": "引き継がない",
   "history.sinceDate": "引き継ぐ記録の開始日",
   "history.handedOver": "{count} 件の記録を引き継ぎました",
+  "calls.title": "至急時の連絡先",
+  "calls.hint": "至急の投稿は第1連絡先にすぐ通知され、時間内に誰も確認しなければ第2連絡先に通知されます。",
+  "calls.first": "第1連絡先",
+  "calls.second": "第2連絡先",
+  "calls.after": "第2連絡先に通知するまで（分）",
 } as const;
 
 export type MessageKey = keyof typeof ja;

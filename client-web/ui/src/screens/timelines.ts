@@ -898,6 +898,45 @@ async function membersScreen(ctx: Ctx, id: string): Promise<HTMLElement> {
       button.disabled = false;
     }
   };
+  // The urgent call lists (seed 000: the nurse on duty first, then the
+  // second call after the set time): the owner chooses.
+  const callCard = h("section", { class: "card", "data-testid": "call-lists" });
+  const renderCalls = () => {
+    const s = summary();
+    callCard.hidden = myRole() !== "owner";
+    if (!s || callCard.hidden) return;
+    const list = engine.members(id).filter((m) => m.role !== "reader");
+    const first = new Set(s.firstCall);
+    const second = new Set(s.secondCall);
+    const minutes = input("escalate_minutes", { type: "number", min: 1, max: 1440, value: String(Math.max(1, Math.round(s.escalateAfterSecs / 60))) });
+    const rows = list.map((m) =>
+      h(
+        "tr",
+        null,
+        h("th", { scope: "row" }, m.name || m.accountId),
+        h("td", null, h("input", { type: "checkbox", name: `first-${m.accountId}`, "data-account": m.accountId, "data-call": "first", checked: first.has(m.accountId), "aria-label": `${t("calls.first")}: ${m.name}` })),
+        h("td", null, h("input", { type: "checkbox", name: `second-${m.accountId}`, "data-account": m.accountId, "data-call": "second", checked: second.has(m.accountId), "aria-label": `${t("calls.second")}: ${m.name}` })),
+      ),
+    );
+    const form = h(
+      "form",
+      { "data-testid": "call-form" },
+      h("table", { class: "call-table" }, h("thead", null, h("tr", null, h("th", null, ""), h("th", { scope: "col" }, t("calls.first")), h("th", { scope: "col" }, t("calls.second")))), h("tbody", null, rows)),
+      field(t("calls.after"), minutes),
+      h("button", { type: "submit" }, t("common.save")),
+    );
+    onSubmit(form, async () => {
+      const picked = (call: string) => [...form.querySelectorAll<HTMLInputElement>(`input[data-call="${call}"]`)].filter((c) => c.checked).map((c) => c.dataset.account!);
+      try {
+        await whenOnline(engine);
+        await engine.setCallLists(id, picked("first"), picked("second"), Math.round(Number(minutes.value) * 60));
+      } catch (e) {
+        throw new Error(engineErrorText(e));
+      }
+      ctx.notify(t("common.saved"));
+    });
+    replace(callCard, h("h2", null, t("calls.title")), h("p", { class: "hint" }, t("calls.hint")), form);
+  };
   const consentCard = h("section", { class: "card", "data-testid": "consent-card" });
   const familyCard = h("section", { class: "card" });
   const renderConsent = () => {
@@ -942,6 +981,8 @@ async function membersScreen(ctx: Ctx, id: string): Promise<HTMLElement> {
         : h("li", null, t("common.none")),
     );
     renderConsent();
+    // Not while the owner is ticking boxes.
+    if (!callCard.contains(document.activeElement)) renderCalls();
     // A family member is invited only once the patient's consent is recorded.
     familyCard.hidden = !mayInvite();
     replace(
@@ -1006,6 +1047,7 @@ async function membersScreen(ctx: Ctx, id: string): Promise<HTMLElement> {
       renameForm,
     ),
     consentCard,
+    callCard,
     mayInvite()
       ? h("section", { class: "card" }, h("h2", null, t("timeline.otherAccounts")), inviteOptions, field(t("timeline.filter"), filter), others)
       : null,
