@@ -477,6 +477,19 @@ test("a reader's post forced through by a modified client is refused by the serv
   assert.equal(r.body.code, "forbidden");
 });
 
+test("an admission is recorded in the timeline (seed 003) and the family sees it", async () => {
+  const { page } = doctor;
+  await page.goto(`${server.url}/#/t/${encodeURIComponent(timelineId)}/members`);
+  await page.waitForSelector('[data-testid="event-form"]', { timeout: TIMEOUT });
+  await page.fill('[data-testid="event-form"] input[name="hospital"]', "文京中央病院");
+  await page.click('[data-testid="event-admit"]');
+  const fp = family.page;
+  await fp.goto(`${server.url}/#/t/${encodeURIComponent(timelineId)}`);
+  await fp.locator('[data-testid="care-event"]', { hasText: "Admitted to 文京中央病院" }).waitFor({ timeout: TIMEOUT });
+  await page.goto(`${server.url}/#/t/${encodeURIComponent(timelineId)}`);
+  await page.locator('[data-testid="care-event"]', { hasText: "文京中央病院 に入院" }).waitFor({ timeout: TIMEOUT });
+});
+
 test("a reload keeps everything: session, timeline, posts", async (t) => {
   for (const person of [doctor, family]) {
     const { page } = person;
