@@ -104,10 +104,23 @@ async fn enrolments_and_membership_changes_are_recorded_without_content_and_the_
         sqlx::query("UPDATE accounts SET organisation_id = $1 WHERE id = $2").bind(org).bind(&account).execute(&db).await.unwrap();
     }
     db.close().await;
+    // The `ready` frame tells the client its organisation (the timeline's
+    // policy names it): connect again to learn it.
+    doctor.connect().await.unwrap();
     let timeline = doctor.create_timeline().await.unwrap();
     let secret = harness::unique_marker();
     doctor.post(&timeline, &secret).await.unwrap();
     let nurse_account = nurse.account_id().to_string();
+    // Another organisation's nurse: the patient's consent first.
+    let consent = tsunagu_protocol::envelope::Consent {
+        obtained_by: doctor.account_id().to_string(),
+        given_by: "the patient".into(),
+        method: tsunagu_protocol::envelope::ConsentMethod::Written,
+        obtained_at: 1,
+        scope: "the visiting nurse station".into(),
+        note: String::new(),
+    };
+    doctor.record_consent(&timeline, consent).await.unwrap();
     doctor.add_person(&timeline, &nurse_account).await.unwrap();
     doctor.remove_person(&timeline, &nurse_account).await.unwrap();
 
