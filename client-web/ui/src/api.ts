@@ -47,7 +47,7 @@ export interface Session {
 }
 
 export interface InvitationInfo {
-  kind: "staff" | "family";
+  kind: "staff" | "family" | "organisation";
   organisation_name: string | null;
   invited_by: string;
   display_name: string | null;
@@ -64,7 +64,7 @@ export interface CreatedInvitation {
 
 export interface InvitationSummary {
   invitation_id: string;
-  kind: "staff" | "family";
+  kind: "staff" | "family" | "organisation";
   display_name: string | null;
   timeline_id: string | null;
   created_at: number;
@@ -190,11 +190,12 @@ export const api = {
 
   invitations: () => request<InvitationSummary[]>("GET", "/v1/invitations"),
   invitation: (token: string) => request<InvitationInfo>("GET", `/v1/invitations/${encodeURIComponent(token)}`),
-  invitationStart: (token: string, person: PersonInput) =>
-    request<Ceremony>("POST", `/v1/invitations/${encodeURIComponent(token)}/start`, { person }),
+  /** `organisation`: required for an organisation invitation (the new organisation). */
+  invitationStart: (token: string, person: PersonInput, organisation?: OrgInput) =>
+    request<Ceremony>("POST", `/v1/invitations/${encodeURIComponent(token)}/start`, organisation ? { person, organisation } : { person }),
   invitationFinish: (token: string, ceremony_id: string, credential: unknown) =>
     request<Session>("POST", `/v1/invitations/${encodeURIComponent(token)}/finish`, { ceremony_id, credential }),
-  createInvitation: (body: { kind: "staff" | "family"; display_name?: string; timeline_id?: string; expires_in_hours?: number }) =>
+  createInvitation: (body: { kind: "staff" | "family" | "organisation"; display_name?: string; timeline_id?: string; expires_in_hours?: number }) =>
     request<CreatedInvitation>("POST", "/v1/invitations", body),
 
   loginStart: () => request<Ceremony>("POST", "/v1/login/start", {}),

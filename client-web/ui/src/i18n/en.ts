@@ -326,4 +326,8 @@ export const en: Record<MessageKey, string> = {
   "calls.first": "First call",
   "calls.second": "Second call",
   "calls.after": "Minutes before the second call is alerted",
+  "invite.fromNetwork": "{inviter} invites your organisation (a hospital, a pharmacy…) to the regional network. Enter your organisation and yourself, its administrator.",
+  "invitation.kindLabel": "Invitation for",
+  "invitation.kind.staff": "Staff of this organisation",
+  "invitation.kind.organisation": "Another organisation (hospital, pharmacy…)",
 };

@@ -326,6 +326,10 @@ export const ja = {
   "calls.first": "第1連絡先",
   "calls.second": "第2連絡先",
   "calls.after": "第2連絡先に通知するまで（分）",
+  "invite.fromNetwork": "{inviter} さんが、あなたの事業所（病院・薬局など）を地域のネットワークに招待しています。事業所の情報と、管理者になるあなたの情報を入力してください。",
+  "invitation.kindLabel": "招待の種類",
+  "invitation.kind.staff": "この事業所の職員",
+  "invitation.kind.organisation": "他の事業所（病院・薬局など）",
 } as const;
 
 export type MessageKey = keyof typeof ja;

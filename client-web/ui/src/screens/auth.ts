@@ -64,6 +64,9 @@ export async function inviteScreen(ctx: Ctx): Promise<HTMLElement> {
     throw e;
   }
   const family = info.kind === "family";
+  // An organisation invitation: a hospital or pharmacy joining the network,
+  // the invitee its first admin (e.g. the hospital's liaison).
+  const newOrg = info.kind === "organisation" ? orgForm(t("setup.org")) : null;
   const person = personForm({ family, name: info.display_name ?? "", legend: t("person.displayName") });
   const form = h(
     "form",
@@ -74,15 +77,18 @@ export async function inviteScreen(ctx: Ctx): Promise<HTMLElement> {
       { class: "lead" },
       family
         ? t("invite.fromFamily", { inviter: info.invited_by })
-        : t("invite.fromStaff", { inviter: info.invited_by, org: info.organisation_name ?? "" }),
+        : newOrg
+          ? t("invite.fromNetwork", { inviter: info.invited_by })
+          : t("invite.fromStaff", { inviter: info.invited_by, org: info.organisation_name ?? "" }),
     ),
     family ? h("p", null, t("invite.familyNote")) : null,
     h("p", { class: "hint" }, t("invite.expires", { time: formatTime(info.expires_at, lang()) })),
+    newOrg?.el ?? null,
     person.el,
     h("button", { type: "submit", class: "primary" }, t("invite.submit")),
   );
   onSubmit(form, async () => {
-    const ceremony = await api.invitationStart(token, person.value());
+    const ceremony = await api.invitationStart(token, person.value(), newOrg?.value());
     const credential = await createPasskey(ceremony.options);
     signedIn(ctx, await api.invitationFinish(token, ceremony.ceremony_id, credential));
   });

@@ -338,9 +338,13 @@ export async function adminScreen(ctx: Ctx): Promise<HTMLElement> {
   const inviteName = input("display_name");
   const hours = input("expires_in_hours", { type: "number", min: 1, max: 720, value: "72" });
   const inviteOut = h("div", { "aria-live": "polite" });
+  // Staff of this organisation, or the first admin of another one (a
+  // hospital's liaison, a pharmacy) joining the network.
+  const inviteKind = select("invite_kind", "invitation.kind", ["staff", "organisation"], { value: "staff" }) as HTMLSelectElement;
   const inviteForm = h(
     "form",
     { "data-testid": "staff-invite-form" },
+    field(t("invitation.kindLabel"), inviteKind),
     field(t("admin.inviteName"), inviteName),
     field(t("admin.inviteExpires"), hours),
     h("button", { type: "submit", class: "primary" }, t("admin.createInvitation")),
@@ -352,7 +356,7 @@ export async function adminScreen(ctx: Ctx): Promise<HTMLElement> {
   }
   onSubmit(inviteForm, async () => {
     const inv = await api.createInvitation({
-      kind: "staff",
+      kind: inviteKind.value as "staff" | "organisation",
       display_name: inviteName.value.trim() || undefined,
       expires_in_hours: Number(hours.value) || undefined,
     });
@@ -447,7 +451,7 @@ function invitationRow(i: InvitationSummary): HTMLElement {
     "li",
     { class: "list-item" },
     h("span", { class: "grow" }, i.display_name || t("timeline.noName")),
-    h("span", { class: "badge badge-muted" }, i.kind === "family" ? t("invitation.kindFamily") : t("invitation.kindStaff")),
+    h("span", { class: "badge badge-muted" }, i.kind === "family" ? t("invitation.kindFamily") : i.kind === "organisation" ? t("invitation.kind.organisation") : t("invitation.kindStaff")),
     h("span", { class: "hint" }, state),
   );
 }

@@ -939,12 +939,18 @@ async function membersScreen(ctx: Ctx, id: string): Promise<HTMLElement> {
   };
   const consentCard = h("section", { class: "card", "data-testid": "consent-card" });
   const familyCard = h("section", { class: "card" });
+  // One form for the page's life: re-renders (member and account refreshes)
+  // must not throw away what the doctor is typing.
+  let theConsentForm: HTMLElement | null = null;
   const renderConsent = () => {
     consentCard.hidden = !(myRole() === "owner" || consentNeeded());
     if (!consentNeeded()) {
+      theConsentForm = null;
       replace(consentCard, h("h2", null, t("consent.title")), h("p", { "data-testid": "consent-done" }, t("consent.done")));
     } else if (myRole() === "owner") {
-      replace(consentCard, h("h2", null, t("consent.title")), consentForm(ctx, engine, id, () => render()));
+      if (theConsentForm && consentCard.contains(theConsentForm)) return;
+      theConsentForm = consentForm(ctx, engine, id, () => render());
+      replace(consentCard, h("h2", null, t("consent.title")), theConsentForm);
     } else {
       replace(consentCard, h("h2", null, t("consent.title")), h("p", { class: "notice notice-info" }, t("consent.required")));
     }
