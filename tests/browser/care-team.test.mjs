@@ -501,6 +501,13 @@ test("a reload keeps everything: session, timeline, posts", async (t) => {
     assert.match(await page.textContent('[data-testid="posts"]'), /体温 36\.8℃/);
   }
   assert.match(await doctor.page.textContent('[data-testid="timeline-title"]'), /田中 一郎 様/);
+  // The patient, the consent record, the roles and the receipts come back too.
+  const dp = doctor.page;
+  assert.match(await dp.textContent('[data-testid="patient-line"]'), /たなか いちろう/);
+  await dp.locator('[data-testid="consent-record"]').waitFor({ timeout: TIMEOUT });
+  await dp.locator('[data-testid="post"]', { hasText: "体温 36.8℃" }).locator('[data-testid="receipt-summary"]', { hasText: "既読 1/1" }).waitFor({ timeout: TIMEOUT });
+  assert.equal(await family.page.locator('[data-testid="composer"]').count(), 0, "still a reader after a reload");
+  assert.ok(await family.page.isVisible('[data-testid="read-only"]'));
 });
 
 test("Japanese and English both render, and the switch and large type are kept", async () => {
@@ -709,6 +716,12 @@ test("the doctor adds the nurse to the timeline, then removes her: her copy beco
   await page.waitForSelector('[data-testid="post-deleted"]', { timeout: TIMEOUT });
   assert.doesNotMatch(await page.textContent('[data-testid="posts"]'), /誤送信|10時/);
   await screenshot(page, "21-edited-deleted-doctor");
+
+  // The owner makes her a reader: her composer goes at once.
+  await page.goto(`${server.url}/#/t/${encodeURIComponent(timelineId)}/members`);
+  await member.locator('[data-testid="member-role-select"]').selectOption("reader");
+  await member.locator('[data-role="reader"]').waitFor({ timeout: TIMEOUT });
+  await np.locator('[data-testid="composer"]').waitFor({ state: "hidden", timeout: TIMEOUT });
 
   page.once("dialog", (d) => d.accept());
   await page.goto(`${server.url}/#/t/${encodeURIComponent(timelineId)}/members`);

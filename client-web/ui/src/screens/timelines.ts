@@ -593,7 +593,8 @@ export async function timelineScreen(ctx: Ctx): Promise<HTMLElement> {
         renderHeader();
         const s = summary();
         inactiveNote.hidden = s?.active !== false;
-        if (composer) composer.hidden = s?.active === false;
+        // Removed, or made a reader: no composer any more.
+        if (composer) composer.hidden = s?.active === false || s?.myRole === "reader";
       }
     }),
   );
@@ -967,10 +968,29 @@ async function membersScreen(ctx: Ctx, id: string): Promise<HTMLElement> {
         const b: HTMLButtonElement | null = mayRemove
           ? h("button", { type: "button", class: "danger", "data-testid": "remove-person", onclick: () => void remove(m.accountId, name, b!) }, t("timeline.remove"))
           : null;
+        // Changing a role (not the owner's; a family account stays a reader).
+        const changeable = mayRemove && m.role !== null && byId.get(m.accountId)?.kind !== "family";
+        const roleChange = changeable ? (select("member_role", "role", ["member", "liaison", "reader"], { value: m.role ?? "member" }) as HTMLSelectElement) : null;
+        if (roleChange) {
+          roleChange.setAttribute("aria-label", `${t("role.label")}: ${name}`);
+          roleChange.setAttribute("data-testid", "member-role-select");
+          roleChange.addEventListener("change", async () => {
+            roleChange.disabled = true;
+            try {
+              await whenOnline(engine);
+              await engine.setMemberRole(id, m.accountId, roleChange.value as Role, m.until);
+              ctx.notify(t("common.saved"));
+            } catch (e) {
+              ctx.notify(engineErrorText(e), "error");
+            }
+            render();
+          });
+        }
         return h(
           "li",
           { class: "list-item", "data-testid": you ? "member-me" : "member" },
           h("span", { class: "grow" }, you ? `${name} (${t("timeline.you")})` : name, " ", roleBadge(m.role), m.until ? h("span", { class: "hint" }, ` ${t("role.untilShown", { date: new Date(m.until).toLocaleDateString(lang() === "ja" ? "ja-JP" : "en-GB") })}`) : null),
+          roleChange,
           b,
         );
       }),
