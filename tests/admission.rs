@@ -1,3 +1,144 @@
-//! Seed 003, admission to hospital (placeholder until the story is written).
+//! Seed 003, admission to hospital, against the real server: the history of
+//! a timeline is handed over to people added later (5,000 posts, measured),
+//! and the hospital's liaison story end to end.
 
 mod harness;
+
+use std::time::{Duration, Instant};
+
+use harness::{files_containing, unique_marker, TestServer};
+use tsunagu_client::core::HistoryFrom;
+use tsunagu_client::{Client, ReceivedPost};
+use tsunagu_protocol::envelope::{Patient, TimelineInfo};
+
+const WAIT: Duration = Duration::from_secs(60);
+const HISTORY: usize = 5_000;
+
+fn post_at(c: &Client, timeline: &str, seq: u64) -> ReceivedPost {
+    c.posts(timeline).into_iter().find(|p| p.seq == seq).unwrap_or_else(|| panic!("{}: no post #{seq}", c.account_name()))
+}
+
+fn patient() -> TimelineInfo {
+    TimelineInfo {
+        title: "田中 一郎 様".into(),
+        patient: Some(Patient { name: "田中 一郎".into(), kana: "たなか いちろう".into(), birth_date: Some("1941-04-02".into()) }),
+    }
+}
+
+/// `n` visit notes from one client, posted in bulk batches (each a real
+/// MLS message the server stores). Returns the seqs.
+async fn visit_notes(c: &mut Client, timeline: &str, n: usize, tag: &str) -> Vec<u64> {
+    let mut seqs = Vec::with_capacity(n);
+    let texts: Vec<String> = (0..n).map(|i| format!("{tag} visit note {i}: BP 13{}/8{}, SpO2 9{}%, ate well", i % 10, i % 7, i % 9)).collect();
+    for batch in texts.chunks(500) {
+        seqs.extend(c.post_many(timeline, batch.to_vec()).await.unwrap());
+    }
+    assert_eq!(seqs.len(), n);
+    seqs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_thousand_posts_of_history_are_handed_over_to_a_member_added_later() {
+    let server = TestServer::start().await;
+    let mut doctor = server.enrol("Dr. Sato").await;
+    let mut nurse = server.enrol("Nurse Tanaka").await;
+    let mut newcomer = server.enrol("Ward nurse Kimura").await;
+    let mut late = server.enrol("Care manager Mori").await;
+    let mut none = server.enrol("Pharmacist Ito").await;
+    let timeline = doctor.create_timeline().await.unwrap();
+    doctor.set_timeline_info(&timeline, patient()).await.unwrap();
+    let joined = doctor.add_person(&timeline, nurse.account_id()).await.unwrap();
+    nurse.wait_for_seq(&timeline, joined, WAIT).await.unwrap();
+
+    // Weeks of home care: thousands of visit notes, one corrected, one withdrawn.
+    let marker = unique_marker();
+    let mut seqs = vec![nurse.post(&timeline, &format!("Family asks about the bath {marker}")).await.unwrap()];
+    seqs.push(nurse.post(&timeline, "Wrong timeline, sorry").await.unwrap());
+    let withdrawn = seqs[1];
+    let deletion = nurse.delete_post(&timeline, withdrawn).await.unwrap();
+    doctor.wait_for_seq(&timeline, deletion, WAIT).await.unwrap();
+    let started = Instant::now();
+    seqs.extend(visit_notes(&mut doctor, &timeline, HISTORY - 2, "home").await);
+    let posting = started.elapsed();
+    let corrected = seqs[10];
+    let edit = doctor.edit_post(&timeline, corrected, "home visit note 8: corrected").await.unwrap();
+    eprintln!("figure: posting {HISTORY} in bulk took {posting:?}");
+    let since = tsunagu_client::native::now_ms();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let recent = visit_notes(&mut doctor, &timeline, 3, "recent").await;
+
+    // The doctor adds the ward nurse and hands everything over.
+    let newcomer_account = newcomer.account_id().to_owned();
+    let (added, report) = doctor.add_person_with_history(&timeline, &newcomer_account, HistoryFrom::All).await.unwrap();
+    let report = report.expect("history handed over");
+    // (The name and patient are sent again right after the commit.)
+    assert_eq!(report.items, HISTORY + 2 + 3, "posts, edit and deletion events, recent notes: {report:?}");
+    assert!(report.to_seq < added && report.seq > added);
+
+    newcomer.wait_for_seq(&timeline, report.seq, WAIT).await.unwrap();
+    newcomer.sync().await.unwrap();
+    let imports = newcomer.take_history_reports();
+    assert_eq!(imports.len(), 1, "{:?}", newcomer.take_warnings());
+    let import = &imports[0];
+    assert_eq!(import.added, HISTORY + 2 + 3);
+    assert_eq!(import.from_account, doctor.account_id());
+    eprintln!(
+        "figure: history of {HISTORY} posts ({} items, {} bytes sealed): inviter build {:?} + seal {:?} + upload {:?} + announce {:?}; \
+         new member download {:?} + open {:?} + import {:?} ({})",
+        report.items, report.bytes, report.build, report.seal, report.upload, report.announce,
+        import.download, import.open, import.import, server.backend()
+    );
+
+    // She reads the past as the team wrote it, marked as handed over.
+    let posts = newcomer.posts(&timeline);
+    let handed: Vec<&ReceivedPost> = posts.iter().filter(|p| p.handed_over_by.as_deref() == Some(doctor.account_id())).collect();
+    assert_eq!(handed.len(), HISTORY + 2 + 3);
+    assert_eq!(post_at(&newcomer, &timeline, seqs[2]).shown_text(), Some("home visit note 0: BP 130/80, SpO2 90%, ate well"));
+    assert_eq!(post_at(&newcomer, &timeline, seqs[2]).sender_account_id.as_deref(), Some(doctor.account_id()));
+    assert!(post_at(&newcomer, &timeline, seqs[0]).shown_text().unwrap().contains(&marker));
+    let c = post_at(&newcomer, &timeline, corrected);
+    assert_eq!(c.shown_text(), Some("home visit note 8: corrected"));
+    assert!(c.post.unwrap().text.starts_with("home visit note 8: BP"), "the original stays available");
+    assert!(post_at(&newcomer, &timeline, withdrawn).deleted_at.is_some());
+    assert!(post_at(&newcomer, &timeline, edit).record.is_some());
+    assert_eq!(newcomer.patient(&timeline), patient().patient);
+    // What she received herself is hers, not handed over.
+    let own = newcomer.post(&timeline, "Admitted to ward 5, settled").await.unwrap();
+    doctor.wait_for_seq(&timeline, own, WAIT).await.unwrap();
+    assert_eq!(post_at(&doctor, &timeline, own).handed_over_by, None);
+
+    // From a date: only what came since.
+    let late_account = late.account_id().to_owned();
+    let (_, report) = doctor.add_person_with_history(&timeline, &late_account, HistoryFrom::Since(since)).await.unwrap();
+    let report = report.expect("recent history handed over");
+    assert_eq!(report.from_seq, recent[0]);
+    late.wait_for_seq(&timeline, report.seq, WAIT).await.unwrap();
+    late.sync().await.unwrap();
+    let late_posts = late.posts(&timeline);
+    assert!(late_posts.iter().all(|p| p.seq >= recent[0]), "nothing before the date");
+    for s in &recent {
+        assert_eq!(post_at(&late, &timeline, *s).handed_over_by.as_deref(), Some(doctor.account_id()));
+    }
+    assert!(late_posts.iter().any(|p| p.seq == own && p.handed_over_by.is_some()));
+    // The ward nurse, a member by then, ignores a handover meant for another.
+    let before = newcomer.posts(&timeline).len();
+    newcomer.wait_for_seq(&timeline, report.seq, WAIT).await.unwrap();
+    newcomer.sync().await.unwrap();
+    assert!(newcomer.take_history_reports().is_empty());
+    assert_eq!(newcomer.posts(&timeline).len(), before);
+
+    // Or nothing at all.
+    let none_account = none.account_id().to_owned();
+    let (joined, report) = doctor.add_person_with_history(&timeline, &none_account, HistoryFrom::None).await.unwrap();
+    assert!(report.is_none());
+    none.wait_for_seq(&timeline, joined, WAIT).await.unwrap();
+    none.sync().await.unwrap();
+    assert!(none.posts(&timeline).iter().all(|p| p.seq > joined));
+    assert_eq!(none.title(&timeline).as_deref(), Some("田中 一郎 様"), "the name is sent again to newcomers");
+
+    // The server holds one opaque blob per handover, never the text.
+    let files = server.files_to_search();
+    assert!(files_containing(&files, marker.as_bytes()).is_empty(), "the history's text is in no server file");
+    assert!(files_containing(&files, "田中 一郎".as_bytes()).is_empty(), "nor the patient's name");
+    assert!(!server.log().contains(&marker));
+}

@@ -595,6 +595,18 @@ impl Client {
         self.check(r)
     }
 
+    /// Post many texts at once (see [`Core::post_many`]); their seqs.
+    pub async fn post_many(&mut self, timeline_id: &str, texts: Vec<String>) -> Result<Vec<u64>, ClientError> {
+        let (core, io) = self.io()?;
+        let now = io.now_ms();
+        let posts = texts
+            .into_iter()
+            .map(|text| tsunagu_protocol::Post { kind: tsunagu_protocol::PostKind::Text, text, reply_to: None, sent_at: now, attachments: Vec::new(), mentions: Vec::new(), urgent: false })
+            .collect();
+        let r = core.post_many(io, timeline_id, posts).await;
+        self.check(r)
+    }
+
     /// Edit one of this account's posts (see [`Core::edit_post`]).
     pub async fn edit_post(&mut self, timeline_id: &str, seq: u64, text: &str) -> Result<u64, ClientError> {
         let (core, io) = self.io()?;

@@ -69,12 +69,11 @@ impl Core {
             HistoryFrom::All => tl.posts.range(..before_seq).next().map(|(s, _)| *s),
             HistoryFrom::Since(ms) => tl.posts.range(..before_seq).find(|(_, p)| p.stored_at >= ms).map(|(s, _)| *s),
         };
-        let title_seq = tl.title.as_ref().map(|(s, _)| *s).filter(|s| *s < before_seq);
-        match (first, from) {
-            (Some(f), _) => Some(f),
-            // Nothing since the date, but the name and patient still help.
-            (None, HistoryFrom::All) | (None, HistoryFrom::Since(_)) => title_seq,
-            (None, HistoryFrom::None) => None,
+        // Everything includes the name and patient, wherever they came.
+        let title_seq = tl.title.as_ref().map(|(s, _)| *s).filter(|s| *s < before_seq && from == HistoryFrom::All);
+        match (first, title_seq) {
+            (Some(f), Some(t)) => Some(f.min(t)),
+            (f, t) => f.or(t),
         }
     }
 

@@ -15,8 +15,10 @@
 use tsunagu_protocol::envelope::{Delete, Edit, Patient, TimelineInfo};
 use tsunagu_protocol::{Bytes, ClientFrame, Envelope, ErrorCode, Post, PostKind, ServerFrame};
 
+use std::collections::HashMap;
+
 use super::{new_msg_id, unexpected, Core, MAX_ATTEMPTS};
-use crate::state::{PostStatus, ReceivedPost};
+use crate::state::{OutboxEntry, PostStatus, ReceivedPost};
 use crate::transport::Transport;
 use crate::ClientError;
 
@@ -132,6 +134,70 @@ impl Core {
             urgent: options.urgent,
         };
         self.post_prepared(io, timeline_id, msg_id, post).await
+    }
+
+    /// Post many prepared posts at once (a bulk import, a benchmark): all
+    /// queued in the outbox and encrypted with one save, sent without
+    /// waiting for each `accepted` (the server stores them in group
+    /// commits), then the replies collected. A post refused for a stale
+    /// epoch (a commit came in between) is sent again one by one. Returns
+    /// the seqs in order.
+    pub async fn post_many<T: Transport>(&mut self, io: &mut T, timeline_id: &str, posts: Vec<Post>) -> Result<Vec<u64>, ClientError> {
+        self.check_member(timeline_id)?;
+        let mut ids = Vec::with_capacity(posts.len());
+        let mut frames = Vec::with_capacity(posts.len());
+        let mut waiting: HashMap<u64, String> = HashMap::new();
+        for post in posts {
+            let msg_id = new_msg_id();
+            let message = self.encrypt_unsaved(timeline_id, &Envelope::Post(post.clone()).encode())?;
+            self.outbox_push(OutboxEntry { timeline_id: timeline_id.into(), msg_id: msg_id.clone(), post });
+            let rid = self.rid();
+            frames.push(ClientFrame::Send { rid, timeline_id: timeline_id.into(), msg_id: msg_id.clone(), message: Bytes(message), urgent: false });
+            waiting.insert(rid, msg_id.clone());
+            ids.push(msg_id);
+        }
+        // The outbox entries and ratchet state, durable before anything leaves.
+        self.save()?;
+        for f in &frames {
+            self.send(io, f).await?;
+        }
+        drop(frames);
+        while !waiting.is_empty() {
+            let Some(f) = self.recv(io, super::REQUEST_TIMEOUT_MS).await? else { return Err(ClientError::Timeout) };
+            match super::reply_rid(&f) {
+                Some(Some(rid)) if waiting.contains_key(&rid) => {
+                    let msg_id = waiting.remove(&rid).expect("present");
+                    if let ServerFrame::Accepted { seq, .. } = f {
+                        if let Some(entry) = self.outbox_remove(&msg_id, Some(seq)) {
+                            let post = ReceivedPost {
+                                seq,
+                                sender_device_id: self.state.device.device_id.clone(),
+                                post: Some(entry.post),
+                                status: PostStatus::Ok,
+                                sender_account_id: Some(self.state.device.account_id.clone()),
+                                stored_at: io.now_ms(),
+                                ..Default::default()
+                            };
+                            self.record_post(timeline_id, post, false);
+                        }
+                        self.mark_own_seq(timeline_id, seq);
+                    }
+                    // Otherwise it stays in the outbox and is sent again below.
+                }
+                Some(Some(_)) => {}
+                Some(None) => return Err(unexpected(f)),
+                None => self.dispatch(io, f).await?,
+            }
+        }
+        self.flush_acks(io).await?;
+        let mut seqs = Vec::with_capacity(ids.len());
+        for id in ids {
+            match self.own_post_seq(&id) {
+                Some(seq) => seqs.push(seq),
+                None => seqs.push(self.send_outbox_entry(io, &id).await?),
+            }
+        }
+        Ok(seqs)
     }
 
     // ----- edits and deletions -------------------------------------------------------------
