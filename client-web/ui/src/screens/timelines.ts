@@ -292,7 +292,7 @@ export async function timelineScreen(ctx: Ctx): Promise<HTMLElement> {
     const seq = p.seq;
     const out: (HTMLElement | null)[] = [];
     if (p.urgent) {
-      const acked = p.acks.length ? t("urgent.ackedBy", { names: p.acks.map((a) => a.name || t("timeline.unknownSender")).join("、") }) : t("urgent.waiting");
+      const acked = p.acks.length ? t("urgent.ackedBy", { names: p.acks.map((a) => a.name || t("timeline.unknownSender")).join(lang() === "ja" ? "、" : ", ") }) : t("urgent.waiting");
       out.push(h("span", { class: "hint urgent-acks", "data-testid": "urgent-acks" }, acked));
       if (!p.ackedByMe && summary()?.active !== false) {
         const b: HTMLButtonElement = h("button", { type: "button", class: "primary ack-button", "data-testid": "ack-button" }, t("urgent.ack"));
@@ -1010,7 +1010,8 @@ async function membersScreen(ctx: Ctx, id: string): Promise<HTMLElement> {
     // Not while the owner is ticking boxes.
     if (!callCard.contains(document.activeElement)) renderCalls();
     // A family member is invited only once the patient's consent is recorded.
-    familyCard.hidden = !mayInvite();
+    // Family is the owner's to invite (a liaison invites her hospital's staff).
+    familyCard.hidden = !mayInvite() || myRole() === "liaison";
     replace(
       familyCard,
       h("h2", null, t("family.title")),
