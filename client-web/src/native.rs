@@ -658,6 +658,23 @@ impl Client {
         Ok((seq, report))
     }
 
+    /// Add every device of an account with a role (and an end date, see
+    /// [`Client::add_member`]), then hand the past over to it (`from`).
+    /// Returns the commit's seq and, when history was handed over, what it
+    /// cost.
+    pub async fn add_member_with_history(
+        &mut self,
+        timeline_id: &str,
+        account_id: &str,
+        role: tsunagu_protocol::policy::Role,
+        until: Option<u64>,
+        from: crate::core::HistoryFrom,
+    ) -> Result<(u64, Option<HandoverReport>), ClientError> {
+        let seq = self.add_member(timeline_id, account_id, role, until).await?;
+        let report = self.hand_over_history(timeline_id, seq, &[account_id.to_string()], from).await?;
+        Ok((seq, report))
+    }
+
     /// Hand the past before the commit at `added_at_seq` over to the
     /// accounts it added: one archive, sealed with a fresh key, uploaded as
     /// one blob, its key sent in the group (after that commit, so only its
