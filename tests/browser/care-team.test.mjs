@@ -510,6 +510,27 @@ test("a reload keeps everything: session, timeline, posts", async (t) => {
   assert.ok(await family.page.isVisible('[data-testid="read-only"]'));
 });
 
+test("a post read offline reaches the doctor's receipts when the connection returns", async () => {
+  const { page } = doctor;
+  const fp = family.page;
+  await fp.goto(`${server.url}/#/`);
+  await fp.waitForSelector('[data-testid="timeline-list"]', { timeout: TIMEOUT });
+  await page.goto(`${server.url}/#/t/${encodeURIComponent(timelineId)}`);
+  await page.fill('[data-testid="composer-text"]', "明朝は8時に訪問します。");
+  await page.click('[data-testid="send"]');
+  const post = page.locator('[data-testid="post"][data-state="sent"]', { hasText: "明朝は8時" });
+  await post.waitFor({ timeout: TIMEOUT });
+  // Her phone has it (unread), then loses the network and she reads it.
+  await fp.locator('[data-testid="unread"]').waitFor({ timeout: TIMEOUT });
+  await family.context.setOffline(true);
+  await fp.waitForFunction(() => document.querySelector('[data-testid="status"]')?.dataset.state !== "online", null, { timeout: TIMEOUT });
+  await fp.locator('[data-testid="timeline-link"]').first().click();
+  await fp.locator('[data-testid="post"]', { hasText: "明朝は8時" }).waitFor({ timeout: TIMEOUT });
+  assert.match(await post.locator('[data-testid="receipt-summary"]').textContent(), /既読 0\/1/);
+  await family.context.setOffline(false);
+  await post.locator('[data-testid="receipt-summary"]', { hasText: "既読 1/1" }).waitFor({ timeout: 40_000 });
+});
+
 test("Japanese and English both render, and the switch and large type are kept", async () => {
   const { page } = family;
   await page.goto(`${server.url}/#/`);

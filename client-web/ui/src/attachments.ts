@@ -121,14 +121,15 @@ export function attachmentList(engine: Engine, p: PostView): HTMLElement | null 
         const status = h("span", { class: "hint", "aria-live": "polite" });
         const button = h(
           "button",
-          { type: "button", class: "attachment-thumb", "aria-label": t("attach.openFull", { name: a.name }), "data-testid": "attachment-thumb-button" },
-          h("span", { class: "thumb-placeholder" }, label),
+          { type: "button", class: "attachment-thumb", "data-testid": "attachment-thumb-button" },
+          h("span", { class: "thumb-placeholder" }, t("attach.openFull", { name: a.name })),
         );
         button.addEventListener("click", () => void showFull(engine, a, status));
         const load = async () => {
           try {
             const url = await openUrl(engine, thumb);
-            button.replaceChildren(h("img", { src: url, alt: a.name, class: "attachment-thumbnail", "data-testid": "attachment-thumbnail" }));
+            // The image's alt text is the button's name (no separate label).
+            button.replaceChildren(h("img", { src: url, alt: t("attach.openFull", { name: a.name }), class: "attachment-thumbnail", "data-testid": "attachment-thumbnail" }));
           } catch {
             status.textContent = t("attach.damaged");
           }

@@ -422,6 +422,9 @@ export class Engine {
           void this.importHistory().catch(() => {});
           // The urgent posts waiting for this person (alerts missed offline).
           this.enqueue((f) => f.refresh_urgent()).catch(() => {});
+          // What was read offline reaches the others' receipts now (the
+          // core sends a position only when it moved).
+          for (const t of this.timelines()) this.enqueue((f) => f.send_read(t.timelineId)).catch(() => {});
         },
         (e: EngineError) => {
           if (ws !== this.ws) return;
