@@ -91,3 +91,40 @@ async fn a_doctor_and_a_nurse_use_the_command_line_client() {
     let _ = follower.wait();
     assert!(live.contains("Dr. Sato") && live.contains(&format!("(re #{first_seq})")), "{live}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_names_the_patient_edits_and_deletes_and_hands_history_over() {
+    let server = TestServer::start().await;
+    let (_, doctor_code) = server.create_account("Dr. Sato");
+    let (nurse_account, nurse_code) = server.create_account("Nurse Tanaka");
+    let (carer_account, carer_code) = server.create_account("Carer Mori");
+    let (doctor, nurse, carer) = (server.client_state_dir(), server.client_state_dir(), server.client_state_dir());
+    tsunagu(&doctor, &["enrol", "--server", server.url(), "--code", &doctor_code]);
+    tsunagu(&nurse, &["enrol", "--server", server.url(), "--code", &nurse_code]);
+    tsunagu(&carer, &["enrol", "--server", server.url(), "--code", &carer_code]);
+
+    let timeline = tsunagu(&doctor, &["create"]).trim().to_owned();
+    tsunagu(&doctor, &["patient", &timeline, "田中 一郎", "--kana", "たなか いちろう", "--birth-date", "1941-04-02"]);
+    let seq = |out: String| out.trim().trim_start_matches('#').to_owned();
+    let first = seq(tsunagu(&doctor, &["post", &timeline, "Started morphine 5 mg"]));
+    let second = seq(tsunagu(&doctor, &["post", &timeline, "Wrong chart, ignore"]));
+    tsunagu(&doctor, &["edit", &timeline, &first, "Started morphine 2.5 mg"]);
+    tsunagu(&doctor, &["delete", &timeline, &second]);
+
+    let added = tsunagu(&doctor, &["invite", &timeline, &nurse_account, "--history", "all"]);
+    assert!(added.contains("handed over (4 messages)"), "{added}");
+    let read = tsunagu(&nurse, &["read", &timeline]);
+    assert!(read.contains(&format!("#{first} Dr. Sato")) && read.contains("Started morphine 2.5 mg [edited"), "{read}");
+    assert!(read.contains("[handed over by"), "{read}");
+    assert!(read.contains(&format!("#{second} Dr. Sato")) && read.contains("[deleted"), "{read}");
+    assert!(!read.contains("Wrong chart"), "{read}");
+
+    // Without history the carer starts from the invitation.
+    let added = tsunagu(&doctor, &["invite", &timeline, &carer_account, "--history", "none"]);
+    assert!(!added.contains("handed over"), "{added}");
+    let read = tsunagu(&carer, &["read", &timeline]);
+    assert!(!read.contains("morphine"), "{read}");
+    // Only one's own posts are edited.
+    let out = Command::new(cli_bin()).arg("--state-dir").arg(&nurse).args(["edit", &timeline, &first, "x"]).output().unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not yours"));
+}

@@ -276,8 +276,12 @@ impl Client {
         let r = core.on_connected(io).await;
         if r.is_err() {
             self.disconnect().await;
+            return r;
         }
-        r
+        // History handed over while this device was away; a failure keeps
+        // it pending for the next sync.
+        let _ = self.import_pending_history().await;
+        Ok(())
     }
 
     pub async fn disconnect(&mut self) {

@@ -1,5 +1,5 @@
 //! `tsunagu`: the native command-line client (enrol, list, create, add
-//! (with a role and an end date), remove, roles, consent, calls, admit,
+//! (with a role, an end date and history), patient, edit, delete, remove, roles, consent, calls, admit,
 //! discharge, post (with attachments; urgent), read (marks it read),
 //! receipts, ack, urgent, fetch, follow, devices, revoke).
 
@@ -10,7 +10,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use tsunagu_client::{Client, PostStatus, ReceivedPost};
-use tsunagu_protocol::envelope::{CareEvent, CareEventKind, Consent, ConsentMethod};
+use tsunagu_client::core::HistoryFrom;
+use tsunagu_protocol::envelope::{CareEvent, CareEventKind, Consent, ConsentMethod, Patient, TimelineInfo};
 use tsunagu_protocol::policy::Role;
 
 #[derive(Parser)]
@@ -52,7 +53,31 @@ enum Cmd {
         /// since the Unix epoch. The server removes the person after it.
         #[arg(long, value_parser = parse_until)]
         until: Option<u64>,
+        /// Hand the timeline's past over to them: `all`, `none` (default), or
+        /// since a date, `YYYY-MM-DD` (Japan time) or `-14d` (the last days).
+        #[arg(long, value_parser = parse_history, default_value = "none")]
+        history: HistoryFrom,
     },
+    /// Set the timeline's name and the patient it is about (encrypted: the
+    /// server never sees them).
+    Patient {
+        timeline: String,
+        /// The patient's name.
+        name: String,
+        #[arg(long, default_value = "")]
+        kana: String,
+        /// YYYY-MM-DD.
+        #[arg(long)]
+        birth_date: Option<String>,
+        /// The timeline's name (default: the patient's name and 様).
+        #[arg(long)]
+        title: Option<String>,
+    },
+    /// Replace the text of one of your posts (everyone sees it edited; the
+    /// original stays available).
+    Edit { timeline: String, seq: u64, text: String },
+    /// Delete one of your posts (everyone sees it deleted).
+    Delete { timeline: String, seq: u64 },
     /// Record the patient's consent to share the timeline beyond the
     /// owner's organisation (the owner only; needed before such invitations).
     Consent {
@@ -120,6 +145,9 @@ enum Cmd {
         /// is alerted, and the second call if nobody of it acknowledges in time.
         #[arg(long)]
         urgent: bool,
+        /// An account to mention (its clients flag the post); repeatable.
+        #[arg(long = "mention", value_name = "ACCOUNT")]
+        mention: Vec<String>,
     },
     /// Download, decrypt and check the attachments of post SEQ into DIR.
     Fetch {
@@ -201,13 +229,38 @@ async fn run(cmd: Cmd, dir: PathBuf) -> Result<()> {
             println!("{}", c.create_timeline().await?);
             c.disconnect().await;
         }
-        Cmd::Add { timeline, account_id, role, until } => {
+        Cmd::Add { timeline, account_id, role, until, history } => {
             let mut c = connected(&dir).await?;
             let seq = match (role, until) {
                 (None, None) => c.add_person(&timeline, &account_id).await?,
                 (role, until) => c.add_member(&timeline, &account_id, role.unwrap_or(Role::Member), until).await?,
             };
             println!("added at #{seq}");
+            match c.hand_over_history(&timeline, seq, &[account_id.clone()], history).await? {
+                Some(r) => println!("history #{}..#{} handed over ({} messages) at #{}", r.from_seq, r.to_seq, r.items, r.seq),
+                None if history != HistoryFrom::None => println!("no history to hand over"),
+                None => {}
+            }
+            c.disconnect().await;
+        }
+        Cmd::Patient { timeline, name, kana, birth_date, title } => {
+            let mut c = connected(&dir).await?;
+            let title = title.unwrap_or_else(|| format!("{name} 様"));
+            let info = TimelineInfo { title, patient: Some(Patient { name, kana, birth_date }) };
+            let seq = c.set_timeline_info(&timeline, info).await?;
+            println!("#{seq}");
+            c.disconnect().await;
+        }
+        Cmd::Edit { timeline, seq, text } => {
+            let mut c = connected(&dir).await?;
+            let at = c.edit_post(&timeline, seq, &text).await?;
+            println!("#{seq} edited at #{at}");
+            c.disconnect().await;
+        }
+        Cmd::Delete { timeline, seq } => {
+            let mut c = connected(&dir).await?;
+            let at = c.delete_post(&timeline, seq).await?;
+            println!("#{seq} deleted at #{at}");
             c.disconnect().await;
         }
         Cmd::Consent { timeline, given_by, method, scope, note } => {
@@ -287,13 +340,13 @@ async fn run(cmd: Cmd, dir: PathBuf) -> Result<()> {
             println!("removed at #{seq}");
             c.disconnect().await;
         }
-        Cmd::Post { timeline, text, reply_to, attach, urgent } => {
+        Cmd::Post { timeline, text, reply_to, attach, urgent, mention } => {
             let mut c = connected(&dir).await?;
-            let seq = if urgent {
+            let seq = if urgent || !mention.is_empty() {
                 if !attach.is_empty() {
-                    bail!("--urgent posts carry no attachments yet: post the files separately");
+                    bail!("--urgent and --mention posts carry no attachments yet: post the files separately");
                 }
-                c.post_with(&timeline, &text, tsunagu_client::core::PostOptions { urgent, reply_to, ..Default::default() }).await?
+                c.post_with(&timeline, &text, tsunagu_client::core::PostOptions { urgent, reply_to, mentions: mention, ..Default::default() }).await?
             } else if attach.is_empty() {
                 let id = tsunagu_client::core::new_msg_id();
                 c.post_reply(&timeline, &id, &text, reply_to).await?
@@ -483,6 +536,36 @@ fn parse_until(s: &str) -> Result<u64, String> {
     }
 }
 
+/// `all`, `none`, `YYYY-MM-DD` (from midnight Japan time) or `-14d`.
+fn parse_history(s: &str) -> Result<HistoryFrom, String> {
+    let bad = || "`all`, `none`, a date `YYYY-MM-DD` or `-14d`".to_string();
+    match s {
+        "all" => return Ok(HistoryFrom::All),
+        "none" => return Ok(HistoryFrom::None),
+        _ => {}
+    }
+    let s = s.strip_prefix("since:").unwrap_or(s);
+    if let Some(days) = s.strip_prefix('-').and_then(|d| d.strip_suffix('d')) {
+        let days: u64 = days.parse().map_err(|_| bad())?;
+        return Ok(HistoryFrom::Since(now_ms().saturating_sub(days * 86_400_000)));
+    }
+    let parts: Vec<&str> = s.split('-').collect();
+    let [y, m, d] = parts.as_slice() else { return Err(bad()) };
+    let (y, m, d): (i64, i64, i64) = (y.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?, d.parse().map_err(|_| bad())?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return Err(bad());
+    }
+    // Days since 1970-01-01 (Howard Hinnant's days_from_civil).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let jst_midnight = days * 86_400_000 - 9 * 3_600_000;
+    Ok(HistoryFrom::Since(jst_midnight.max(0) as u64))
+}
+
 fn prefix(filter: &Option<String>, t: &str) -> String {
     if filter.is_some() {
         String::new()
@@ -517,7 +600,18 @@ fn format_post(p: &ReceivedPost, names: &HashMap<String, String>) -> String {
     match (&p.status, &p.post) {
         (PostStatus::Ok, Some(post)) => {
             let reply = post.reply_to.map(|r| format!("(re #{r}) ")).unwrap_or_default();
-            let mut line = format!("#{} {} {} {}{}", p.seq, who, iso(post.sent_at), reply, post.text);
+            let text = match (&p.edited, p.deleted_at) {
+                (_, Some(at)) => format!("[deleted {}]", iso(at)),
+                (Some(e), None) => format!("{} [edited {}]", e.text, iso(e.edited_at)),
+                (None, None) => post.text.clone(),
+            };
+            let mut line = format!("#{} {} {} {}{}", p.seq, who, iso(post.sent_at), reply, text);
+            if !post.mentions.is_empty() {
+                line.push_str(&format!(" [mentions {}]", post.mentions.join(", ")));
+            }
+            if let Some(by) = &p.handed_over_by {
+                line.push_str(&format!(" [handed over by {by}]"));
+            }
             for (i, a) in post.attachments.iter().enumerate() {
                 line.push_str(&format!("\n    attachment {}: {} ({}, {} bytes)", i + 1, a.name, a.mime, a.size));
             }
@@ -531,6 +625,8 @@ fn format_post(p: &ReceivedPost, names: &HashMap<String, String>) -> String {
                 let what = if e.kind == CareEventKind::Admitted { "admitted to" } else { "discharged from" };
                 format!("#{} {} [{} {} {}]", p.seq, who, iso(e.at), what, e.hospital)
             }
+            Some(tsunagu_protocol::Envelope::Edit(e)) => format!("#{} {} [edited #{}]", p.seq, who, e.target_seq),
+            Some(tsunagu_protocol::Envelope::Delete(d)) => format!("#{} {} [deleted #{}]", p.seq, who, d.target_seq),
             _ => format!("#{} {} - [record]", p.seq, who),
         },
         (PostStatus::Unsupported, _) => format!("#{} {} - [unsupported message]", p.seq, who),
