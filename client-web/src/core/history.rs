@@ -246,3 +246,134 @@ impl Core {
         Ok(added)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tsunagu_protocol::envelope::Edit;
+    use tsunagu_protocol::{Post, PostKind};
+
+    use super::*;
+    use crate::core::Enrolment;
+    use crate::store::MemoryStore;
+
+    const ME: &str = "ward-nurse";
+
+    fn core() -> Core {
+        let enrolment = Enrolment {
+            server_url: "http://localhost".into(),
+            account_id: ME.into(),
+            account_name: "Ward nurse".into(),
+            device_id: "d1".into(),
+            device_token: "t".into(),
+        };
+        Core::new_enrolled(Box::new(MemoryStore::default()), enrolment, crate::mls::new_signer().unwrap()).unwrap()
+    }
+
+    fn post(text: &str) -> Envelope {
+        Envelope::Post(Post { kind: PostKind::Text, text: text.into(), reply_to: None, sent_at: 1, attachments: Vec::new(), mentions: Vec::new(), urgent: false })
+    }
+
+    fn item(seq: u64, account: &str, envelope: Envelope) -> HistoryItem {
+        HistoryItem { seq, sender_account_id: account.into(), sender_device_id: format!("{account}-dev"), stored_at: seq * 10, envelope }
+    }
+
+    fn handover(from_seq: u64, to_seq: u64, blob: &str) -> HistoryHandover {
+        let sealed = attachments::seal(b"x", HISTORY_ARCHIVE_MIME, "history.json").unwrap();
+        let mut archive = sealed.reference;
+        archive.blob_id = blob.into();
+        HistoryHandover { added_at_seq: 100, for_accounts: vec![ME.into()], from_seq, to_seq, count: 0, archive }
+    }
+
+    fn archive(items: Vec<HistoryItem>) -> HistoryArchive {
+        HistoryArchive { v: HISTORY_ARCHIVE_VERSION, timeline_id: "t".into(), items }
+    }
+
+    fn text(c: &Core, seq: u64) -> Option<String> {
+        c.state.timelines["t"].posts.get(&seq).and_then(|p| p.shown_text().map(str::to_string))
+    }
+
+    #[test]
+    fn only_announced_handovers_for_this_account_before_it_joined_are_kept() {
+        let mut c = core();
+        // Not joined by welcome (created it): nothing is accepted.
+        c.on_history_message("t", 101, Some("liaison".into()), handover(1, 99, "a"));
+        assert!(c.pending_handovers().is_empty());
+        c.tl_mut("t").joined_seq = 100;
+        // For someone else, from nobody known, or reaching past the join.
+        let mut other = handover(1, 99, "b");
+        other.for_accounts = vec!["someone".into()];
+        c.on_history_message("t", 101, Some("liaison".into()), other);
+        c.on_history_message("t", 102, None, handover(1, 99, "c"));
+        c.on_history_message("t", 103, Some("liaison".into()), handover(1, 100, "d"));
+        c.on_history_message("t", 104, Some(ME.into()), handover(1, 99, "e"));
+        assert!(c.pending_handovers().is_empty());
+        c.on_history_message("t", 105, Some("liaison".into()), handover(1, 99, "f"));
+        c.on_history_message("t", 106, Some("liaison".into()), handover(1, 99, "f"));
+        assert_eq!(c.pending_handovers().len(), 1, "kept once");
+        // An archive nobody announced is not imported.
+        assert!(c.import_history("t", &handover(1, 99, "g"), archive(vec![item(1, "a", post("x"))])).is_err());
+    }
+
+    #[test]
+    fn an_import_keeps_what_the_device_holds_and_stays_in_its_range() {
+        let mut c = core();
+        c.tl_mut("t").joined_seq = 100;
+        let mine = ReceivedPost { seq: 50, sender_device_id: "x".into(), post: Some(match post("received myself") { Envelope::Post(p) => p, _ => unreachable!() }), sender_account_id: Some("a".into()), ..Default::default() };
+        c.record_post("t", mine, false);
+        let h = handover(10, 99, "h");
+        c.on_history_message("t", 105, Some("liaison".into()), h.clone());
+        let items = vec![
+            item(5, "a", post("before the range")),
+            item(10, "a", post("first")),
+            item(50, "a", post("a different story")),
+            item(99, "b", post("last")),
+            item(100, "b", post("the join itself")),
+        ];
+        assert_eq!(c.import_history("t", &h, archive(items)).unwrap(), 2);
+        assert_eq!(text(&c, 10).as_deref(), Some("first"));
+        assert_eq!(text(&c, 50).as_deref(), Some("received myself"));
+        assert_eq!(text(&c, 99).as_deref(), Some("last"));
+        assert!(text(&c, 5).is_none() && text(&c, 100).is_none());
+        let p = &c.state.timelines["t"].posts[&99];
+        assert_eq!((p.handed_over_by.as_deref(), p.sender_account_id.as_deref(), p.stored_at), (Some("liaison"), Some("b"), 990));
+        assert!(c.state.timelines["t"].posts[&50].handed_over_by.is_none());
+        assert!(c.pending_handovers().is_empty(), "imported once");
+        // Another timeline's archive is refused.
+        let h2 = handover(1, 9, "i");
+        c.on_history_message("t", 106, Some("liaison".into()), h2.clone());
+        let mut wrong = archive(vec![]);
+        wrong.timeline_id = "u".into();
+        assert!(c.import_history("t", &h2, wrong).is_err());
+    }
+
+    #[test]
+    fn an_edit_handed_over_before_its_target_applies_when_the_target_arrives_and_only_from_its_author() {
+        let mut c = core();
+        c.tl_mut("t").joined_seq = 100;
+        let recent = handover(20, 99, "r");
+        let older = handover(1, 19, "o");
+        c.on_history_message("t", 101, Some("liaison".into()), recent.clone());
+        c.on_history_message("t", 102, Some("liaison".into()), older.clone());
+        let edit = |text: &str| Envelope::Edit(Edit { target_seq: 5, text: text.into(), edited_at: 7 });
+        c.import_history("t", &recent, archive(vec![item(25, "a", edit("corrected")), item(26, "b", edit("forged"))])).unwrap();
+        assert!(text(&c, 5).is_none());
+        c.import_history("t", &older, archive(vec![item(5, "a", post("original"))])).unwrap();
+        assert_eq!(text(&c, 5).as_deref(), Some("corrected"), "the author's edit, not the forged one after it");
+        assert_eq!(c.state.timelines["t"].posts[&5].post.as_ref().unwrap().text, "original");
+        assert!(c.take_warnings().iter().any(|w| w.contains("#26") && w.contains("ignored")));
+    }
+
+    #[test]
+    fn archives_round_trip_and_are_checked() {
+        let a = archive(vec![item(1, "a", post("x"))]);
+        let sealed = seal_archive(&a).unwrap();
+        assert_eq!(sealed.reference.mime, HISTORY_ARCHIVE_MIME);
+        assert_eq!(open_archive(&sealed.reference, &sealed.ciphertext).unwrap(), a);
+        let mut photo = sealed.reference.clone();
+        photo.mime = "image/png".into();
+        assert!(open_archive(&photo, &sealed.ciphertext).is_err());
+        let mut bad = sealed.ciphertext.clone();
+        bad[0] ^= 1;
+        assert!(open_archive(&sealed.reference, &bad).is_err());
+    }
+}
