@@ -74,7 +74,7 @@ async fn five_thousand_posts_of_history_are_handed_over_to_a_member_added_later(
     // The doctor adds the ward nurse and hands everything over.
     let newcomer_account = newcomer.account_id().to_owned();
     let (added, report) = doctor.add_person_with_history(&timeline, &newcomer_account, HistoryFrom::All).await.unwrap();
-    let report = report.expect("history handed over");
+    let report = report.unwrap().expect("history handed over");
     // (The name and patient are sent again right after the commit.)
     assert_eq!(report.items, HISTORY + 2 + 3, "posts, edit and deletion events, recent notes: {report:?}");
     assert!(report.to_seq < added && report.seq > added);
@@ -114,7 +114,7 @@ async fn five_thousand_posts_of_history_are_handed_over_to_a_member_added_later(
     // From a date: only what came since.
     let late_account = late.account_id().to_owned();
     let (_, report) = doctor.add_person_with_history(&timeline, &late_account, HistoryFrom::Since(since)).await.unwrap();
-    let report = report.expect("recent history handed over");
+    let report = report.unwrap().expect("recent history handed over");
     assert_eq!(report.from_seq, recent[0]);
     late.wait_for_seq(&timeline, report.seq, WAIT).await.unwrap();
     late.sync().await.unwrap();
@@ -134,7 +134,7 @@ async fn five_thousand_posts_of_history_are_handed_over_to_a_member_added_later(
     // Or nothing at all.
     let none_account = none.account_id().to_owned();
     let (joined, report) = doctor.add_person_with_history(&timeline, &none_account, HistoryFrom::None).await.unwrap();
-    assert!(report.is_none());
+    assert!(report.unwrap().is_none());
     none.wait_for_seq(&timeline, joined, WAIT).await.unwrap();
     none.sync().await.unwrap();
     assert!(none.posts(&timeline).iter().all(|p| p.seq > joined));
@@ -179,7 +179,7 @@ async fn admission_the_liaison_invites_a_ward_nurse_who_reads_the_history_until_
     let consent_seq = doctor.record_consent(&timeline, consent(&doctor_id)).await.unwrap();
     let (liaison_added, report) =
         doctor.add_member_with_history(&timeline, &liaison_id, Role::Liaison, None, HistoryFrom::All).await.unwrap();
-    let report = report.expect("history for the liaison");
+    let report = report.unwrap().expect("history for the liaison");
     liaison.wait_for_seq(&timeline, report.seq, WAIT).await.unwrap();
     liaison.sync().await.unwrap();
     assert_eq!(liaison.my_role(&timeline), Some(Role::Liaison));
@@ -197,7 +197,7 @@ async fn admission_the_liaison_invites_a_ward_nurse_who_reads_the_history_until_
     let until = now + 14 * 24 * 3600 * 1000;
     let (ward_added, report) =
         liaison.add_member_with_history(&timeline, &ward_nurse_id, Role::Member, Some(until), HistoryFrom::All).await.unwrap();
-    let report = report.expect("history for the ward nurse");
+    let report = report.unwrap().expect("history for the ward nurse");
     assert_eq!(report.items, HISTORY + 4, "posts, the edit, the consent, the later post, the admission");
     ward_nurse.wait_for_seq(&timeline, report.seq, WAIT).await.unwrap();
     ward_nurse.sync().await.unwrap();

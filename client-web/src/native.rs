@@ -649,23 +649,24 @@ impl Client {
     }
 
     /// Add every device of an account, then hand the past over to it
-    /// (`from`). Returns the commit's seq and, when history was handed
-    /// over, what it cost.
+    /// (`from`); the outcome as for [`Client::add_member_with_history`].
     pub async fn add_person_with_history(
         &mut self,
         timeline_id: &str,
         account_id: &str,
         from: crate::core::HistoryFrom,
-    ) -> Result<(u64, Option<HandoverReport>), ClientError> {
+    ) -> Result<(u64, Result<Option<HandoverReport>, ClientError>), ClientError> {
         let seq = self.add_person(timeline_id, account_id).await?;
-        let report = self.hand_over_history(timeline_id, seq, &[account_id.to_string()], from).await?;
+        let report = self.hand_over_history(timeline_id, seq, &[account_id.to_string()], from).await;
         Ok((seq, report))
     }
 
     /// Add every device of an account with a role (and an end date, see
     /// [`Client::add_member`]), then hand the past over to it (`from`).
-    /// Returns the commit's seq and, when history was handed over, what it
-    /// cost.
+    /// Returns the commit's seq and the handover's outcome: what it cost,
+    /// `None` when there was nothing to hand over, or why it failed (the
+    /// person stays added: [`Client::hand_over_history`] with the seq tries
+    /// again).
     pub async fn add_member_with_history(
         &mut self,
         timeline_id: &str,
@@ -673,9 +674,9 @@ impl Client {
         role: tsunagu_protocol::policy::Role,
         until: Option<u64>,
         from: crate::core::HistoryFrom,
-    ) -> Result<(u64, Option<HandoverReport>), ClientError> {
+    ) -> Result<(u64, Result<Option<HandoverReport>, ClientError>), ClientError> {
         let seq = self.add_member(timeline_id, account_id, role, until).await?;
-        let report = self.hand_over_history(timeline_id, seq, &[account_id.to_string()], from).await?;
+        let report = self.hand_over_history(timeline_id, seq, &[account_id.to_string()], from).await;
         Ok((seq, report))
     }
 
