@@ -272,7 +272,8 @@ impl Core {
             }
         }
         // Kept as an event; a target not here yet (history imported later)
-        // gets it when it arrives.
+        // gets it when it arrives. Others' changes are news; our own are not.
+        let notify = sender_device != self.device_id();
         let record = ReceivedPost {
             seq,
             sender_device_id: sender_device,
@@ -283,8 +284,8 @@ impl Core {
             record: Some(env),
             ..Default::default()
         };
-        self.record_post(timeline_id, record, true);
-        self.apply_change(timeline_id, seq, true);
+        self.record_post(timeline_id, record, notify);
+        self.apply_change(timeline_id, seq, notify);
     }
 
     /// Apply the edit or deletion recorded at `seq` to its target, if the
