@@ -363,6 +363,47 @@ mod tests {
         assert!(c.take_warnings().iter().any(|w| w.contains("#26") && w.contains("ignored")));
     }
 
+    /// A memory store both a core and the test hold (to reopen it).
+    #[derive(Clone, Default)]
+    struct Shared(std::sync::Arc<std::sync::Mutex<MemoryStore>>);
+
+    impl crate::store::StateStore for Shared {
+        fn load_all(&mut self) -> Result<Vec<crate::store::Pair>, ClientError> {
+            self.0.lock().unwrap().load_all()
+        }
+        fn commit(&mut self, changes: &[crate::store::Change]) -> Result<(), ClientError> {
+            self.0.lock().unwrap().commit(changes)
+        }
+    }
+
+    #[test]
+    fn a_pending_handover_the_join_and_the_patient_survive_a_restart() {
+        let store = Shared::default();
+        let enrolment = Enrolment {
+            server_url: "http://localhost".into(),
+            account_id: ME.into(),
+            account_name: "Ward nurse".into(),
+            device_id: "d1".into(),
+            device_token: "t".into(),
+        };
+        let mut c = Core::new_enrolled(Box::new(store.clone()), enrolment, crate::mls::new_signer().unwrap()).unwrap();
+        c.tl_mut("t").joined_seq = 100;
+        let info = tsunagu_protocol::envelope::TimelineInfo {
+            title: "田中 一郎 様".into(),
+            patient: Some(tsunagu_protocol::envelope::Patient { name: "田中 一郎".into(), kana: "たなか いちろう".into(), birth_date: None }),
+        };
+        c.record_info("t", 101, info.clone());
+        let h = handover(1, 99, "p");
+        c.on_history_message("t", 102, Some("liaison".into()), h.clone());
+        c.save().unwrap();
+        drop(c);
+        let mut c = Core::open(Box::new(store)).unwrap();
+        assert_eq!(c.timeline_info("t"), Some(info));
+        assert_eq!(c.state.timelines["t"].joined_seq, 100);
+        assert_eq!(c.pending_handovers().len(), 1);
+        assert_eq!(c.import_history("t", &h, archive(vec![item(3, "a", post("x"))])).unwrap(), 1);
+    }
+
     #[test]
     fn archives_round_trip_and_are_checked() {
         let a = archive(vec![item(1, "a", post("x"))]);
