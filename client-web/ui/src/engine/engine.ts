@@ -165,6 +165,18 @@ export class Engine {
     if (this.wanted && !this.ws) this.reconnectNow();
   };
 
+  /** The browser lost the network: drop the socket at once, so a request in
+   *  flight (receipts, the urgent list) fails now instead of holding the
+   *  operation queue — and the posts queued behind it — for its timeout. */
+  private readonly onOffline = () => {
+    if (!this.wanted || !this.ws) return;
+    if (this.keepaliveTimer) clearTimeout(this.keepaliveTimer);
+    this.keepaliveTimer = null;
+    this.closeSocket();
+    this.setStatus("offline");
+    this.scheduleReconnect();
+  };
+
   private constructor(facade: Facade, kv: Kv, serverUrl: string, dbName: string, releaseLock: () => void) {
     this.facade = facade;
     this.kv = kv;
@@ -353,12 +365,14 @@ export class Engine {
     if (this.wanted) return;
     this.wanted = true;
     window.addEventListener("online", this.onOnline);
+    window.addEventListener("offline", this.onOffline);
     this.openSocket();
   }
 
   disconnect(): void {
     this.wanted = false;
     window.removeEventListener("online", this.onOnline);
+    window.removeEventListener("offline", this.onOffline);
     this.clearTimers();
     this.closeSocket();
     this.setStatus("offline");

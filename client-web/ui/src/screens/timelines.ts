@@ -870,6 +870,8 @@ async function membersScreen(ctx: Ctx, id: string): Promise<HTMLElement> {
         }
       }
       ctx.notify(t("timeline.added", { name }));
+      // (A directory result's button is not re-rendered with the lists.)
+      button.remove();
       if (historySelect.value !== "none") {
         const since = historySelect.value === "since" && historySince.value ? new Date(`${historySince.value}T00:00:00`).getTime() : undefined;
         const count = await engine.handOverHistory(id, seq, [accountId], since);
