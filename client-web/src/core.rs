@@ -717,7 +717,7 @@ impl Core {
                                         (None, PostStatus::Unsupported)
                                     }
                                 };
-                                if new_title.is_none() {
+                                if new_title.is_none() && change.is_none() {
                                     new_post = Some(ReceivedPost {
                                         seq: d.seq,
                                         sender_device_id: sender,
@@ -792,8 +792,11 @@ impl Core {
         if let Some(p) = new_post {
             self.record_post(&tid, p, true);
         }
-        if let Some(title) = new_title {
-            self.record_title(&tid, d.seq, title);
+        if let Some(info) = new_title {
+            self.record_info(&tid, d.seq, info);
+        }
+        if let Some((env, sender, account)) = change {
+            self.on_change_message(&tid, d.seq, d.stored_at, sender, account, env);
         }
         match stored_proposal {
             Some(true) => self.mark_left(&tid, "the server proposed this device's removal (revoked)"),
@@ -843,6 +846,7 @@ impl Core {
                 self.groups.insert(timeline_id.to_string(), group);
                 let tl = self.tl_mut(timeline_id);
                 tl.has_group = true;
+                tl.joined_seq = seq;
                 if seq > tl.processed_seq {
                     tl.processed_seq = seq;
                 }
