@@ -13,7 +13,9 @@ use tsunagu_protocol::frames::MessageKind;
 use tsunagu_protocol::ErrorCode;
 
 use crate::cluster::Cluster;
-use crate::db::{Db, Existing, StoredMessage};
+use sqlx::Row as _;
+
+use crate::db::{Db, Existing, StoredMessage, Tx};
 use crate::error::{ApiError, StoreError};
 use crate::hub::Hub;
 use crate::metrics::{KindLabel, Metrics};
@@ -146,34 +148,55 @@ async fn store_batch(db: &Db, hub: &Hub, cluster: &Cluster, jobs: &[(SendRequest
     let mut rows: Vec<StoredMessage> = Vec::new();
     let mut stored_at: Vec<(usize, usize, Arc<Vec<String>>)> = Vec::new();
     let not_member = || Err(Pending::Refused(ApiError::new(ErrorCode::NotMember, "this device is not a member of the timeline")));
+    if db.is_postgres() && !by_timeline.is_empty() {
+        // Every timeline of the batch locked in id order, in one statement:
+        // nodes lock in the same order and cannot deadlock.
+        lock_in_order(&mut tx, &by_timeline.keys().copied().collect::<Vec<_>>()).await?;
+    }
+    // The common case: every send of a timeline is at one epoch whose member
+    // set is cached; one statement for all those timelines checks that each
+    // epoch is still current while it reserves their seqs (one round trip to
+    // the database per batch, not per timeline).
+    let mut fast: Vec<(&str, i64, Arc<Vec<String>>, Vec<usize>, Vec<usize>)> = Vec::new();
+    let mut slow: Vec<(&str, Vec<usize>)> = Vec::new();
     for (timeline_id, indexes) in by_timeline {
-        // The common case in one statement: every send is at the same epoch,
-        // whose member set is cached; the update checks that the epoch is
-        // still current while it reserves the seqs.
         let epoch = jobs[indexes[0]].0.epoch;
-        if let Some(members) = hub.members_at(timeline_id, epoch).filter(|_| indexes.iter().all(|&i| jobs[i].0.epoch == epoch)) {
-            let (accepted, refused): (Vec<usize>, Vec<usize>) = indexes.iter().partition(|&&i| members.contains(&jobs[i].0.device_id));
-            let reserved = match accepted.len() {
-                0 => None,
-                n => Db::append_at_epoch(&mut tx, timeline_id, epoch, n as i64).await?,
-            };
-            if accepted.is_empty() || reserved.is_some() {
-                for i in refused {
-                    outcomes[i] = Some(not_member());
-                }
-                if let Some(head) = reserved {
-                    let first = head - accepted.len() as i64 + 1;
-                    for (seq, &i) in (first..=head).zip(&accepted) {
-                        stored_at.push((i, rows.len(), members.clone()));
-                        rows.push(stored_message(&jobs[i].0, timeline_id, seq, now));
-                        outcomes[i] = Some(Err(Pending::Stored));
+        match hub.members_at(timeline_id, epoch).filter(|_| indexes.iter().all(|&i| jobs[i].0.epoch == epoch)) {
+            Some(members) => {
+                let (accepted, refused): (Vec<usize>, Vec<usize>) = indexes.iter().partition(|&&i| members.contains(&jobs[i].0.device_id));
+                if accepted.is_empty() {
+                    for i in refused {
+                        outcomes[i] = Some(not_member());
                     }
-                    cluster.messages_stored(&mut tx, timeline_id, first, head).await?;
+                } else {
+                    fast.push((timeline_id, epoch, members, indexes, accepted));
                 }
-                continue;
             }
-            // The epoch moved on (or the timeline is gone): check each send.
+            None => slow.push((timeline_id, indexes)),
         }
+    }
+    let wanted: Vec<(&str, i64, i64)> = fast.iter().map(|(t, e, _, _, accepted)| (*t, *e, accepted.len() as i64)).collect();
+    let heads = if wanted.is_empty() { HashMap::new() } else { append_at_epochs(&mut tx, &wanted).await? };
+    for (timeline_id, _, members, indexes, accepted) in fast {
+        let Some(&head) = heads.get(timeline_id) else {
+            // The epoch moved on (or the timeline is gone): check each send.
+            slow.push((timeline_id, indexes));
+            continue;
+        };
+        // Refused unless accepted (overwritten just below).
+        for &i in &indexes {
+            outcomes[i] = Some(not_member());
+        }
+        let first = head - accepted.len() as i64 + 1;
+        for (seq, &i) in (first..=head).zip(&accepted) {
+            stored_at.push((i, rows.len(), members.clone()));
+            rows.push(stored_message(&jobs[i].0, timeline_id, seq, now));
+            outcomes[i] = Some(Err(Pending::Stored));
+        }
+        cluster.messages_stored(&mut tx, timeline_id, first, head).await?;
+    }
+    slow.sort_unstable_by_key(|(t, _)| *t);
+    for (timeline_id, indexes) in slow {
         let Some((epoch, head)) = Db::lock_head(&mut tx, timeline_id).await? else {
             for i in indexes {
                 outcomes[i] = Some(not_member());
@@ -262,4 +285,44 @@ fn stored_message(req: &SendRequest, timeline_id: &str, seq: i64, now: i64) -> S
         stored_at: now,
         data: req.data.clone(),
     }
+}
+
+/// Lock these timelines' rows in id order (PostgreSQL; SQLite has one writer).
+async fn lock_in_order(tx: &mut Tx, ids: &[&str]) -> Result<(), StoreError> {
+    for chunk in ids.chunks(64) {
+        let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let sql = format!("SELECT id FROM timelines WHERE id IN ({}) ORDER BY id FOR UPDATE", marks.join(", "));
+        // Only generated placeholders are spliced in; every value is bound.
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for id in chunk {
+            query = query.bind(*id);
+        }
+        query.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+/// Reserve `count` seqs in each `(timeline, epoch, count)` whose timeline is
+/// still at that epoch, in one statement per 64 timelines (SQLite's `$n`
+/// lookup is linear, so statements stay small); their new heads by id.
+async fn append_at_epochs(tx: &mut Tx, wanted: &[(&str, i64, i64)]) -> Result<HashMap<String, i64>, StoreError> {
+    let mut heads = HashMap::with_capacity(wanted.len());
+    for chunk in wanted.chunks(64) {
+        let values: Vec<String> = (0..chunk.len()).map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3)).collect();
+        // Both backends name the VALUES columns column1, column2, column3.
+        let sql = format!(
+            "UPDATE timelines SET head_seq = head_seq + v.column3 FROM (VALUES {}) AS v \
+             WHERE timelines.id = v.column1 AND timelines.epoch = v.column2 RETURNING timelines.id, timelines.head_seq",
+            values.join(", ")
+        );
+        // Only generated placeholders are spliced in; every value is bound.
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (id, epoch, count) in chunk {
+            query = query.bind(*id).bind(*epoch).bind(*count);
+        }
+        for r in query.fetch_all(&mut **tx).await? {
+            heads.insert(r.try_get::<String, _>(0)?, r.try_get::<i64, _>(1)?);
+        }
+    }
+    Ok(heads)
 }
