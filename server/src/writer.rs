@@ -57,7 +57,15 @@ pub struct Writer {
 impl Writer {
     pub fn start(db: Db, hub: Arc<Hub>, cluster: Cluster, metrics: Arc<Metrics>) -> Writer {
         let (queue, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(db, hub, cluster, metrics, rx));
+        // Its own thread and runtime: otherwise each of a batch's round trips
+        // to the database (and the write connection's return to the pool)
+        // waits in the run queue behind the connection tasks that the
+        // previous batch's deliveries woke (tens of ms under load).
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("writer runtime");
+        std::thread::Builder::new()
+            .name("tsunagu-writer".into())
+            .spawn(move || runtime.block_on(run(db, hub, cluster, metrics, rx)))
+            .expect("writer thread");
         Writer { queue }
     }
 
