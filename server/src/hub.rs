@@ -21,8 +21,9 @@ use crate::db::StoredMessage;
 #[derive(Debug, Clone)]
 pub enum Push {
     /// A stored timeline message, already serialized as a `message` frame.
-    /// Boxed so that every connection's queue stays small while idle.
-    Message(Box<MessagePush>),
+    /// Shared by every recipient (one allocation per message, not per
+    /// recipient) and small in every connection's queue.
+    Message(Arc<MessagePush>),
     /// A `welcome` frame for this device.
     Welcome(Box<MessagePush>),
     /// Something may have been missed: catch up from the database.
@@ -209,7 +210,7 @@ impl Hub {
 
     /// Push a stored timeline message to its recipients' connections.
     pub fn publish_message(&self, recipients: &[String], message: &StoredMessage) {
-        let push = Push::Message(Box::new(MessagePush {
+        let push = Push::Message(Arc::new(MessagePush {
             timeline_id: message.timeline_id.as_str().into(),
             seq: message.seq,
             frame: message_frame(message),

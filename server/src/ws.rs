@@ -502,26 +502,30 @@ impl Connection {
             Push::Revoked => self.close_revoked().await?,
             Push::Notice(frame) => self.send_text(*frame).await?,
             Push::Message(push) => {
-                let MessagePush { timeline_id, seq, frame, stored } = *push;
-                let last = match self.last_sent.get(&*timeline_id) {
+                let MessagePush { ref timeline_id, seq, ref frame, stored } = *push;
+                let last = match self.last_sent.get(&**timeline_id) {
                     Some(&last) => last,
                     // Not yet known on this connection: start from the stored cursor.
                     None => self.db().memberships(&self.device.id).await.map_err(ApiError::from)?
                         .into_iter()
-                        .find(|m| *m.timeline_id == *timeline_id)
+                        .find(|m| *m.timeline_id == **timeline_id)
                         .map_or(seq - 1, |m| m.cursor),
                 };
                 if seq <= last {
                     return Ok(());
                 }
                 if seq == last + 1 {
-                    self.send_text(frame).await?;
-                    self.last_sent.insert(timeline_id.to_string(), seq);
+                    self.send_text(frame.clone()).await?;
+                    // No new key (an allocation) per delivery once the timeline is known.
+                    match self.last_sent.get_mut(&**timeline_id) {
+                        Some(last) => *last = seq,
+                        None => _ = self.last_sent.insert(timeline_id.to_string(), seq),
+                    }
                     self.state.metrics.messages_delivered.inc();
                     self.state.metrics.delivery_seconds.observe(stored.elapsed().as_secs_f64());
                 } else {
                     // A gap: an earlier push was dropped or is still on its way.
-                    self.send_range(&timeline_id, last, seq).await?;
+                    self.send_range(timeline_id, last, seq).await?;
                 }
             }
         }
