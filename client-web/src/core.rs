@@ -835,11 +835,12 @@ impl Core {
         if let Some(mut old) = self.groups.remove(timeline_id) {
             let _ = old.delete(self.provider.storage());
         }
+        // The account that added this device (it hands the history over).
+        let mut joined_by = None;
         let joined = m::parse_welcome(bytes).and_then(|w| {
-            StagedWelcome::new_from_welcome(&self.provider, &m::join_config(), w, None)
-                .map_err(mls("welcome"))?
-                .into_group(&self.provider)
-                .map_err(mls("join"))
+            let staged = StagedWelcome::new_from_welcome(&self.provider, &m::join_config(), w, None).map_err(mls("welcome"))?;
+            joined_by = staged.welcome_sender().ok().and_then(|leaf| m::credential_account_id(leaf.credential()));
+            staged.into_group(&self.provider).map_err(mls("join"))
         });
         match joined {
             Ok(group) => {
@@ -847,6 +848,7 @@ impl Core {
                 let tl = self.tl_mut(timeline_id);
                 tl.has_group = true;
                 tl.joined_seq = seq;
+                tl.joined_by = joined_by;
                 if seq > tl.processed_seq {
                     tl.processed_seq = seq;
                 }

@@ -85,6 +85,9 @@ pub struct TimelineState {
     /// the timeline, or joined before this was kept): history handed over
     /// is accepted only for seqs below it.
     pub joined_seq: u64,
+    /// The account whose commit added this device (from the welcome): the
+    /// only one whose history handover is accepted (`None`: any member).
+    pub joined_by: Option<String>,
     /// History handovers announced to this account, not yet imported.
     pub pending_history: Vec<PendingHandover>,
     pub posts: BTreeMap<u64, ReceivedPost>,
@@ -190,6 +193,8 @@ pub struct TimelineMeta {
     pub patient: Option<tsunagu_protocol::envelope::Patient>,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub joined_seq: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub joined_by: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pending_history: Vec<PendingHandover>,
 }
@@ -222,6 +227,7 @@ impl TimelineState {
             title: self.title.clone(),
             patient: self.patient.clone(),
             joined_seq: self.joined_seq,
+            joined_by: self.joined_by.clone(),
             pending_history: self.pending_history.clone(),
         })
     }
@@ -280,6 +286,7 @@ pub fn decode(pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Option<Loaded>, ClientEr
                 tl.title = meta.title;
                 tl.patient = meta.patient;
                 tl.joined_seq = meta.joined_seq;
+                tl.joined_by = meta.joined_by;
                 tl.pending_history = meta.pending_history;
             } else if rest.len() >= 8 + keys::POST_INFIX.len()
                 && &rest[rest.len() - 8 - keys::POST_INFIX.len()..rest.len() - 8] == keys::POST_INFIX

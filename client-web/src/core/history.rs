@@ -147,12 +147,16 @@ impl Core {
         if from_account == me || !handover.for_accounts.iter().any(|a| *a == me) {
             return; // for someone else
         }
-        let joined = self.state.timelines.get(timeline_id).map(|t| t.joined_seq).unwrap_or(0);
+        let (joined, joined_by) =
+            self.state.timelines.get(timeline_id).map(|t| (t.joined_seq, t.joined_by.clone())).unwrap_or((0, None));
         if joined == 0 || handover.to_seq >= joined || handover.from_seq > handover.to_seq {
             return self.warn(format!(
                 "{timeline_id} #{seq}: history {}..={} ignored: this device joined at #{joined}",
                 handover.from_seq, handover.to_seq
             ));
+        }
+        if joined_by.as_ref().is_some_and(|by| *by != from_account) {
+            return self.warn(format!("{timeline_id} #{seq}: history from {from_account} ignored: {joined_by:?} added this device"));
         }
         let tl = self.tl_mut(timeline_id);
         if !tl.pending_history.iter().any(|p| p.handover.archive.blob_id == handover.archive.blob_id) {
@@ -310,6 +314,12 @@ mod tests {
         c.on_history_message("t", 105, Some("liaison".into()), handover(1, 99, "f"));
         c.on_history_message("t", 106, Some("liaison".into()), handover(1, 99, "f"));
         assert_eq!(c.pending_handovers().len(), 1, "kept once");
+        // Once the welcome named who added this device, only that account's.
+        c.tl_mut("t").joined_by = Some("liaison".into());
+        c.on_history_message("t", 107, Some("pharmacist".into()), handover(1, 99, "j"));
+        assert_eq!(c.pending_handovers().len(), 1, "not from another member");
+        c.on_history_message("t", 108, Some("liaison".into()), handover(1, 50, "k"));
+        assert_eq!(c.pending_handovers().len(), 2);
         // An archive nobody announced is not imported.
         assert!(c.import_history("t", &handover(1, 99, "g"), archive(vec![item(1, "a", post("x"))])).is_err());
     }
@@ -388,6 +398,7 @@ mod tests {
         };
         let mut c = Core::new_enrolled(Box::new(store.clone()), enrolment, crate::mls::new_signer().unwrap()).unwrap();
         c.tl_mut("t").joined_seq = 100;
+        c.tl_mut("t").joined_by = Some("liaison".into());
         let info = tsunagu_protocol::envelope::TimelineInfo {
             title: "田中 一郎 様".into(),
             patient: Some(tsunagu_protocol::envelope::Patient { name: "田中 一郎".into(), kana: "たなか いちろう".into(), birth_date: None }),
@@ -399,7 +410,7 @@ mod tests {
         drop(c);
         let mut c = Core::open(Box::new(store)).unwrap();
         assert_eq!(c.timeline_info("t"), Some(info));
-        assert_eq!(c.state.timelines["t"].joined_seq, 100);
+        assert_eq!((c.state.timelines["t"].joined_seq, c.state.timelines["t"].joined_by.as_deref()), (100, Some("liaison")));
         assert_eq!(c.pending_handovers().len(), 1);
         assert_eq!(c.import_history("t", &h, archive(vec![item(3, "a", post("x"))])).unwrap(), 1);
     }
