@@ -143,7 +143,7 @@ impl Core {
     /// epoch (a commit came in between) is sent again one by one. Returns
     /// the seqs in order.
     pub async fn post_many<T: Transport>(&mut self, io: &mut T, timeline_id: &str, posts: Vec<Post>) -> Result<Vec<u64>, ClientError> {
-        self.check_member(timeline_id)?;
+        self.check_may_post(timeline_id)?;
         let mut ids = Vec::with_capacity(posts.len());
         let mut frames = Vec::with_capacity(posts.len());
         let mut waiting: HashMap<u64, String> = HashMap::new();
@@ -224,6 +224,7 @@ impl Core {
     /// every member applies (the original stays available). Refused locally
     /// for anyone else's post. Returns the edit's seq.
     pub async fn edit_post<T: Transport>(&mut self, io: &mut T, timeline_id: &str, seq: u64, text: &str) -> Result<u64, ClientError> {
+        self.check_may_post(timeline_id)?;
         self.own_live_post(timeline_id, seq)?;
         let env = Envelope::Edit(Edit { target_seq: seq, text: text.into(), edited_at: io.now_ms() });
         self.send_own_change(io, timeline_id, env).await
@@ -232,6 +233,7 @@ impl Core {
     /// Delete one of this account's posts: a `delete` message every member
     /// applies (the post shows as deleted). Returns the deletion's seq.
     pub async fn delete_post<T: Transport>(&mut self, io: &mut T, timeline_id: &str, seq: u64) -> Result<u64, ClientError> {
+        self.check_may_post(timeline_id)?;
         self.own_live_post(timeline_id, seq)?;
         let env = Envelope::Delete(Delete { target_seq: seq, deleted_at: io.now_ms() });
         self.send_own_change(io, timeline_id, env).await
