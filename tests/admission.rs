@@ -254,3 +254,26 @@ async fn admission_the_liaison_invites_a_ward_nurse_who_reads_the_history_until_
         assert!(files_containing(&files, needle.as_bytes()).is_empty(), "{needle} is in a server file");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_past_is_handed_over_in_parts() {
+    let server = TestServer::start().await;
+    let mut doctor = server.enrol("Dr. Sato").await;
+    let mut newcomer = server.enrol("Ward nurse Kimura").await;
+    let timeline = doctor.create_timeline().await.unwrap();
+    let seqs = visit_notes(&mut doctor, &timeline, 300, "home").await;
+    let added = doctor.add_person(&timeline, newcomer.account_id()).await.unwrap();
+    let accounts = [newcomer.account_id().to_owned()];
+    // Parts of at most 8 KB (the real limit is 16 MiB).
+    let report = doctor.hand_over_history_in_parts(&timeline, added, &accounts, HistoryFrom::All, 8_000).await.unwrap().unwrap();
+    assert!(report.parts >= 5, "{report:?}");
+    assert_eq!(report.items, 300);
+    newcomer.wait_for_seq(&timeline, report.seq, WAIT).await.unwrap();
+    newcomer.sync().await.unwrap();
+    let imports = newcomer.take_history_reports();
+    assert_eq!(imports.len(), report.parts, "{:?}", newcomer.take_warnings());
+    assert_eq!(imports.iter().map(|r| r.added).sum::<usize>(), 300);
+    for s in seqs {
+        assert_eq!(post_at(&newcomer, &timeline, s).handed_over_by.as_deref(), Some(doctor.account_id()));
+    }
+}

@@ -563,11 +563,13 @@ impl Client {
 /// What handing over history cost on the inviting device.
 #[derive(Debug, Clone, Default)]
 pub struct HandoverReport {
-    /// The seq of the `history` message.
+    /// The seq of the (last) `history` message.
     pub seq: u64,
     pub from_seq: u64,
     pub to_seq: u64,
     pub items: usize,
+    /// Archives (blobs) it took: one unless the past is very long.
+    pub parts: usize,
     /// Ciphertext bytes uploaded.
     pub bytes: usize,
     pub build: Duration,
@@ -683,7 +685,9 @@ impl Client {
     /// Hand the past before the commit at `added_at_seq` over to the
     /// accounts it added: one archive, sealed with a fresh key, uploaded as
     /// one blob, its key sent in the group (after that commit, so only its
-    /// members read it). `None` when there is nothing to hand over.
+    /// members read it); a past longer than
+    /// [`crate::core::history::MAX_HISTORY_ARCHIVE_BYTES`] goes in parts.
+    /// `None` when there is nothing to hand over.
     pub async fn hand_over_history(
         &mut self,
         timeline_id: &str,
@@ -691,39 +695,56 @@ impl Client {
         accounts: &[String],
         from: crate::core::HistoryFrom,
     ) -> Result<Option<HandoverReport>, ClientError> {
+        let max = crate::core::history::MAX_HISTORY_ARCHIVE_BYTES;
+        self.hand_over_history_in_parts(timeline_id, added_at_seq, accounts, from, max).await
+    }
+
+    /// [`Client::hand_over_history`] with archives of at most `max_bytes`.
+    pub async fn hand_over_history_in_parts(
+        &mut self,
+        timeline_id: &str,
+        added_at_seq: u64,
+        accounts: &[String],
+        from: crate::core::HistoryFrom,
+        max_bytes: usize,
+    ) -> Result<Option<HandoverReport>, ClientError> {
         let started = std::time::Instant::now();
         let Some(from_seq) = self.core.history_from_seq(timeline_id, from, added_at_seq) else { return Ok(None) };
         let to_seq = added_at_seq - 1;
-        let archive = self.core.history_archive(timeline_id, from_seq, to_seq);
-        let items = archive.items.len();
-        if items == 0 {
+        let parts = self.core.history_archive_parts(timeline_id, from_seq, to_seq, max_bytes);
+        if parts.is_empty() {
             return Ok(None);
         }
-        let build = started.elapsed();
-        let started = std::time::Instant::now();
-        let sealed = crate::core::history::seal_archive(&archive)?;
-        drop(archive);
-        let seal = started.elapsed();
-        let started = std::time::Instant::now();
-        let bytes = sealed.ciphertext.len();
-        let stored = upload_blob(self.core.server_url(), self.core.device_token(), sealed.ciphertext).await?;
-        if stored.blob_id != sealed.reference.blob_id {
-            return Err(ClientError::Protocol("the server stored a different blob than was sent".into()));
+        let mut report = HandoverReport { from_seq, to_seq, parts: parts.len(), build: started.elapsed(), ..Default::default() };
+        for (from, to, archive) in parts {
+            let started = std::time::Instant::now();
+            let count = archive.items.len();
+            let sealed = crate::core::history::seal_archive(&archive)?;
+            drop(archive);
+            report.seal += started.elapsed();
+            let started = std::time::Instant::now();
+            report.bytes += sealed.ciphertext.len();
+            let stored = upload_blob(self.core.server_url(), self.core.device_token(), sealed.ciphertext).await?;
+            if stored.blob_id != sealed.reference.blob_id {
+                return Err(ClientError::Protocol("the server stored a different blob than was sent".into()));
+            }
+            report.upload += started.elapsed();
+            let started = std::time::Instant::now();
+            let handover = tsunagu_protocol::envelope::HistoryHandover {
+                added_at_seq,
+                for_accounts: accounts.to_vec(),
+                from_seq: from,
+                to_seq: to,
+                count: count as u64,
+                archive: sealed.reference,
+            };
+            let (core, io) = self.io()?;
+            let r = core.announce_history(io, timeline_id, handover).await;
+            report.seq = self.check(r)?;
+            report.items += count;
+            report.announce += started.elapsed();
         }
-        let upload = started.elapsed();
-        let started = std::time::Instant::now();
-        let handover = tsunagu_protocol::envelope::HistoryHandover {
-            added_at_seq,
-            for_accounts: accounts.to_vec(),
-            from_seq,
-            to_seq,
-            count: items as u64,
-            archive: sealed.reference,
-        };
-        let (core, io) = self.io()?;
-        let r = core.announce_history(io, timeline_id, handover).await;
-        let seq = self.check(r)?;
-        Ok(Some(HandoverReport { seq, from_seq, to_seq, items, bytes, build, seal, upload, announce: started.elapsed() }))
+        Ok(Some(report))
     }
 
     /// Fetch, check and import every history handover announced to this

@@ -28,6 +28,11 @@ use crate::ClientError;
 /// The archive format this client writes and reads.
 pub const HISTORY_ARCHIVE_VERSION: u32 = 1;
 
+/// The largest archive (JSON bytes) handed over as one blob: well under the
+/// server's default blob limit (25 MiB). About 55,000 posts of text; a
+/// longer past goes in several parts, each its own blob and message.
+pub const MAX_HISTORY_ARCHIVE_BYTES: usize = 16 * 1024 * 1024;
+
 /// How much of the past an inviting member hands over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HistoryFrom {
@@ -57,6 +62,18 @@ pub fn open_archive(reference: &Attachment, ciphertext: &[u8]) -> Result<History
         return Err(ClientError::Attachment(format!("unsupported history archive version {}", archive.v)));
     }
     Ok(archive)
+}
+
+/// An upper bound of an item's JSON size, without serializing a plain post
+/// (text escapes at most double it; the fields and ids take under 400 bytes).
+fn estimated_size(item: &HistoryItem) -> usize {
+    let ids = item.sender_account_id.len() + item.sender_device_id.len();
+    match &item.envelope {
+        Envelope::Post(p) if p.attachments.is_empty() => {
+            400 + ids + 2 * p.text.len() + p.mentions.iter().map(|m| 2 * m.len() + 3).sum::<usize>()
+        }
+        _ => serde_json::to_vec(item).map(|v| v.len() + 1).unwrap_or(0),
+    }
 }
 
 impl Core {
@@ -120,6 +137,39 @@ impl Core {
             }
         }
         HistoryArchive { v: HISTORY_ARCHIVE_VERSION, timeline_id: timeline_id.into(), items }
+    }
+
+    /// [`Core::history_archive`] in parts whose JSON stays under
+    /// `max_bytes` (each holds at least one item), with contiguous seq
+    /// ranges covering `from_seq..=to_seq`: `(from, to, archive)`. Usually
+    /// one part.
+    pub fn history_archive_parts(&self, timeline_id: &str, from_seq: u64, to_seq: u64, max_bytes: usize) -> Vec<(u64, u64, HistoryArchive)> {
+        let whole = self.history_archive(timeline_id, from_seq, to_seq);
+        let overhead = 64 + timeline_id.len();
+        let mut parts: Vec<Vec<HistoryItem>> = Vec::new();
+        let (mut current, mut size) = (Vec::new(), overhead);
+        for item in whole.items {
+            let n = estimated_size(&item);
+            if !current.is_empty() && size + n > max_bytes {
+                parts.push(std::mem::take(&mut current));
+                size = overhead;
+            }
+            size += n;
+            current.push(item);
+        }
+        if !current.is_empty() {
+            parts.push(current);
+        }
+        let starts: Vec<u64> = parts.iter().map(|p| p[0].seq).collect();
+        parts
+            .into_iter()
+            .enumerate()
+            .map(|(i, items)| {
+                let from = if i == 0 { from_seq } else { starts[i] };
+                let to = starts.get(i + 1).map(|s| s - 1).unwrap_or(to_seq);
+                (from, to, HistoryArchive { v: HISTORY_ARCHIVE_VERSION, timeline_id: timeline_id.into(), items })
+            })
+            .collect()
     }
 
     /// Announce a handover whose archive is sealed and uploaded: an
@@ -413,6 +463,27 @@ mod tests {
         assert_eq!((c.state.timelines["t"].joined_seq, c.state.timelines["t"].joined_by.as_deref()), (100, Some("liaison")));
         assert_eq!(c.pending_handovers().len(), 1);
         assert_eq!(c.import_history("t", &h, archive(vec![item(3, "a", post("x"))])).unwrap(), 1);
+    }
+
+    #[test]
+    fn a_long_past_is_split_into_contiguous_parts() {
+        let mut c = core();
+        for seq in 3..=40 {
+            let p = ReceivedPost { seq, sender_device_id: "x".into(), post: Some(match post(&"a".repeat(200)) { Envelope::Post(p) => p, _ => unreachable!() }), sender_account_id: Some("a".into()), ..Default::default() };
+            c.record_post("t", p, false);
+        }
+        let parts = c.history_archive_parts("t", 1, 45, 2_000);
+        assert!(parts.len() > 3, "{}", parts.len());
+        assert_eq!((parts[0].0, parts.last().unwrap().1), (1, 45));
+        for w in parts.windows(2) {
+            assert_eq!(w[0].1 + 1, w[1].0, "contiguous");
+        }
+        for (from, to, a) in &parts {
+            assert!(a.items.iter().all(|i| (*from..=*to).contains(&i.seq)));
+            assert!(serde_json::to_vec(a).unwrap().len() <= 2_000);
+        }
+        assert_eq!(parts.iter().map(|p| p.2.items.len()).sum::<usize>(), 38);
+        assert_eq!(c.history_archive_parts("t", 1, 45, MAX_HISTORY_ARCHIVE_BYTES).len(), 1);
     }
 
     #[test]
