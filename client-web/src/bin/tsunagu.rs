@@ -236,7 +236,7 @@ async fn run(cmd: Cmd, dir: PathBuf) -> Result<()> {
                 (role, until) => c.add_member(&timeline, &account_id, role.unwrap_or(Role::Member), until).await?,
             };
             println!("added at #{seq}");
-            match c.hand_over_history(&timeline, seq, &[account_id.clone()], history).await? {
+            match c.hand_over_history(&timeline, seq, std::slice::from_ref(&account_id), history).await? {
                 Some(r) => println!("history #{}..#{} handed over ({} messages) at #{}", r.from_seq, r.to_seq, r.items, r.seq),
                 None if history != HistoryFrom::None => println!("no history to hand over"),
                 None => {}

@@ -194,7 +194,7 @@ impl Core {
         let Some(from_account) = sender_account else {
             return self.warn(format!("{timeline_id} #{seq}: history from an unknown account ignored"));
         };
-        if from_account == me || !handover.for_accounts.iter().any(|a| *a == me) {
+        if from_account == me || !handover.for_accounts.contains(&me) {
             return; // for someone else
         }
         let (joined, joined_by) =
