@@ -301,6 +301,77 @@ impl Core {
     }
 }
 
+/// What handing over `posts` posts costs without the network, in
+/// milliseconds (`examples/history_costs.rs`; the integration test
+/// tests/admission.rs measures it against the server).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HandoverCosts {
+    pub posts: usize,
+    pub sealed_bytes: usize,
+    pub build_ms: f64,
+    pub seal_ms: f64,
+    pub open_ms: f64,
+    /// Insert and one save (an in-memory store).
+    pub import_ms: f64,
+}
+
+/// Build, seal, open and import a history of `posts` posts between two
+/// in-memory cores; `clock` gives milliseconds.
+pub fn handover_costs(posts: usize, clock: &dyn Fn() -> f64) -> Result<HandoverCosts, ClientError> {
+    use crate::core::Enrolment;
+    use crate::store::MemoryStore;
+    let core = |account: &str| {
+        let enrolment = Enrolment {
+            server_url: "http://localhost".into(),
+            account_id: account.into(),
+            account_name: account.into(),
+            device_id: format!("{account}-device"),
+            device_token: "t".into(),
+        };
+        Core::new_enrolled(Box::new(MemoryStore::default()), enrolment, crate::mls::new_signer()?)
+    };
+    let (mut liaison, mut nurse) = (core("liaison")?, core("nurse")?);
+    for seq in 1..=posts as u64 {
+        let post = tsunagu_protocol::Post {
+            kind: tsunagu_protocol::PostKind::Text,
+            text: format!("visit note {seq}: BP 13{}/8{}, SpO2 9{}%, ate well", seq % 10, seq % 7, seq % 9),
+            reply_to: None,
+            sent_at: seq,
+            attachments: Vec::new(),
+            mentions: Vec::new(),
+            urgent: false,
+        };
+        let p = ReceivedPost { seq, sender_device_id: "d".into(), post: Some(post), sender_account_id: Some("doctor".into()), stored_at: seq, ..Default::default() };
+        liaison.record_post("t", p, false);
+    }
+    liaison.save()?;
+    let to = posts as u64;
+    let t = clock();
+    let parts = liaison.history_archive_parts("t", 1, to, MAX_HISTORY_ARCHIVE_BYTES);
+    let mut costs = HandoverCosts { posts, sealed_bytes: 0, build_ms: clock() - t, seal_ms: 0.0, open_ms: 0.0, import_ms: 0.0 };
+    nurse.tl_mut("t").joined_seq = to + 1;
+    let mut added = 0;
+    for (i, (from_seq, to_seq, archive)) in parts.into_iter().enumerate() {
+        let t = clock();
+        let sealed = seal_archive(&archive)?;
+        costs.seal_ms += clock() - t;
+        costs.sealed_bytes += sealed.ciphertext.len();
+        let count = archive.items.len() as u64;
+        let handover = HistoryHandover { added_at_seq: to + 1, for_accounts: vec!["nurse".into()], from_seq, to_seq, count, archive: sealed.reference };
+        nurse.on_history_message("t", to + 2 + i as u64, Some("liaison".into()), handover.clone());
+        let t = clock();
+        let opened = open_archive(&handover.archive, &sealed.ciphertext)?;
+        costs.open_ms += clock() - t;
+        let t = clock();
+        added += nurse.import_history("t", &handover, opened)?;
+        costs.import_ms += clock() - t;
+    }
+    if added != posts {
+        return Err(ClientError::Invalid(format!("imported {added} of {posts}")));
+    }
+    Ok(costs)
+}
+
 #[cfg(test)]
 mod tests {
     use tsunagu_protocol::envelope::Edit;
@@ -484,6 +555,13 @@ mod tests {
         }
         assert_eq!(parts.iter().map(|p| p.2.items.len()).sum::<usize>(), 38);
         assert_eq!(c.history_archive_parts("t", 1, 45, MAX_HISTORY_ARCHIVE_BYTES).len(), 1);
+    }
+
+    #[test]
+    fn handover_costs_are_measured() {
+        let start = std::time::Instant::now();
+        let c = handover_costs(50, &move || start.elapsed().as_secs_f64() * 1000.0).unwrap();
+        assert!(c.sealed_bytes > 50 * 40 && c.seal_ms > 0.0 && c.import_ms > 0.0, "{c:?}");
     }
 
     #[test]
