@@ -90,7 +90,14 @@ async fn run(db: Db, hub: Arc<Hub>, cluster: Cluster, metrics: Arc<Metrics>, mut
         let jobs = std::mem::take(&mut batch);
         let started = std::time::Instant::now();
         let count = jobs.len();
-        match store_batch(&db, &hub, &cluster, &jobs).await {
+        // Optimistic first: a retried `msg_id` breaks the unique index inside
+        // the insert (nothing is stored or published), and only then does the
+        // batch look its retries up. Saves a query per batch.
+        let mut result = store_batch(&db, &hub, &cluster, &jobs, false).await;
+        if result.is_err() {
+            result = store_batch(&db, &hub, &cluster, &jobs, true).await;
+        }
+        match result {
             Ok(outcomes) => {
                 let stored = outcomes.iter().filter(|o| matches!(o, Ok(Outcome::Stored { .. }))).count();
                 metrics.messages_stored.get_or_create(&KindLabel { kind: "application" }).inc_by(stored as u64);
@@ -107,7 +114,7 @@ async fn run(db: Db, hub: Arc<Hub>, cluster: Cluster, metrics: Arc<Metrics>, mut
                 tracing::warn!(error = %e, count, "batch failed; storing one by one");
                 for (request, reply) in jobs {
                     let single = [(request, reply)];
-                    let outcome = match store_batch(&db, &hub, &cluster, &single).await {
+                    let outcome = match store_batch(&db, &hub, &cluster, &single, true).await {
                         Ok(mut o) => o.pop().expect("one outcome"),
                         Err(e) => Err(ApiError::from(e)),
                     };
@@ -124,22 +131,35 @@ async fn run(db: Db, hub: Arc<Hub>, cluster: Cluster, metrics: Arc<Metrics>, mut
 /// ones after the commit. Per-request refusals are outcomes, not errors.
 ///
 /// The statements scale with the timelines in the batch, not its messages:
-/// one query finds retried `msg_id`s; each timeline is locked once (in id
-/// order, so nodes lock in the same order and cannot deadlock), its member set
-/// read once (usually from the hub's per-epoch cache) and its head moved once;
-/// then one multi-row insert stores every message.
-async fn store_batch(db: &Db, hub: &Hub, cluster: &Cluster, jobs: &[(SendRequest, Reply)]) -> Result<Vec<Result<Outcome, ApiError>>, StoreError> {
+/// with `check_existing`, one query finds retried `msg_id`s (without it, a
+/// retry fails the insert); each timeline is locked once (in id order, so
+/// nodes lock in the same order and cannot deadlock), its member set read
+/// once (usually from the hub's per-epoch cache) and its head moved (one
+/// statement for all timelines at their cached epoch); then multi-row inserts
+/// store every message.
+async fn store_batch(
+    db: &Db,
+    hub: &Hub,
+    cluster: &Cluster,
+    jobs: &[(SendRequest, Reply)],
+    check_existing: bool,
+) -> Result<Vec<Result<Outcome, ApiError>>, StoreError> {
     let mut tx = db.begin().await?;
     let now = now_ms();
-    let pairs: Vec<(&str, &str)> = jobs.iter().map(|(r, _)| (r.device_id.as_str(), r.msg_id.as_str())).collect();
-    let existing = Db::existing_messages_tx(&mut tx, &pairs).await?;
+    let existing = if check_existing {
+        let pairs: Vec<(&str, &str)> = jobs.iter().map(|(r, _)| (r.device_id.as_str(), r.msg_id.as_str())).collect();
+        Db::existing_messages_tx(&mut tx, &pairs).await?
+    } else {
+        HashMap::new()
+    };
 
     let mut outcomes: Vec<Option<Result<Outcome, Pending>>> = jobs.iter().map(|_| None).collect();
     let mut first_seen: HashMap<(&str, &str), usize> = HashMap::new();
     let mut by_timeline: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (i, (req, _)) in jobs.iter().enumerate() {
         let key = (req.device_id.as_str(), req.msg_id.as_str());
-        if let Some(e) = existing.get(&(req.device_id.clone(), req.msg_id.clone())) {
+        let found = if existing.is_empty() { None } else { existing.get(&(req.device_id.clone(), req.msg_id.clone())) };
+        if let Some(e) = found {
             outcomes[i] = Some(if e.timeline_id == req.timeline_id {
                 Ok(Outcome::Duplicate(e.clone()))
             } else {
