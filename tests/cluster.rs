@@ -4,50 +4,12 @@
 
 mod harness;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use harness::TestServer;
+use harness::{Node, TestServer};
 use tsunagu_client::Client;
 
 const WAIT: Duration = Duration::from_secs(20);
-
-/// A second server process on the first one's database.
-struct Node {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Node {
-    fn start(database_url: &str) -> Node {
-        let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new(harness::SERVER_BIN)
-            .args(["--listen", "127.0.0.1:0", "--database-url", database_url, "--data-dir"])
-            .arg(dir.path())
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the second node");
-        let mut line = String::new();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        stdout.read_line(&mut line).unwrap();
-        let url = line.trim().strip_prefix("tsunagu listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}")).to_owned();
-        // Keep reading stdout (a setup link follows on a database without an
-        // organisation): a closed pipe would make the node's next print fail.
-        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
-        Node { child, url, _dir: dir }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn text_at(client: &Client, timeline: &str, seq: u64) -> Option<String> {
     client.posts(timeline).into_iter().find(|p| p.seq == seq).and_then(|p| p.post).map(|p| p.text)
@@ -60,7 +22,7 @@ async fn a_post_accepted_by_one_node_reaches_a_device_on_another() {
         eprintln!("a_post_accepted_by_one_node_reaches_a_device_on_another: several nodes need PostgreSQL; ops/test.sh runs this test again on a PostgreSQL cluster");
         return;
     };
-    let node2 = Node::start(&database_url);
+    let node2 = Node::start(&database_url, &[]);
 
     // The doctor's clinic uses node 1; the visiting-nurse station, node 2.
     let mut doctor = node1.enrol("Dr. Sato").await;
@@ -89,7 +51,7 @@ async fn a_device_revoked_on_one_node_is_disconnected_from_another_at_once() {
         eprintln!("a_device_revoked_on_one_node_is_disconnected_from_another_at_once: several nodes need PostgreSQL; ops/test.sh runs this test again on a PostgreSQL cluster");
         return;
     };
-    let node2 = Node::start(&database_url);
+    let node2 = Node::start(&database_url, &[]);
 
     // The nurse's tablet uses node 1; her phone, node 2.
     let mut tablet = node1.enrol("Nurse Tanaka").await;

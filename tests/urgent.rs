@@ -165,41 +165,6 @@ async fn an_acknowledgement_in_time_does_not_alert_the_second_call() {
     assert!(format!("{err:?}").contains("NotMember"), "{err:?}");
 }
 
-/// A second server node on the first one's PostgreSQL database (as in
-/// `tests/cluster.rs`), checking for due urgent posts as often as the first.
-struct Node {
-    child: std::process::Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Node {
-    fn start(database_url: &str) -> Node {
-        use std::io::BufRead;
-        let dir = tempfile::tempdir().unwrap();
-        let mut child = std::process::Command::new(harness::SERVER_BIN)
-            .args(["--listen", "127.0.0.1:0", "--urgent-check-ms", "100", "--database-url", database_url, "--data-dir"])
-            .arg(dir.path())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start the second node");
-        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        let url = line.trim().strip_prefix("tsunagu listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}")).to_owned();
-        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
-        Node { child, url, _dir: dir }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_alert_the_second_call_once_and_pass_on_receipts() {
     let node1 = start().await;
@@ -207,7 +172,7 @@ async fn two_nodes_alert_the_second_call_once_and_pass_on_receipts() {
         eprintln!("two_nodes_alert_the_second_call_once_and_pass_on_receipts: several nodes need PostgreSQL; ops/test.sh runs this test again on a PostgreSQL cluster");
         return;
     };
-    let node2 = Node::start(&database_url);
+    let node2 = harness::Node::start(&database_url, &["--urgent-check-ms", "100"]);
     let on_node2 = |name: &'static str| {
         let (account, code) = node1.create_account(name);
         let dir = node1.client_state_dir();

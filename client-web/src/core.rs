@@ -588,6 +588,21 @@ impl Core {
         self.set_timeline_info(io, timeline_id, info).await
     }
 
+    /// Record this device's own accepted post or record (consent, event) at `seq`.
+    fn record_own(&mut self, timeline_id: &str, seq: u64, post: Option<Post>, record: Option<Envelope>, stored_at: u64) {
+        let own = ReceivedPost {
+            seq,
+            sender_device_id: self.state.device.device_id.clone(),
+            post,
+            status: PostStatus::Ok,
+            sender_account_id: Some(self.state.device.account_id.clone()),
+            stored_at,
+            record,
+            ..Default::default()
+        };
+        self.record_post(timeline_id, own, false);
+    }
+
     fn record_post(&mut self, timeline_id: &str, post: ReceivedPost, notify: bool) {
         self.receipts.on_post(timeline_id, &post);
         if !self.state.timelines.contains_key(timeline_id) {
@@ -631,16 +646,7 @@ impl Core {
         {
             {
                 let e = self.outbox_remove(&d.msg_id, Some(d.seq)).expect("present");
-                let post = ReceivedPost {
-                    seq: d.seq,
-                    sender_device_id: self.state.device.device_id.clone(),
-                    post: Some(e.post),
-                    status: PostStatus::Ok,
-                    sender_account_id: Some(self.state.device.account_id.clone()),
-                    stored_at: d.stored_at,
-                    ..Default::default()
-                };
-                self.record_post(&tid, post, false);
+                self.record_own(&tid, d.seq, Some(e.post), None, d.stored_at);
                 self.advance(&tid, d.seq);
                 return;
             }
@@ -1416,43 +1422,10 @@ impl Core {
     /// Send a record (consent, care event) as an encrypted application
     /// message, retried like a post; it is recorded in the timeline.
     async fn send_record<T: Transport>(&mut self, io: &mut T, timeline_id: &str, record: Envelope) -> Result<u64, ClientError> {
-        let msg_id = new_msg_id();
-        let plaintext = record.encode();
-        for _attempt in 0..MAX_ATTEMPTS {
-            self.check_member(timeline_id)?;
-            let message = self.encrypt_unsaved(timeline_id, &plaintext)?;
-            let rid = self.rid();
-            let frame = ClientFrame::Send { rid, timeline_id: timeline_id.into(), msg_id: msg_id.clone(), message: Bytes(message), urgent: false };
-            self.deferred.insert(timeline_id.to_string());
-            let reply = self.request(io, frame).await;
-            if let Ok(ServerFrame::Accepted { seq, .. }) = reply {
-                let post = ReceivedPost {
-                    seq,
-                    sender_device_id: self.state.device.device_id.clone(),
-                    status: PostStatus::Ok,
-                    sender_account_id: Some(self.state.device.account_id.clone()),
-                    stored_at: io.now_ms(),
-                    record: Some(record),
-                    ..Default::default()
-                };
-                self.record_post(timeline_id, post, false);
-                self.mark_own_seq(timeline_id, seq);
-                self.release_deferred(timeline_id);
-                self.save()?;
-                self.flush_acks(io).await?;
-                return Ok(seq);
-            }
-            self.release_deferred(timeline_id);
-            match reply? {
-                ServerFrame::Error(e) if e.code == ErrorCode::StaleEpoch => {
-                    let epoch = self.epoch(timeline_id).unwrap_or(0);
-                    self.catch_up(io, timeline_id, e.current_epoch.unwrap_or(epoch + 1)).await?;
-                }
-                ServerFrame::Error(e) if e.code == ErrorCode::Internal => {}
-                other => return Err(unexpected(other)),
-            }
-        }
-        Err(ClientError::TooManyRetries(MAX_ATTEMPTS))
+        let tid = timeline_id.to_owned();
+        let envelope = record.clone();
+        let sent_at = io.now_ms();
+        self.send_envelope(io, timeline_id, &envelope, move |core, seq| core.record_own(&tid, seq, None, Some(record), sent_at)).await
     }
 
     async fn commit_change<T: Transport, F: FnMut(&mut TimelinePolicy) -> Result<(), ClientError>>(
@@ -1733,16 +1706,7 @@ impl Core {
             match self.request(io, frame).await? {
                 ServerFrame::Accepted { seq, .. } => {
                     self.outbox_remove(msg_id, Some(seq));
-                    let post = ReceivedPost {
-                        seq,
-                        sender_device_id: self.state.device.device_id.clone(),
-                        post: Some(entry.post),
-                        status: PostStatus::Ok,
-                        sender_account_id: Some(self.state.device.account_id.clone()),
-                        stored_at: io.now_ms(),
-                        ..Default::default()
-                    };
-                    self.record_post(&tid, post, false);
+                    self.record_own(&tid, seq, Some(entry.post), None, io.now_ms());
                     self.mark_own_seq(&tid, seq);
                     self.save()?;
                     self.flush_acks(io).await?;

@@ -748,3 +748,42 @@ fn dechunk(mut s: &str) -> String {
     }
     out
 }
+
+/// A further server node on another node's PostgreSQL database (several
+/// nodes serving together), with extra server flags; killed when dropped.
+pub struct Node {
+    child: Child,
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Node {
+    pub fn start(database_url: &str, extra_args: &[&str]) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(SERVER_BIN)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra_args)
+            .args(["--database-url", database_url, "--data-dir"])
+            .arg(dir.path())
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start another node");
+        let mut line = String::new();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        stdout.read_line(&mut line).unwrap();
+        let url = line.trim().strip_prefix(LISTENING_PREFIX).unwrap_or_else(|| panic!("unexpected first line {line:?}")).to_owned();
+        // Keep reading stdout (a setup link follows on a database without an
+        // organisation): a closed pipe would make the node's next print fail.
+        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+        Node { child, url, _dir: dir }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -169,16 +169,7 @@ impl Core {
                     let msg_id = waiting.remove(&rid).expect("present");
                     if let ServerFrame::Accepted { seq, .. } = f {
                         if let Some(entry) = self.outbox_remove(&msg_id, Some(seq)) {
-                            let post = ReceivedPost {
-                                seq,
-                                sender_device_id: self.state.device.device_id.clone(),
-                                post: Some(entry.post),
-                                status: PostStatus::Ok,
-                                sender_account_id: Some(self.state.device.account_id.clone()),
-                                stored_at: io.now_ms(),
-                                ..Default::default()
-                            };
-                            self.record_post(timeline_id, post, false);
+                            self.record_own(timeline_id, seq, Some(entry.post), None, io.now_ms());
                         }
                         self.mark_own_seq(timeline_id, seq);
                     }
