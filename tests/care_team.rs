@@ -75,22 +75,54 @@ async fn the_doctor_opens_a_timeline_records_consent_and_the_daughter_reads_but_
     assert_eq!(daughter.my_role(&timeline), Some(Role::Reader));
 
     // The team posts; the daughter reads every post.
-    let mut last = 0;
+    let mut seqs = Vec::new();
     for (c, text) in [
         (&mut doctor, "訪問診療: 血圧 132/80、経過良好。"),
         (&mut nurse, "訪問看護: 褥瘡の処置をしました。"),
         (&mut pharmacist, "お薬カレンダーを更新しました。"),
         (&mut care_manager, "来週からデイサービスを週2回に。"),
     ] {
-        last = c.post(&timeline, text).await.unwrap();
+        seqs.push(c.post(&timeline, text).await.unwrap());
     }
+    let last = *seqs.last().unwrap();
     daughter.wait_for_seq(&timeline, last, WAIT).await.unwrap();
     let read = texts(&daughter, &timeline);
     for t in ["血圧 132/80", "褥瘡", "お薬カレンダー", "デイサービス"] {
         assert!(read.iter().any(|r| r.contains(t)), "the daughter did not read {t:?}: {read:?}");
     }
-    // ---- read receipts: the receipts engineer adds "read by n of m" here
-    // (the daughter's reads among them). ----
+    // Read receipts: the daughter and the nurse have read everything; the
+    // pharmacist's device has received it but he has not opened it. Every
+    // member — the daughter too — sees exactly who read each post, and when.
+    nurse.wait_for_seq(&timeline, last, WAIT).await.unwrap();
+    pharmacist.wait_for_seq(&timeline, last, WAIT).await.unwrap();
+    daughter.mark_read(&timeline, last).await.unwrap();
+    nurse.mark_read(&timeline, last).await.unwrap();
+    let nurse_account = nurse.account_id().to_owned();
+    let readers_of = |c: &Client, seq: u64| -> Vec<String> {
+        let mut r: Vec<String> = c.read_by(&timeline, seq).into_iter().map(|(account, _)| account).collect();
+        r.sort();
+        r
+    };
+    let mut expected = vec![daughter_id.clone(), nurse_account.clone()];
+    expected.sort();
+    let deadline = std::time::Instant::now() + WAIT;
+    for c in [&mut daughter, &mut doctor] {
+        // Read marks are written about once a second, coalesced.
+        loop {
+            c.fetch_receipts(&timeline).await.unwrap();
+            let delivered = c.delivered_to(&timeline, last);
+            if readers_of(c, seqs[0]) == expected && delivered.iter().any(|a| a == pharmacist.account_id()) {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "receipts did not arrive: read {:?}, delivered {delivered:?}", readers_of(c, seqs[0]));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        for &seq in &seqs {
+            assert_eq!(readers_of(c, seq), expected, "post {seq}: read by exactly the daughter and the nurse");
+            assert!(c.read_by(&timeline, seq).iter().all(|(_, at)| *at > 0), "every read has its time");
+        }
+        assert!(!readers_of(c, last).contains(&pharmacist.account_id().to_owned()), "received is not read");
+    }
 
     // Her post: her client says readers do not post; a modified client's
     // send is refused by the server.
