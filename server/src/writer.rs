@@ -13,9 +13,8 @@ use tsunagu_protocol::frames::MessageKind;
 use tsunagu_protocol::ErrorCode;
 
 use crate::cluster::Cluster;
-use sqlx::Row as _;
 
-use crate::db::{Db, Existing, StoredMessage, Tx};
+use crate::db::{Db, Existing, StoredMessage};
 use crate::error::{ApiError, StoreError};
 use crate::hub::Hub;
 use crate::metrics::{KindLabel, Metrics};
@@ -179,7 +178,7 @@ async fn store_batch(
     if db.is_postgres() && !by_timeline.is_empty() {
         // Every timeline of the batch locked in id order, in one statement:
         // nodes lock in the same order and cannot deadlock.
-        lock_in_order(&mut tx, &by_timeline.keys().copied().collect::<Vec<_>>()).await?;
+        Db::lock_timelines_in_order(&mut tx, &by_timeline.keys().copied().collect::<Vec<_>>()).await?;
     }
     // The common case: every send of a timeline is at one epoch whose member
     // set is cached; one statement for all those timelines checks that each
@@ -204,7 +203,7 @@ async fn store_batch(
         }
     }
     let wanted: Vec<(&str, i64, i64)> = fast.iter().map(|(t, e, _, _, accepted)| (*t, *e, accepted.len() as i64)).collect();
-    let heads = if wanted.is_empty() { HashMap::new() } else { append_at_epochs(&mut tx, !db.is_postgres(), &wanted).await? };
+    let heads = if wanted.is_empty() { HashMap::new() } else { Db::append_at_epochs(&mut tx, !db.is_postgres(), &wanted).await? };
     for (timeline_id, _, members, indexes, accepted) in fast {
         let Some(&head) = heads.get(timeline_id) else {
             // The epoch moved on (or the timeline is gone): check each send.
@@ -256,7 +255,7 @@ async fn store_batch(
             cluster.messages_stored(&mut tx, timeline_id, head + 1, seq).await?;
         }
     }
-    insert_rows(&mut tx, !db.is_postgres(), &rows).await?;
+    Db::insert_messages(&mut tx, !db.is_postgres(), &rows).await?;
     let mut alerts = Vec::new();
     for (i, row, _) in stored_at.iter().filter(|(i, _, _)| jobs[*i].0.urgent) {
         alerts.push(crate::urgent::record_in(&mut tx, cluster, &rows[*row], &jobs[*i].0.account_id).await?);
@@ -313,73 +312,4 @@ fn stored_message(req: &SendRequest, timeline_id: &str, seq: i64, now: i64) -> S
         stored_at: now,
         data: req.data.clone(),
     }
-}
-
-/// Lock these timelines' rows in id order (PostgreSQL; SQLite has one writer).
-async fn lock_in_order(tx: &mut Tx, ids: &[&str]) -> Result<(), StoreError> {
-    for chunk in ids.chunks(64) {
-        let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-        let sql = format!("SELECT id FROM timelines WHERE id IN ({}) ORDER BY id FOR UPDATE", marks.join(", "));
-        // Only generated placeholders are spliced in; every value is bound.
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for id in chunk {
-            query = query.bind(*id);
-        }
-        query.execute(&mut **tx).await?;
-    }
-    Ok(())
-}
-
-/// Reserve `count` seqs in each `(timeline, epoch, count)` whose timeline is
-/// still at that epoch, in one statement per 64 timelines; their new heads by
-/// id.
-async fn append_at_epochs(tx: &mut Tx, sqlite: bool, wanted: &[(&str, i64, i64)]) -> Result<HashMap<String, i64>, StoreError> {
-    let mut heads = HashMap::with_capacity(wanted.len());
-    for chunk in wanted.chunks(64) {
-        let values: Vec<String> = (0..chunk.len()).map(|i| placeholders(sqlite, 3 * i, 3)).collect();
-        // Both backends name the VALUES columns column1, column2, column3.
-        let sql = format!(
-            "UPDATE timelines SET head_seq = head_seq + v.column3 FROM (VALUES {}) AS v \
-             WHERE timelines.id = v.column1 AND timelines.epoch = v.column2 RETURNING timelines.id, timelines.head_seq",
-            values.join(", ")
-        );
-        // Only generated placeholders are spliced in; every value is bound.
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (id, epoch, count) in chunk {
-            query = query.bind(*id).bind(*epoch).bind(*count);
-        }
-        for r in query.fetch_all(&mut **tx).await? {
-            heads.insert(r.try_get::<String, _>(0)?, r.try_get::<i64, _>(1)?);
-        }
-    }
-    Ok(heads)
-}
-
-/// `n` bind placeholders for values `first + 1 ..= first + n`, as one row
-/// `(…)`: anonymous `?` on SQLite (a numbered `$n` is a named parameter there,
-/// and binding named ones costs a linear search each, quadratic per
-/// statement), `$n` on PostgreSQL.
-fn placeholders(sqlite: bool, first: usize, n: usize) -> String {
-    let marks: Vec<String> = (first + 1..=first + n).map(|i| if sqlite { "?".to_owned() } else { format!("${i}") }).collect();
-    format!("({})", marks.join(", "))
-}
-
-/// Insert the batch's messages with multi-row statements of up to 64 rows
-/// (512 parameters; with anonymous parameters a statement costs SQLite no
-/// per-parameter search, so a batch needs few round trips).
-async fn insert_rows(tx: &mut Tx, sqlite: bool, messages: &[StoredMessage]) -> Result<(), StoreError> {
-    for chunk in messages.chunks(64) {
-        let rows: Vec<String> = (0..chunk.len()).map(|i| placeholders(sqlite, 8 * i, 8)).collect();
-        let sql = format!(
-            "INSERT INTO messages (timeline_id, seq, epoch, kind, sender_device_id, msg_id, stored_at, data) VALUES {}",
-            rows.join(", ")
-        );
-        // Only generated placeholders are spliced in; every value is bound.
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for m in chunk {
-            query = query.bind(&m.timeline_id).bind(m.seq).bind(m.epoch).bind(&m.kind).bind(&m.sender_device_id).bind(&m.msg_id).bind(m.stored_at).bind(&m.data);
-        }
-        query.execute(&mut **tx).await?;
-    }
-    Ok(())
 }

@@ -9,6 +9,7 @@
 //! process instead of polling the file lock.
 
 pub mod audit;
+pub mod batch;
 pub mod revocation;
 pub mod people;
 pub mod blobs;
@@ -112,7 +113,10 @@ impl Db {
                 let path = config.data_dir.join("tsunagu.db");
                 let url = format!("sqlite://{}?mode=rwc", path.display());
                 let options = || {
-                    AnyPoolOptions::new().acquire_timeout(Duration::from_secs(60)).after_connect(|conn, _| {
+                    // A SQLite connection is a file handle, not a socket that can
+                    // drop: no ping before each use (it was two of the writer's
+                    // round trips to SQLite's thread per batch).
+                    AnyPoolOptions::new().acquire_timeout(Duration::from_secs(60)).test_before_acquire(false).after_connect(|conn, _| {
                         Box::pin(async move {
                             // WAL lets readers run beside the writer; FULL makes every
                             // commit durable before it returns.
@@ -361,18 +365,6 @@ impl Db {
         row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).transpose()
     }
 
-    /// Reserve `count` seqs of a timeline if it is still at `epoch`, in one
-    /// statement that also takes the lock; the new head, or `None`.
-    pub async fn append_at_epoch(tx: &mut Tx, id: &str, epoch: i64, count: i64) -> Result<Option<i64>> {
-        let row = sqlx::query("UPDATE timelines SET head_seq = head_seq + $1 WHERE id = $2 AND epoch = $3 RETURNING head_seq")
-            .bind(count)
-            .bind(id)
-            .bind(epoch)
-            .fetch_optional(&mut **tx)
-            .await?;
-        row.map(|r| Ok(r.try_get(0)?)).transpose()
-    }
-
     pub async fn set_head(tx: &mut Tx, id: &str, head_seq: i64) -> Result<()> {
         sqlx::query("UPDATE timelines SET head_seq = $1 WHERE id = $2").bind(head_seq).bind(id).execute(&mut **tx).await?;
         Ok(())
@@ -415,27 +407,6 @@ impl Db {
             .fetch_optional(&self.read)
             .await?;
         row.map(|r| Ok(Existing { timeline_id: r.try_get(0)?, seq: r.try_get(1)?, epoch: r.try_get(2)? })).transpose()
-    }
-
-    /// Insert many messages with multi-row statements.
-    pub async fn insert_messages(tx: &mut Tx, messages: &[StoredMessage]) -> Result<()> {
-        // 32 rows (256 parameters) a statement: binding `$n` parameters costs
-        // SQLite a linear name lookup each, so huge statements are quadratic.
-        for chunk in messages.chunks(32) {
-            let mut sql = String::from("INSERT INTO messages (timeline_id, seq, epoch, kind, sender_device_id, msg_id, stored_at, data) VALUES ");
-            for i in 0..chunk.len() {
-                let b = i * 8;
-                let sep = if i == 0 { "" } else { ", " };
-                sql.push_str(&format!("{sep}(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7, b + 8));
-            }
-            // Only generated placeholders are spliced in; every value is bound.
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for m in chunk {
-                query = query.bind(&m.timeline_id).bind(m.seq).bind(m.epoch).bind(&m.kind).bind(&m.sender_device_id).bind(&m.msg_id).bind(m.stored_at).bind(&m.data);
-            }
-            query.execute(&mut **tx).await?;
-        }
-        Ok(())
     }
 
     /// Which of these `(device, msg_id)` pairs are already stored.

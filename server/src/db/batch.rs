@@ -1,0 +1,80 @@
+//! The group-commit writer's statements (server/src/writer.rs): one
+//! statement for many timelines or many rows, so a batch of sends costs few
+//! round trips to the database.
+
+use std::collections::HashMap;
+
+use sqlx::Row as _;
+
+use super::{Db, Result, StoredMessage, Tx};
+
+impl Db {
+    /// Lock these timelines' rows in id order (PostgreSQL; SQLite has one writer).
+    pub async fn lock_timelines_in_order(tx: &mut Tx, ids: &[&str]) -> Result<()> {
+        for chunk in ids.chunks(64) {
+            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!("SELECT id FROM timelines WHERE id IN ({}) ORDER BY id FOR UPDATE", marks.join(", "));
+            // Only generated placeholders are spliced in; every value is bound.
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            query.execute(&mut **tx).await?;
+        }
+        Ok(())
+    }
+
+    /// Reserve `count` seqs in each `(timeline, epoch, count)` whose timeline is
+    /// still at that epoch, in one statement per 64 timelines; their new heads by
+    /// id.
+    pub async fn append_at_epochs(tx: &mut Tx, sqlite: bool, wanted: &[(&str, i64, i64)]) -> Result<HashMap<String, i64>> {
+        let mut heads = HashMap::with_capacity(wanted.len());
+        for chunk in wanted.chunks(64) {
+            let values: Vec<String> = (0..chunk.len()).map(|i| placeholders(sqlite, 3 * i, 3)).collect();
+            // Both backends name the VALUES columns column1, column2, column3.
+            let sql = format!(
+                "UPDATE timelines SET head_seq = head_seq + v.column3 FROM (VALUES {}) AS v \
+                 WHERE timelines.id = v.column1 AND timelines.epoch = v.column2 RETURNING timelines.id, timelines.head_seq",
+                values.join(", ")
+            );
+            // Only generated placeholders are spliced in; every value is bound.
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (id, epoch, count) in chunk {
+                query = query.bind(*id).bind(*epoch).bind(*count);
+            }
+            for r in query.fetch_all(&mut **tx).await? {
+                heads.insert(r.try_get::<String, _>(0)?, r.try_get::<i64, _>(1)?);
+            }
+        }
+        Ok(heads)
+    }
+
+    /// Insert the batch's messages with multi-row statements of up to 64 rows
+    /// (512 parameters; with anonymous parameters a statement costs SQLite no
+    /// per-parameter search, so a batch needs few round trips).
+    pub async fn insert_messages(tx: &mut Tx, sqlite: bool, messages: &[StoredMessage]) -> Result<()> {
+        for chunk in messages.chunks(64) {
+            let rows: Vec<String> = (0..chunk.len()).map(|i| placeholders(sqlite, 8 * i, 8)).collect();
+            let sql = format!(
+                "INSERT INTO messages (timeline_id, seq, epoch, kind, sender_device_id, msg_id, stored_at, data) VALUES {}",
+                rows.join(", ")
+            );
+            // Only generated placeholders are spliced in; every value is bound.
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for m in chunk {
+                query = query.bind(&m.timeline_id).bind(m.seq).bind(m.epoch).bind(&m.kind).bind(&m.sender_device_id).bind(&m.msg_id).bind(m.stored_at).bind(&m.data);
+            }
+            query.execute(&mut **tx).await?;
+        }
+        Ok(())
+    }
+}
+
+/// `n` bind placeholders for values `first + 1 ..= first + n`, as one row
+/// `(…)`: anonymous `?` on SQLite (a numbered `$n` is a named parameter there,
+/// and binding named ones costs a linear search each, quadratic per
+/// statement), `$n` on PostgreSQL.
+fn placeholders(sqlite: bool, first: usize, n: usize) -> String {
+    let marks: Vec<String> = (first + 1..=first + n).map(|i| if sqlite { "?".to_owned() } else { format!("${i}") }).collect();
+    format!("({})", marks.join(", "))
+}
