@@ -409,10 +409,15 @@ test("a large photo gets a thumbnail made in the browser; the timeline shows it 
   // The thumbnail (a JPEG of at most 320 px, its own encrypted blob) shows
   // by itself once scrolled into view.
   await theirs.locator('[data-testid="attachment-thumb-button"]').waitFor({ timeout: TIMEOUT });
-  await theirs.scrollIntoViewIfNeeded();
+  // The list is re-rendered when read marks arrive, which can detach the
+  // post in the middle of a scroll: every poll scrolls it into view again.
   await fp
     .waitForFunction(
-      () => [...document.querySelectorAll('[data-testid="attachment-thumbnail"]')].some((img) => img.complete && img.naturalWidth === 320 && img.naturalHeight === 240),
+      () => {
+        const posts = [...document.querySelectorAll('[data-testid="post"]')].filter((p) => p.textContent.includes("かかとの発赤"));
+        posts.at(-1)?.scrollIntoView({ block: "center" });
+        return [...document.querySelectorAll('[data-testid="attachment-thumbnail"]')].some((img) => img.complete && img.naturalWidth === 320 && img.naturalHeight === 240);
+      },
       null,
       { timeout: TIMEOUT },
     )
