@@ -214,8 +214,20 @@ async fn the_end_date_removes_the_ward_nurse_and_the_liaison_discharges_the_rest
     doctor.wait_for_seq(&timeline, note, WAIT).await.unwrap();
     assert_eq!(doctor.policy(&timeline).unwrap().member(&ward_nurse_id).unwrap().until, Some(until));
 
-    // The end date passes: the server proposes her removal and the doctor's
-    // client commits it when it syncs.
+    // The end date passes: from then on the server refuses her posts, even
+    // before her devices are out of the group.
+    while now_ms() < until {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let late = ward_nurse.encrypt_raw(&timeline, "病棟より: 追加の申し送り").await.unwrap();
+    let send = ClientFrame::Send { rid: 501, timeline_id: timeline.clone(), msg_id: "ward-late-1".into(), message: Bytes(late), urgent: false };
+    match ward_nurse.raw_request(send).await.unwrap() {
+        ServerFrame::Error(e) => assert_eq!(e.code, ErrorCode::Forbidden, "{e:?}"),
+        other => panic!("the server accepted a post after her end date: {other:?}"),
+    }
+
+    // The server proposes her removal and the doctor's client commits it
+    // when it syncs.
     let deadline = std::time::Instant::now() + Duration::from_secs(40);
     let ward_nurse_device = ward_nurse.device_id().to_owned();
     while doctor.member_device_ids(&timeline).contains(&ward_nurse_device) {

@@ -683,11 +683,14 @@ impl Core {
                         let sender =
                             m::credential_device_id(processed.credential()).unwrap_or_else(|| d.sender_device_id.clone());
                         let mls_sender = processed.sender().clone();
-                        // The policy at this epoch: a reader's (or an
-                        // unlisted account's) message is dropped, whatever
-                        // the server let through.
+                        // The policy at this epoch: a message of a reader,
+                        // of an unlisted account, or stored after the
+                        // sender's end date is dropped, whatever the server
+                        // let through.
                         let silenced = match crate::policy::of_group(group) {
-                            Ok(Some(p)) => !sender_account.as_deref().and_then(|a| p.role(a)).is_some_and(Role::may_post),
+                            Ok(Some(p)) => !sender_account
+                                .as_deref()
+                                .is_some_and(|a| p.role(a).is_some_and(Role::may_post) && p.has_access(a, d.stored_at)),
                             _ => false,
                         };
                         let mut record: Option<Envelope> = None;

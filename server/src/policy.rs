@@ -132,12 +132,14 @@ async fn cached(state: &AppState, timeline_id: &str, epoch: i64) -> Result<Optio
     Ok(Some(state.hub.set_policy(timeline_id, current, policy)))
 }
 
-/// Whether a device of `account_id` may post in the timeline at `epoch`
-/// (a timeline without a policy: everyone; an unknown timeline: the writer
-/// refuses it anyway).
+/// Whether a device of `account_id` may post in the timeline at `epoch`:
+/// listed with a role that posts and an end date not passed (between the
+/// end date and the commit of the server's removal proposal, the ward nurse
+/// already cannot post). A timeline without a policy: everyone; an unknown
+/// timeline: the writer refuses it anyway.
 pub async fn may_post(state: &AppState, timeline_id: &str, epoch: i64, account_id: &str) -> Result<bool, ApiError> {
     Ok(match cached(state, timeline_id, epoch).await?.as_deref() {
-        Some(Some(p)) => p.role(account_id).is_some_and(Role::may_post),
+        Some(Some(p)) => p.role(account_id).is_some_and(Role::may_post) && p.has_access(account_id, now_ms().max(0) as u64),
         _ => true,
     })
 }
