@@ -781,3 +781,30 @@ test("the admin creates a bot with an enrolment code, and removes the nurse, who
   await nurse.page.waitForSelector('[data-testid="login-form"]', { timeout: 40_000 });
   assert.equal((await apiFrom(nurse.page, "GET", "/v1/me")).status, 401);
 });
+
+test("a long timeline builds its latest threads and shows earlier ones a page at a time", async () => {
+  const dp = doctor.page;
+  // The doctor's browser posts through the engine's test handle, as fast as it can.
+  await dp.evaluate(() => localStorage.setItem("tsunagu.testHooks", "1"));
+  await dp.goto(`${server.url}/#/t/${encodeURIComponent(timelineId)}`);
+  await dp.reload();
+  await dp.waitForFunction(() => window.__tsunaguEngine?.status() === "online", null, { timeout: TIMEOUT });
+  await dp.evaluate(async (id) => {
+    for (let i = 1; i <= 210; i++) await window.__tsunaguEngine.post(id, `経過記録 No.${String(i).padStart(3, "0")}`);
+  }, timelineId);
+  await dp.evaluate(() => localStorage.removeItem("tsunagu.testHooks"));
+
+  const fp = family.page;
+  await fp.goto(`${server.url}/#/t/${encodeURIComponent(timelineId)}`);
+  await fp.locator('[data-testid="post"]', { hasText: "経過記録 No.210" }).waitFor({ timeout: 60_000 });
+  const posts = fp.locator('[data-testid="posts"]');
+  const more = fp.locator('[data-testid="show-earlier"]');
+  await more.waitFor({ timeout: TIMEOUT });
+  assert.ok((await fp.locator('[data-testid="posts"] > li.thread').count()) <= 200, "at most a page of threads is built");
+  assert.doesNotMatch(await posts.textContent(), /No\.001/);
+  await more.click();
+  await fp.locator('[data-testid="post"]', { hasText: "経過記録 No.001" }).waitFor({ timeout: TIMEOUT });
+  // Everything is there now, the first posts of the timeline too.
+  assert.match(await posts.textContent(), /体温 36\.8℃/);
+  assert.equal(await more.count(), 0, "nothing earlier is left");
+});

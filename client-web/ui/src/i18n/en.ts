@@ -112,6 +112,7 @@ export const en: Record<MessageKey, string> = {
   "create.nameHint": "The name is encrypted; the server cannot read it.",
   "create.submit": "Create",
   "timeline.posts": "Posts",
+  "timeline.showEarlier": "Show earlier posts ({count} more)",
   "timeline.empty": "No posts yet.",
   "timeline.reply": "Reply",
   "timeline.replies": "{count} replies",

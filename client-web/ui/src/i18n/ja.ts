@@ -112,6 +112,7 @@ export const ja = {
   "create.nameHint": "名前は暗号化され、サーバーには読めません。",
   "create.submit": "作成",
   "timeline.posts": "投稿",
+  "timeline.showEarlier": "以前の投稿を表示（あと {count} 件）",
   "timeline.empty": "まだ投稿はありません。",
   "timeline.reply": "返信",
   "timeline.replies": "返信 {count} 件",

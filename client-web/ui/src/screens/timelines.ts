@@ -13,6 +13,9 @@ import { input, onSubmit, select } from "../forms.ts";
 import { lang, t, type MessageKey } from "../i18n/index.ts";
 import { directorySearch, invitationView } from "./people.ts";
 
+/** Threads built at a time in a timeline; "show earlier" adds as many. */
+const THREAD_PAGE = 200;
+
 // Timeline names (for now the patient's name) travel encrypted inside the
 // timeline: the engine's `TimelineSummary.title`, set by
 // `createTimeline(title)`. A copy is kept on the creator's device until the
@@ -334,6 +337,7 @@ export async function timelineScreen(ctx: Ctx): Promise<HTMLElement> {
     }
     return out;
   };
+  let shownThreads = THREAD_PAGE;
   const renderPosts = () => {
     const nearBottom = window.innerHeight + window.scrollY >= document.body.scrollHeight - 80;
     const posts = engine.posts(id);
@@ -343,8 +347,9 @@ export async function timelineScreen(ctx: Ctx): Promise<HTMLElement> {
     }
     const replies = new Map<number, PostView[]>();
     const top: PostView[] = [];
+    const seqs = new Set(posts.map((p) => p.seq));
     for (const p of posts) {
-      if (p.replyTo !== null && posts.some((q) => q.seq === p.replyTo)) {
+      if (p.replyTo !== null && seqs.has(p.replyTo)) {
         const list = replies.get(p.replyTo) ?? [];
         list.push(p);
         replies.set(p.replyTo, list);
@@ -352,9 +357,33 @@ export async function timelineScreen(ctx: Ctx): Promise<HTMLElement> {
         top.push(p);
       }
     }
+    // Only the latest threads are built (a timeline with years of handed-over
+    // history would otherwise rebuild thousands of posts at every read mark,
+    // too slow for a cheap tablet); earlier ones come a page at a time.
+    const visible = top.slice(Math.max(0, top.length - shownThreads));
+    const earlier = top.length - visible.length;
+    const showEarlier = earlier
+      ? h(
+          "li",
+          { class: "earlier" },
+          h(
+            "button",
+            {
+              type: "button",
+              "data-testid": "show-earlier",
+              onclick: () => {
+                shownThreads += THREAD_PAGE;
+                renderPosts();
+              },
+            },
+            t("timeline.showEarlier", { count: earlier }),
+          ),
+        )
+      : null;
     replace(
       postsEl,
-      top.map((p) => {
+      showEarlier,
+      visible.map((p) => {
         const thread = p.seq !== null ? (replies.get(p.seq) ?? []) : [];
         return h(
           "li",
