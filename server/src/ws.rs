@@ -744,7 +744,9 @@ impl Connection {
             return Err(ApiError::new(ErrorCode::NotMember, "this device is not a member of the timeline").into());
         }
         // The roles: the same check every member's client makes, and the registry's.
-        let new_policy = crate::policy::check_commit(self.db(), old_policy, &staged, now_ms()).await?;
+        // Clients judge the commit at its `stored_at`: judge it at the same instant.
+        let stored_at = now_ms();
+        let new_policy = crate::policy::check_commit(self.db(), old_policy, &staged, stored_at).await?;
         for leaf in &staged.new_leaves {
             let device = self.db().device(&leaf.device_id).await.map_err(ApiError::from)?;
             match device {
@@ -778,7 +780,7 @@ impl Connection {
             kind: MessageKind::Commit.as_str().to_owned(),
             sender_device_id: self.device.id.clone(),
             msg_id: msg_id.clone(),
-            stored_at: now_ms(),
+            stored_at,
             data: commit.into_vec(),
         };
         let cluster = &self.state.cluster;
