@@ -728,6 +728,12 @@ test("the doctor adds the nurse to the timeline, then removes her: her copy beco
   await visit.waitFor({ timeout: TIMEOUT });
   await visit.locator('[data-testid="post-edit"]').click();
   await np.fill('[data-testid="edit-text"]', "明日の訪問は11時です。");
+  // A post arriving while she edits re-renders the list: the editor and her
+  // draft stay.
+  await page.fill('[data-testid="composer-text"]', "了解しました。");
+  await page.click('[data-testid="send"]');
+  await np.locator('[data-testid="post"]', { hasText: "了解しました。" }).waitFor({ timeout: TIMEOUT });
+  assert.equal(await np.inputValue('[data-testid="edit-text"]'), "明日の訪問は11時です。");
   await np.click('[data-testid="edit-form"] button[type="submit"]');
   await np.locator('[data-testid="post"]', { hasText: "明日の訪問は11時" }).locator('[data-testid="post-edited"]').waitFor({ timeout: TIMEOUT });
   np.once("dialog", (d) => d.accept());

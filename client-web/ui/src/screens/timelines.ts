@@ -246,34 +246,52 @@ export async function timelineScreen(ctx: Ctx): Promise<HTMLElement> {
     onReply,
     extras: (p) => [...postExtras(p), ...ownPostControls(p)],
   });
-  // Editing and deleting one's own posts (the change stays visible).
+  // Editing and deleting one's own posts (the change stays visible). The
+  // open editor and its draft survive the list's re-renders (a read mark
+  // or a new post arriving while someone types).
+  let editing: { seq: number; text: string; draft: string } | null = null;
+  const openEditor = (article: Element | null, focus: boolean) => {
+    const e = editing;
+    const textEl = article?.querySelector(".post-text");
+    if (!e || !article || !textEl) return;
+    const seq = e.seq;
+    const area = h("textarea", { name: "edit", rows: 3, "data-testid": "edit-text", "aria-label": t("post.edit") }, e.draft) as HTMLTextAreaElement;
+    area.addEventListener("input", () => {
+      if (editing?.seq === seq) editing.draft = area.value;
+    });
+    const close = () => {
+      editing = null;
+      renderPosts();
+    };
+    const form = h(
+      "form",
+      { class: "edit-form", "data-testid": "edit-form" },
+      area,
+      h("div", { class: "actions" }, h("button", { type: "submit", class: "primary" }, t("post.saveEdit")), h("button", { type: "button", onclick: close }, t("common.cancel"))),
+    );
+    onSubmit(form, async () => {
+      const next = area.value.trim();
+      if (!next || next === e.text) return close();
+      try {
+        await engine.editPost(id, seq, next);
+      } catch (err) {
+        throw new Error(engineErrorText(err));
+      }
+      close();
+    });
+    textEl.replaceWith(form);
+    if (focus) {
+      area.focus();
+      area.setSelectionRange(area.value.length, area.value.length);
+    }
+  };
   const ownPostControls = (p: PostView): (HTMLElement | null)[] => {
     if (!p.own || p.seq === null || p.deletedAt !== null || p.record || p.state !== "sent" || summary()?.active === false) return [];
     const seq = p.seq;
     const edit = h("button", { type: "button", class: "link-button", "data-testid": "post-edit" }, t("post.edit"));
     edit.addEventListener("click", () => {
-      const article = edit.closest("article");
-      const textEl = article?.querySelector(".post-text");
-      if (!article || !textEl) return;
-      const area = h("textarea", { name: "edit", rows: 3, "data-testid": "edit-text", "aria-label": t("post.edit") }, p.text) as HTMLTextAreaElement;
-      const form = h(
-        "form",
-        { class: "edit-form", "data-testid": "edit-form" },
-        area,
-        h("div", { class: "actions" }, h("button", { type: "submit", class: "primary" }, t("post.saveEdit")), h("button", { type: "button", onclick: () => renderPosts() }, t("common.cancel"))),
-      );
-      onSubmit(form, async () => {
-        const next = area.value.trim();
-        if (!next || next === p.text) return renderPosts();
-        try {
-          await engine.editPost(id, seq, next);
-        } catch (e) {
-          throw new Error(engineErrorText(e));
-        }
-        renderPosts();
-      });
-      textEl.replaceWith(form);
-      area.focus();
+      editing = { seq, text: p.text, draft: p.text };
+      openEditor(edit.closest("article"), true);
     });
     const del = h("button", { type: "button", class: "link-button danger-link", "data-testid": "post-delete" }, t("post.delete"));
     del.addEventListener("click", async () => {
@@ -340,6 +358,7 @@ export async function timelineScreen(ctx: Ctx): Promise<HTMLElement> {
   let shownThreads = THREAD_PAGE;
   const renderPosts = () => {
     const nearBottom = window.innerHeight + window.scrollY >= document.body.scrollHeight - 80;
+    const editorFocused = document.activeElement?.getAttribute("data-testid") === "edit-text";
     const posts = engine.posts(id);
     if (posts.length === 0) {
       replace(postsEl, h("li", { class: "empty" }, t("timeline.empty")));
@@ -395,6 +414,7 @@ export async function timelineScreen(ctx: Ctx): Promise<HTMLElement> {
         );
       }),
     );
+    if (editing) openEditor(postsEl.querySelector(`[data-testid="post"][data-seq="${editing.seq}"]`), editorFocused);
     // Follow new posts when the reader is already at the bottom.
     if (nearBottom && postsEl.isConnected) postsEl.lastElementChild?.scrollIntoView({ block: "end" });
   };
