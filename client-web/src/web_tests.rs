@@ -189,6 +189,18 @@ fn reload(c: &WebClient<FakeHost>) -> WebClient<FakeHost> {
     WebClient::load(host, pairs).unwrap()
 }
 
+/// A doctor's browser with a timeline, and the daughter's browser added to it.
+fn doctor_and_daughter() -> (Rc<RefCell<Hub>>, WebClient<FakeHost>, WebClient<FakeHost>, String) {
+    let hub = Rc::new(RefCell::new(Hub::default()));
+    let mut doctor = browser(&hub, "Dr. Sato");
+    let mut daughter = browser(&hub, "Suzuki Hanako");
+    let tid = block_on(doctor.create_timeline(None)).unwrap();
+    let account = daughter.device().unwrap().account_id;
+    block_on(doctor.add_person(&tid, &account)).unwrap();
+    block_on(daughter.drain()).unwrap();
+    (hub, doctor, daughter, tid)
+}
+
 fn texts(c: &WebClient<FakeHost>, tid: &str) -> Vec<(Option<u64>, String, PostState, String)> {
     c.posts(tid).into_iter().map(|p| (p.seq, p.text, p.state, p.sender_name)).collect()
 }
@@ -306,13 +318,7 @@ fn offline_posts_survive_a_reload_and_go_out_on_reconnect() {
 fn a_photo_reference_reaches_the_other_browser_and_opens_there() {
     // The blob itself goes over HTTP (tests/attachments.rs); here: the
     // reference travels in the post, survives a reload, and opens the blob.
-    let hub = Rc::new(RefCell::new(Hub::default()));
-    let mut doctor = browser(&hub, "Dr. Sato");
-    let mut daughter = browser(&hub, "Suzuki Hanako");
-    let tid = block_on(doctor.create_timeline(None)).unwrap();
-    let account = daughter.device().unwrap().account_id;
-    block_on(doctor.add_person(&tid, &account)).unwrap();
-    block_on(daughter.drain()).unwrap();
+    let (_hub, mut doctor, mut daughter, tid) = doctor_and_daughter();
 
     let photo = b"\x89PNG\r\n\x1a\n a wound photo".to_vec();
     let sealed = crate::attachments::seal(&photo, "image/png", "heel.png").unwrap();
@@ -332,13 +338,8 @@ fn a_photo_reference_reaches_the_other_browser_and_opens_there() {
 
 #[test]
 fn a_draft_carries_mentions_urgency_and_a_thumbnail_to_the_other_browser() {
-    let hub = Rc::new(RefCell::new(Hub::default()));
-    let mut doctor = browser(&hub, "Dr. Sato");
-    let mut daughter = browser(&hub, "Suzuki Hanako");
-    let tid = block_on(doctor.create_timeline(None)).unwrap();
+    let (_hub, mut doctor, mut daughter, tid) = doctor_and_daughter();
     let account = daughter.device().unwrap().account_id;
-    block_on(doctor.add_person(&tid, &account)).unwrap();
-    block_on(daughter.drain()).unwrap();
 
     let photo = b"\x89PNG\r\n\x1a\n a heel photo".to_vec();
     let mut full = crate::attachments::seal(&photo, "image/png", "heel.png").unwrap().reference;

@@ -383,15 +383,18 @@ mod tests {
 
     const ME: &str = "ward-nurse";
 
-    fn core() -> Core {
-        let enrolment = Enrolment {
+    fn enrolment() -> Enrolment {
+        Enrolment {
             server_url: "http://localhost".into(),
             account_id: ME.into(),
             account_name: "Ward nurse".into(),
             device_id: "d1".into(),
             device_token: "t".into(),
-        };
-        Core::new_enrolled(Box::new(MemoryStore::default()), enrolment, crate::mls::new_signer().unwrap()).unwrap()
+        }
+    }
+
+    fn core() -> Core {
+        Core::new_enrolled(Box::new(MemoryStore::default()), enrolment(), crate::mls::new_signer().unwrap()).unwrap()
     }
 
     fn post(text: &str) -> Envelope {
@@ -510,14 +513,7 @@ mod tests {
     #[test]
     fn a_pending_handover_the_join_and_the_patient_survive_a_restart() {
         let store = Shared::default();
-        let enrolment = Enrolment {
-            server_url: "http://localhost".into(),
-            account_id: ME.into(),
-            account_name: "Ward nurse".into(),
-            device_id: "d1".into(),
-            device_token: "t".into(),
-        };
-        let mut c = Core::new_enrolled(Box::new(store.clone()), enrolment, crate::mls::new_signer().unwrap()).unwrap();
+        let mut c = Core::new_enrolled(Box::new(store.clone()), enrolment(), crate::mls::new_signer().unwrap()).unwrap();
         c.tl_mut("t").joined_seq = 100;
         c.tl_mut("t").joined_by = Some("liaison".into());
         let info = tsunagu_protocol::envelope::TimelineInfo {
