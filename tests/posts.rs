@@ -9,6 +9,7 @@ mod harness;
 
 use std::time::Duration;
 
+use harness::care::team;
 use harness::{files_containing, unique_marker, TestServer};
 use tsunagu_client::core::PostOptions;
 use tsunagu_client::{Client, ClientError, ReceivedPost};
@@ -19,25 +20,6 @@ const WAIT: Duration = Duration::from_secs(30);
 
 fn post_at(c: &Client, timeline: &str, seq: u64) -> ReceivedPost {
     c.posts(timeline).into_iter().find(|p| p.seq == seq).unwrap_or_else(|| panic!("no post #{seq}"))
-}
-
-/// A team of three around one timeline: the doctor (who opened it), the
-/// nurse with two devices, the pharmacist.
-async fn team(server: &TestServer) -> (String, Client, Client, Client, Client) {
-    let mut doctor = server.enrol("Dr. Sato").await;
-    let nurse = server.enrol("Nurse Tanaka").await;
-    let nurse_account = nurse.account_id().to_owned();
-    let nurse_tablet = server.enrol_device(&nurse_account, "tablet").await;
-    let pharmacist = server.enrol("Pharmacist Ito").await;
-    let timeline = doctor.create_timeline().await.unwrap();
-    doctor.add_person(&timeline, &nurse_account).await.unwrap();
-    let seq = doctor.add_person(&timeline, pharmacist.account_id()).await.unwrap();
-    let mut all = [nurse, nurse_tablet, pharmacist];
-    for c in all.iter_mut() {
-        c.wait_for_seq(&timeline, seq, WAIT).await.unwrap();
-    }
-    let [nurse, nurse_tablet, pharmacist] = all;
-    (timeline, doctor, nurse, nurse_tablet, pharmacist)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

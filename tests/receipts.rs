@@ -7,29 +7,11 @@ mod harness;
 
 use std::time::{Duration, Instant};
 
+use harness::care::team;
 use harness::TestServer;
 use tsunagu_client::Client;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// The doctor (who opened the timeline), the nurse with a phone and a
-/// tablet, the pharmacist.
-async fn team(server: &TestServer) -> (String, Client, Client, Client, Client) {
-    let mut doctor = server.enrol("Dr. Sato").await;
-    let phone = server.enrol("Nurse Tanaka").await;
-    let nurse = phone.account_id().to_owned();
-    let tablet = server.enrol_device(&nurse, "tablet").await;
-    let pharmacist = server.enrol("Pharmacist Ito").await;
-    let timeline = doctor.create_timeline().await.unwrap();
-    doctor.add_person(&timeline, &nurse).await.unwrap();
-    let seq = doctor.add_person(&timeline, pharmacist.account_id()).await.unwrap();
-    let mut all = [phone, tablet, pharmacist];
-    for c in all.iter_mut() {
-        c.wait_for_seq(&timeline, seq, WAIT).await.unwrap();
-    }
-    let [phone, tablet, pharmacist] = all;
-    (timeline, doctor, phone, tablet, pharmacist)
-}
 
 /// Wait until `c` has heard (pushed `read_mark`) that `account` read `timeline` up to `seq`.
 async fn sees_read(c: &mut Client, timeline: &str, account: &str, seq: u64) {

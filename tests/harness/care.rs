@@ -78,3 +78,24 @@ pub async fn inject(server: &TestServer, timeline_id: &str, seq: u64, epoch: u64
     );
     assert_eq!(server.execute_sql(&sql).await, 1);
 }
+
+/// A team of three around one timeline, enrolled by operator codes: the
+/// doctor (who opened it), the nurse with two devices (phone and tablet),
+/// the pharmacist. Returns the timeline and the four clients, every one
+/// caught up with the adds.
+pub async fn team(server: &TestServer) -> (String, Client, Client, Client, Client) {
+    let mut doctor = server.enrol("Dr. Sato").await;
+    let phone = server.enrol("Nurse Tanaka").await;
+    let nurse = phone.account_id().to_owned();
+    let tablet = server.enrol_device(&nurse, "tablet").await;
+    let pharmacist = server.enrol("Pharmacist Ito").await;
+    let timeline = doctor.create_timeline().await.unwrap();
+    doctor.add_person(&timeline, &nurse).await.unwrap();
+    let seq = doctor.add_person(&timeline, pharmacist.account_id()).await.unwrap();
+    let mut all = [phone, tablet, pharmacist];
+    for c in all.iter_mut() {
+        c.wait_for_seq(&timeline, seq, std::time::Duration::from_secs(30)).await.unwrap();
+    }
+    let [phone, tablet, pharmacist] = all;
+    (timeline, doctor, phone, tablet, pharmacist)
+}
