@@ -115,7 +115,7 @@ pub async fn acknowledge(state: &AppState, device: &Device, rid: u64, timeline_i
     if db.urgent_post(&timeline_id, seq_i).await?.is_none() {
         return Err(ApiError::new(ErrorCode::NotFound, format!("post {seq} of this timeline is not urgent")));
     }
-    let calls = CallLists::from_policy(db.policy_json(&timeline_id).await?.as_deref());
+    let calls = CallLists::from_policy(db.timeline_policy(&timeline_id).await?.and_then(|(_, p)| p).as_deref());
     let first_call = calls.first_call.contains(&device.account_id);
     let at = now_ms();
     let frame = ServerFrame::UrgentAck { timeline_id: timeline_id.clone(), seq, account_id: device.account_id.clone(), at: at as u64 };
@@ -184,7 +184,7 @@ pub async fn escalate_due(db: &Db, hub: &Arc<Hub>, cluster: &Cluster) -> Result<
     let now = now_ms();
     let mut escalated = 0;
     for u in db.due_urgent(now, ESCALATE_BATCH).await? {
-        let calls = CallLists::from_policy(db.policy_json(&u.timeline_id).await?.as_deref());
+        let calls = CallLists::from_policy(db.timeline_policy(&u.timeline_id).await?.and_then(|(_, p)| p).as_deref());
         let acks = db.urgent_acks(&u.timeline_id, u.seq).await?;
         let mut tx = db.begin().await?;
         // The call list may have changed since the acknowledgement.

@@ -67,6 +67,12 @@ impl Db {
         row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).transpose()
     }
 
+    /// The policy's JSON inside a transaction the caller holds (the writer's).
+    pub async fn policy_json_tx(tx: &mut Tx, timeline_id: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT policy FROM timelines WHERE id = $1").bind(timeline_id).fetch_optional(&mut **tx).await?;
+        Ok(row.map(|r| r.try_get::<Option<String>, _>(0)).transpose()?.flatten())
+    }
+
     /// Every timeline whose policy names an end date (`until`), with it.
     pub async fn timelines_with_end_dates(&self) -> Result<Vec<(String, String)>> {
         let rows = sqlx::query("SELECT id, policy FROM timelines WHERE policy LIKE '%\"until\"%' ORDER BY id").fetch_all(&self.read).await?;

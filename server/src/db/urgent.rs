@@ -34,17 +34,6 @@ fn urgent_from_row(r: &AnyRow) -> Result<UrgentRow> {
 }
 
 impl Db {
-    /// The timeline policy's JSON (`timelines.policy`, migration 0006).
-    pub async fn policy_json_tx(tx: &mut Tx, timeline_id: &str) -> Result<Option<String>> {
-        let row = sqlx::query("SELECT policy FROM timelines WHERE id = $1").bind(timeline_id).fetch_optional(&mut **tx).await?;
-        Ok(row.map(|r| r.try_get::<Option<String>, _>(0)).transpose()?.flatten())
-    }
-
-    pub async fn policy_json(&self, timeline_id: &str) -> Result<Option<String>> {
-        let row = sqlx::query("SELECT policy FROM timelines WHERE id = $1").bind(timeline_id).fetch_optional(&self.read).await?;
-        Ok(row.map(|r| r.try_get::<Option<String>, _>(0)).transpose()?.flatten())
-    }
-
     pub async fn insert_urgent(tx: &mut Tx, u: &UrgentRow) -> Result<()> {
         sqlx::query(
             "INSERT INTO urgent_posts (timeline_id, seq, sender_account_id, created_at, escalate_at, escalated_at, first_call_acked_at) \
