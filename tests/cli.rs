@@ -128,3 +128,44 @@ async fn the_command_line_names_the_patient_edits_and_deletes_and_hands_history_
     let out = Command::new(cli_bin()).arg("--state-dir").arg(&nurse).args(["edit", &timeline, &first, "x"]).output().unwrap();
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not yours"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_records_consent_sets_roles_and_call_lists_and_admits() {
+    let server = TestServer::start().await;
+    let (_, doctor_code) = server.create_account("Dr. Sato");
+    let (liaison_account, liaison_code) = server.create_account("Liaison Kato");
+    let (ward_account, ward_code) = server.create_account("Ward Nurse Abe");
+    let (doctor, liaison, ward) = (server.client_state_dir(), server.client_state_dir(), server.client_state_dir());
+    for (dir, code) in [(&doctor, &doctor_code), (&liaison, &liaison_code), (&ward, &ward_code)] {
+        tsunagu(dir, &["enrol", "--server", server.url(), "--code", code]);
+    }
+    let timeline = tsunagu(&doctor, &["create"]).trim().to_owned();
+    let consent = tsunagu(&doctor, &["consent", &timeline, "--scope", "在宅チームと入院先"]);
+    assert!(consent.starts_with("consent recorded at #"), "{consent}");
+    tsunagu(&doctor, &["invite", &timeline, &liaison_account, "--role", "liaison"]);
+    tsunagu(&doctor, &["calls", &timeline, "--first", &liaison_account, "--escalate-after", "600"]);
+
+    // Admission: the liaison posts it and invites the ward nurse with an end date.
+    assert!(tsunagu(&liaison, &["admit", &timeline, "市立病院"]).starts_with("posted at #"));
+    tsunagu(&liaison, &["invite", &timeline, &ward_account, "--until", "+14d", "--history", "all"]);
+    let roles = tsunagu(&doctor, &["role", &timeline]);
+    assert!(roles.contains(&format!("{liaison_account}\tLiaison Kato\tliaison")), "{roles}");
+    assert!(roles.contains(&format!("{ward_account}\tWard Nurse Abe\tmember\tuntil ")), "{roles}");
+    assert!(roles.contains("consent: #"), "{roles}");
+    let read = tsunagu(&ward, &["read", &timeline]);
+    assert!(read.contains("市立病院"), "the ward nurse sees the admission: {read}");
+    // A member changes no roles: her client refuses it.
+    let refused = Command::new(cli_bin()).arg("--state-dir").arg(&ward).args(["role", &timeline, &liaison_account, "reader"]).output().unwrap();
+    assert!(!refused.status.success(), "a member changed a role");
+
+    // Operator-made accounts belong to no organisation, so this liaison has
+    // no hospital whose staff a discharge would remove: refused, clearly
+    // (tests/roles.rs and tests/admission.rs discharge with real
+    // organisations). She removes the ward nurse herself.
+    let refused = Command::new(cli_bin()).arg("--state-dir").arg(&liaison).args(["discharge", &timeline, "市立病院"]).output().unwrap();
+    assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("only a hospital's liaison"), "{refused:?}");
+    assert!(tsunagu(&liaison, &["remove", &timeline, &ward_account]).starts_with("removed at #"));
+    let roles = tsunagu(&doctor, &["role", &timeline]);
+    assert!(!roles.contains(&ward_account), "{roles}");
+    assert!(roles.contains(&format!("{liaison_account}\tLiaison Kato\tliaison")), "{roles}");
+}
