@@ -62,6 +62,9 @@ async fn metrics_and_readiness_describe_the_running_server() {
     assert_eq!(metric(&text, r#"tsunagu_messages_stored_total{kind="commit"}"#), Some(1.0), "{text}");
     assert!(metric(&text, "tsunagu_delivery_latency_seconds_count").unwrap_or(0.0) >= 3.0, "the nurse received three live posts:\n{text}");
     assert!(metric(&text, r#"tsunagu_db_transaction_seconds_count{op="send_batch"}"#).unwrap_or(0.0) >= 1.0, "{text}");
+    // On SQLite the posts took the writer's own connection; on PostgreSQL, sqlx.
+    let path = if server.backend() == "sqlite" { "direct" } else { "sqlx" };
+    assert!(metric(&text, &format!(r#"tsunagu_group_commits_total{{path="{path}"}}"#)).unwrap_or(0.0) >= 1.0, "{text}");
     assert!(!text.contains(&timeline) && !text.contains(doctor.device_id()), "metrics carry no ids");
 }
 

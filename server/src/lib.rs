@@ -116,6 +116,13 @@ impl Server {
         };
         // Peer addresses reach handlers (audit::ClientAddr) as ConnectInfo.
         let app = http::router(self.state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+        // No Nagle: a frame goes out at once, not after the peer acknowledges
+        // the previous one (a delayed acknowledgement holds it up to 40 ms).
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::warn!(error = %e, "TCP_NODELAY not set");
+            }
+        });
         axum::serve(listener, app).with_graceful_shutdown(signal).await?;
         connections.close();
         tracing::info!(connections = connections.len(), "draining connections");

@@ -22,6 +22,11 @@ pub struct CodeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PathLabel {
+    pub path: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OpLabel {
     pub op: &'static str,
 }
@@ -47,6 +52,9 @@ pub struct Metrics {
     pub db_seconds: Family<OpLabel, Histogram, fn() -> Histogram>,
     /// Messages per group-commit transaction.
     pub batch_size: Histogram,
+    /// Group-commit transactions by path: `direct` (the writer's own SQLite
+    /// connection, the common case) or `sqlx` (everything else).
+    pub group_commits: Family<PathLabel, Counter>,
     /// `read` frames received (before coalescing).
     pub read_frames: Counter,
     /// Read-mark transactions (one per flush that had marks).
@@ -68,6 +76,7 @@ impl Default for Metrics {
             delivery_seconds: seconds_histogram(),
             db_seconds: Family::new_with_constructor(seconds_histogram),
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
+            group_commits: Family::default(),
             read_frames: Counter::default(),
             read_mark_flushes: Counter::default(),
             read_marks_written: Counter::default(),
@@ -81,6 +90,7 @@ impl Default for Metrics {
         registry.register("delivery_latency_seconds", "Time from durable storage to a live recipient's socket", m.delivery_seconds.clone());
         registry.register("db_transaction_seconds", "Duration of database write transactions", m.db_seconds.clone());
         registry.register("group_commit_batch_size", "Messages stored per group-commit transaction", m.batch_size.clone());
+        registry.register("group_commits", "Group-commit transactions, by path (direct: the writer's own SQLite connection; sqlx)", m.group_commits.clone());
         registry.register("read_frames", "Read frames received from devices (before coalescing)", m.read_frames.clone());
         registry.register("read_mark_flushes", "Read-mark write transactions", m.read_mark_flushes.clone());
         registry.register("read_marks_written", "Read-mark rows written", m.read_marks_written.clone());

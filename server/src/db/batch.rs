@@ -29,14 +29,8 @@ impl Db {
     /// id.
     pub async fn append_at_epochs(tx: &mut Tx, sqlite: bool, wanted: &[(&str, i64, i64)]) -> Result<HashMap<String, i64>> {
         let mut heads = HashMap::with_capacity(wanted.len());
-        for chunk in wanted.chunks(64) {
-            let values: Vec<String> = (0..chunk.len()).map(|i| placeholders(sqlite, 3 * i, 3)).collect();
-            // Both backends name the VALUES columns column1, column2, column3.
-            let sql = format!(
-                "UPDATE timelines SET head_seq = head_seq + v.column3 FROM (VALUES {}) AS v \
-                 WHERE timelines.id = v.column1 AND timelines.epoch = v.column2 RETURNING timelines.id, timelines.head_seq",
-                values.join(", ")
-            );
+        for chunk in wanted.chunks(CHUNK) {
+            let sql = append_sql(sqlite, chunk.len());
             // Only generated placeholders are spliced in; every value is bound.
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
             for (id, epoch, count) in chunk {
@@ -53,12 +47,8 @@ impl Db {
     /// (512 parameters; with anonymous parameters a statement costs SQLite no
     /// per-parameter search, so a batch needs few round trips).
     pub async fn insert_messages(tx: &mut Tx, sqlite: bool, messages: &[StoredMessage]) -> Result<()> {
-        for chunk in messages.chunks(64) {
-            let rows: Vec<String> = (0..chunk.len()).map(|i| placeholders(sqlite, 8 * i, 8)).collect();
-            let sql = format!(
-                "INSERT INTO messages (timeline_id, seq, epoch, kind, sender_device_id, msg_id, stored_at, data) VALUES {}",
-                rows.join(", ")
-            );
+        for chunk in messages.chunks(CHUNK) {
+            let sql = insert_sql(sqlite, chunk.len());
             // Only generated placeholders are spliced in; every value is bound.
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
             for m in chunk {
@@ -68,6 +58,29 @@ impl Db {
         }
         Ok(())
     }
+}
+
+/// Rows a multi-row statement takes at most (the writer's statements are
+/// chunked to it).
+pub const CHUNK: usize = 64;
+
+/// `UPDATE timelines … RETURNING id, head_seq` for `n` `(id, epoch, count)`
+/// triples: each timeline still at that epoch moves its head by `count`.
+pub fn append_sql(sqlite: bool, n: usize) -> String {
+    let values: Vec<String> = (0..n).map(|i| placeholders(sqlite, 3 * i, 3)).collect();
+    // Both backends name the VALUES columns column1, column2, column3.
+    format!(
+        "UPDATE timelines SET head_seq = head_seq + v.column3 FROM (VALUES {}) AS v \
+         WHERE timelines.id = v.column1 AND timelines.epoch = v.column2 RETURNING timelines.id, timelines.head_seq",
+        values.join(", ")
+    )
+}
+
+/// `INSERT INTO messages` of `n` rows of the 8 columns of a `StoredMessage`
+/// (timeline_id, seq, epoch, kind, sender_device_id, msg_id, stored_at, data).
+pub fn insert_sql(sqlite: bool, n: usize) -> String {
+    let rows: Vec<String> = (0..n).map(|i| placeholders(sqlite, 8 * i, 8)).collect();
+    format!("INSERT INTO messages (timeline_id, seq, epoch, kind, sender_device_id, msg_id, stored_at, data) VALUES {}", rows.join(", "))
 }
 
 /// `n` bind placeholders for values `first + 1 ..= first + n`, as one row

@@ -6,7 +6,8 @@
 //! timeline starts by updating that timeline's row, which takes the row lock on
 //! PostgreSQL and the database write lock on SQLite before anything is read.
 //! SQLite writes go through a single-connection pool so writers queue in
-//! process instead of polling the file lock.
+//! process instead of polling the file lock (the group-commit writer's own
+//! connection, `sqlite_writer.rs`, takes its turn there too).
 
 pub mod audit;
 pub mod batch;
@@ -16,6 +17,7 @@ pub mod blobs;
 pub mod receipts;
 pub mod urgent;
 pub mod policy;
+pub mod sqlite_writer;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -41,6 +43,8 @@ pub struct Db {
     /// Writers: one connection on SQLite, the same pool as `read` on PostgreSQL.
     write: AnyPool,
     backend: Backend,
+    /// The SQLite database file (`None` on PostgreSQL).
+    sqlite_path: Option<std::path::PathBuf>,
 }
 
 /// A registered device.
@@ -107,7 +111,7 @@ impl Db {
         let db = match &config.database_url {
             Some(url) => {
                 let pool = AnyPoolOptions::new().max_connections(16).acquire_timeout(Duration::from_secs(30)).connect(url).await?;
-                Db { read: pool.clone(), write: pool, backend: Backend::Postgres }
+                Db { read: pool.clone(), write: pool, backend: Backend::Postgres, sqlite_path: None }
             }
             None => {
                 let path = config.data_dir.join("tsunagu.db");
@@ -127,7 +131,7 @@ impl Db {
                 };
                 let write = options().max_connections(1).connect(&url).await?;
                 let read = options().max_connections(8).connect(&url).await?;
-                Db { read, write, backend: Backend::Sqlite }
+                Db { read, write, backend: Backend::Sqlite, sqlite_path: Some(path) }
             }
         };
         db.migrate().await?;
@@ -162,6 +166,19 @@ impl Db {
     pub async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.read).await?;
         Ok(())
+    }
+
+    /// The SQLite database file, for the writer's own connection
+    /// (`sqlite_writer.rs`); `None` on PostgreSQL.
+    pub fn sqlite_path(&self) -> Option<&std::path::Path> {
+        self.sqlite_path.as_deref()
+    }
+
+    /// The SQLite write connection, held while the writer writes through its
+    /// own connection: writers in this process take turns here instead of
+    /// waiting on the file lock.
+    pub async fn write_turn(&self) -> Result<sqlx::pool::PoolConnection<Any>> {
+        Ok(self.write.acquire().await?)
     }
 
     pub async fn begin(&self) -> Result<Tx> {
