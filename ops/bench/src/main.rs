@@ -11,6 +11,7 @@
 //! received each one. Latency = that receipt instant − the instant the poster
 //! started sending that post (one process, monotonic clock).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -243,23 +244,35 @@ fn summarize(
 }
 
 /// GET /healthz answers 200 (raw HTTP/1.1, one second at most).
-async fn healthz(addr: SocketAddr) -> bool {
+/// GET `path` over plain HTTP/1.1 on loopback: the whole response (status
+/// line, headers and body), or `None` after a second.
+async fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let attempt = async {
         let mut s = tokio::net::TcpStream::connect(addr).await?;
-        s.write_all(
-            format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .await?;
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await?;
-        Ok::<_, std::io::Error>(buf.starts_with(b"HTTP/1.1 200"))
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&buf).into_owned())
     };
-    matches!(
-        tokio::time::timeout(Duration::from_secs(1), attempt).await,
-        Ok(Ok(true))
-    )
+    tokio::time::timeout(Duration::from_secs(1), attempt).await.ok()?.ok()
+}
+
+async fn healthz(addr: SocketAddr) -> bool {
+    http_get(addr, "/healthz").await.is_some_and(|r| r.starts_with("HTTP/1.1 200"))
+}
+
+/// The server's `/metrics` as `name{labels}` → value (comments dropped).
+async fn scrape_metrics(addr: SocketAddr) -> HashMap<String, f64> {
+    let text = http_get(addr, "/metrics").await.unwrap_or_default();
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_string(), value.parse().ok()?))
+        })
+        .collect()
 }
 
 // ----- the server process -----------------------------------------------------------------

@@ -42,8 +42,9 @@ pub struct SuiteArgs {
     /// Fan-out peak run: `send`s in flight per poster (matched by rid).
     #[arg(long, default_value_t = 8)]
     window: usize,
-    /// Fan-out peak run: posts per poster.
-    #[arg(long, default_value_t = 40)]
+    /// Fan-out peak run: posts per poster (the default makes the peak last
+    /// about 2 s: a sustained rate, not a burst absorbed by queues).
+    #[arg(long, default_value_t = 200)]
     peak_posts: usize,
     /// Fan-out latency run: seconds of open-loop load at half the peak post rate.
     #[arg(long, default_value_t = 10)]
@@ -927,7 +928,9 @@ async fn part_fanout(args: &SuiteArgs, server: &Server, relay: &Bare, setup: &mu
         let (tl, k) = (i / m, i % m);
         Pace::Open { interval, offset_frac: (tl * p + k.min(p - 1)) as f64 / n_posters }
     };
+    let before = crate::scrape_metrics(server.addr()).await;
     let (conns, tsu_open, seqs) = run_phase(Kind::Tsunagu, conns, m, &open_plan.posts, open_plan.n, 'L', open_pace, timeout).await.context("tsunagu latency run")?;
+    let after = crate::scrape_metrics(server.addr()).await;
     let (rconns, rel_open, _) = run_phase(Kind::Relay, rconns, m, &open_plan.posts, open_plan.n, 'L', open_pace, timeout).await.context("relay latency run")?;
     for (i, ws) in conns.into_iter().enumerate() {
         ack_and_close(ws, &devs[i].tid, seqs[i]).await;
@@ -968,7 +971,34 @@ async fn part_fanout(args: &SuiteArgs, server: &Server, relay: &Bare, setup: &mu
         tsu_open.deliveries_per_s(),
         rate * (m - 1) as f64
     ));
+    info.push(server_side(&before, &after));
     Ok(())
+}
+
+/// Where a post's time went inside the server during a run, from its
+/// `/metrics` before and after: group-commit batches (size, time in the
+/// database) and durable storage → recipient's socket.
+fn server_side(before: &HashMap<String, f64>, after: &HashMap<String, f64>) -> String {
+    let d = |k: &str| after.get(k).copied().unwrap_or(0.0) - before.get(k).copied().unwrap_or(0.0);
+    let batches = d("tsunagu_group_commit_batch_size_count");
+    let per = |sum: f64, n: f64| if n > 0.0 { sum / n } else { 0.0 };
+    let delivered = d("tsunagu_delivery_latency_seconds_count");
+    // The histogram's quantile, as the upper bound of the bucket it falls in.
+    let mut buckets: Vec<(f64, f64)> = after
+        .keys()
+        .filter_map(|k| k.strip_prefix("tsunagu_delivery_latency_seconds_bucket{le=\"")?.strip_suffix("\"}").map(|le| (k, le)))
+        .map(|(k, le)| (le.parse().unwrap_or(f64::INFINITY), d(k)))
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let bucket_q = |q: f64| buckets.iter().find(|(_, n)| *n >= q * delivered).map(|(le, _)| *le * 1000.0).unwrap_or(f64::NAN);
+    format!(
+        "server side (latency run, from /metrics): {batches:.0} group commits, {:.1} posts each, {:.2} ms each in the database; durable → socket mean {:.2} ms, p50 ≤ {:.1} ms, p99 ≤ {:.1} ms",
+        per(d("tsunagu_group_commit_batch_size_sum"), batches),
+        per(d("tsunagu_db_transaction_seconds_sum{op=\"send_batch\"}"), d("tsunagu_db_transaction_seconds_count{op=\"send_batch\"}")) * 1000.0,
+        per(d("tsunagu_delivery_latency_seconds_sum"), delivered) * 1000.0,
+        bucket_q(0.5),
+        bucket_q(0.99),
+    )
 }
 
 // ----- part 2: idle memory -------------------------------------------------------------
