@@ -100,11 +100,14 @@ impl Transport for FakeServer {
     }
 }
 
-fn new_core(device_id: &str) -> Result<Core> {
+/// A device of `account_id`. The timeline policy (issue 4) lists people, and
+/// a device's credential names its account, so every device the fake server
+/// hands out for a claim must be of the account claimed.
+fn new_core(device_id: &str, account_id: &str) -> Result<Core> {
     let signer = tsunagu_client::mls::new_signer().map_err(|e| anyhow!("{e}"))?;
     let e = Enrolment {
         server_url: "http://127.0.0.1:1".into(),
-        account_id: format!("acct-{device_id}"),
+        account_id: account_id.into(),
         account_name: device_id.into(),
         device_id: device_id.into(),
         device_token: "x".into(),
@@ -134,11 +137,12 @@ async fn tsunagu_costs(members: usize, reps: usize) -> Result<[Vec<Duration>; 5]
     let mut t: [Vec<Duration>; 5] = Default::default();
     let mut kept = None;
     for rep in 0..reps.div_ceil(2).max(3) {
-        let mut creator = new_core(&format!("creator-{rep}"))?;
+        let mut creator = new_core(&format!("creator-{rep}"), "acct-creator")?;
         let mut others = Vec::new();
         let mut claim = Vec::new();
         for i in 1..members {
-            let mut c = new_core(&format!("dev-{rep}-{i}"))?;
+            // One person with 49 devices: one commit adding 49 leaves.
+            let mut c = new_core(&format!("dev-{rep}-{i}"), "everyone")?;
             claim.push(core_key_package(&mut c)?);
             others.push(c);
         }
@@ -160,10 +164,10 @@ async fn tsunagu_costs(members: usize, reps: usize) -> Result<[Vec<Duration>; 5]
         bail!("tsunagu: the member did not join ({:?})", b.take_warnings());
     }
     for rep in 0..reps {
-        let mut x = new_core(&format!("new-{rep}"))?;
+        let mut x = new_core(&format!("new-{rep}"), &format!("newcomer-{rep}"))?;
         io.claim = vec![core_key_package(&mut x)?];
         let start = Instant::now();
-        creator.add_person(&mut io, &tid, "newcomer").await.map_err(|e| anyhow!("add: {e}"))?;
+        creator.add_person(&mut io, &tid, &format!("newcomer-{rep}")).await.map_err(|e| anyhow!("add: {e}"))?;
         t[1].push(start.elapsed());
         let (kind, data, _, seq) = io.last.take().ok_or_else(|| anyhow!("no commit"))?;
         let f = delivered(&tid, kind, seq, io.epoch - 1, data);
