@@ -64,10 +64,7 @@ impl Writer {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("writer runtime");
         std::thread::Builder::new()
             .name("tsunagu-writer".into())
-            .spawn(move || {
-                raise_priority();
-                runtime.block_on(run(db, hub, cluster, metrics, rx))
-            })
+            .spawn(move || runtime.block_on(run(db, hub, cluster, metrics, rx)))
             .expect("writer thread");
         Writer { queue }
     }
@@ -86,29 +83,6 @@ impl Writer {
         }
     }
 }
-
-/// Every send waits for this thread, and under load it competed for a core
-/// with the connection tasks it feeds (a batch took 3–5 times its own CPU
-/// time). With `CAP_SYS_NICE` (root, or `AmbientCapabilities=` in the systemd
-/// unit) it runs at nice -10; without, as it is.
-fn raise_priority() {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: plain system calls on this thread's own id.
-        let result = unsafe {
-            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-            libc::setpriority(libc::PRIO_PROCESS, tid, WRITER_NICE)
-        };
-        if result != 0 {
-            let e = std::io::Error::last_os_error();
-            tracing::info!(error = %e, "the writer thread keeps the default priority (no CAP_SYS_NICE)");
-        }
-    }
-}
-
-/// The writer thread's nice value, when allowed.
-#[cfg(target_os = "linux")]
-const WRITER_NICE: libc::c_int = -10;
 
 async fn run(db: Db, hub: Arc<Hub>, cluster: Cluster, metrics: Arc<Metrics>, mut rx: mpsc::Receiver<(SendRequest, Reply)>) {
     let mut sqlite = db.sqlite_path().and_then(|path| match SqliteWriter::open(path) {
