@@ -160,27 +160,15 @@ async fn store_full(db: &Db, hub: &Hub, cluster: &Cluster, jobs: &[(SendRequest,
 /// takes the full path (`store_batch`), as it does after a unique violation
 /// (a retried `msg_id`).
 fn store_fast(w: &mut SqliteWriter, hub: &Hub, jobs: &[(SendRequest, Reply)]) -> Result<Option<Vec<Result<Outcome, ApiError>>>, StoreError> {
-    let mut seen = std::collections::HashSet::with_capacity(jobs.len());
-    let mut by_timeline: BTreeMap<&str, (i64, Vec<usize>)> = BTreeMap::new();
-    for (i, (req, _)) in jobs.iter().enumerate() {
-        if req.urgent || !seen.insert((req.device_id.as_str(), req.msg_id.as_str())) {
-            return Ok(None);
-        }
-        let (epoch, indexes) = by_timeline.entry(req.timeline_id.as_str()).or_insert((req.epoch, Vec::new()));
-        if *epoch != req.epoch {
-            return Ok(None);
-        }
-        indexes.push(i);
+    if jobs.iter().any(|(r, _)| r.urgent) {
+        return Ok(None);
     }
-    let mut plan = Vec::with_capacity(by_timeline.len());
-    for (timeline_id, (epoch, indexes)) in by_timeline {
-        let Some(members) = hub.members_at(timeline_id, epoch) else { return Ok(None) };
-        if !indexes.iter().all(|&i| members.contains(&jobs[i].0.device_id)) {
-            return Ok(None);
-        }
-        plan.push((timeline_id, epoch, members, indexes));
+    let plan = Plan::new(hub, jobs, &HashMap::new());
+    let common = plan.slow.is_empty() && plan.outcomes.iter().all(Option::is_none) && plan.cached.iter().all(|c| c.accepted.len() == c.indexes.len());
+    if !common {
+        return Ok(None);
     }
-    let wanted: Vec<(&str, i64, i64)> = plan.iter().map(|(t, e, _, indexes)| (*t, *e, indexes.len() as i64)).collect();
+    let wanted = plan.wanted();
     let now = now_ms();
     let tx = w.begin()?;
     let heads = tx.append_at_epochs(&wanted)?;
@@ -189,11 +177,11 @@ fn store_fast(w: &mut SqliteWriter, hub: &Hub, jobs: &[(SendRequest, Reply)]) ->
     }
     let mut rows = Vec::with_capacity(jobs.len());
     let mut stored = Vec::with_capacity(jobs.len());
-    for (timeline_id, _, members, indexes) in &plan {
-        let first = heads[*timeline_id] - indexes.len() as i64 + 1;
-        for (seq, &i) in (first..).zip(indexes) {
-            stored.push((i, members.clone()));
-            rows.push(stored_message(&jobs[i].0, timeline_id, seq, now));
+    for c in &plan.cached {
+        let first = heads[c.timeline_id] - c.accepted.len() as i64 + 1;
+        for (seq, &i) in (first..).zip(&c.accepted) {
+            stored.push((i, c.members.clone()));
+            rows.push(stored_message(&jobs[i].0, c.timeline_id, seq, now));
         }
     }
     tx.insert_messages(&rows)?;
@@ -233,59 +221,25 @@ async fn store_batch(
         HashMap::new()
     };
 
-    let mut outcomes: Vec<Option<Result<Outcome, Pending>>> = jobs.iter().map(|_| None).collect();
-    let mut first_seen: HashMap<(&str, &str), usize> = HashMap::new();
-    let mut by_timeline: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-    for (i, (req, _)) in jobs.iter().enumerate() {
-        let key = (req.device_id.as_str(), req.msg_id.as_str());
-        let found = if existing.is_empty() { None } else { existing.get(&(req.device_id.clone(), req.msg_id.clone())) };
-        if let Some(e) = found {
-            outcomes[i] = Some(if e.timeline_id == req.timeline_id {
-                Ok(Outcome::Duplicate(e.clone()))
-            } else {
-                Err(Pending::Refused(ApiError::new(ErrorCode::MsgIdReused, "this msg_id was used in another timeline")))
-            });
-        } else if let Some(&first) = first_seen.get(&key) {
-            outcomes[i] = Some(Err(Pending::DuplicateOf(first)));
-        } else {
-            first_seen.insert(key, i);
-            by_timeline.entry(req.timeline_id.as_str()).or_default().push(i);
-        }
-    }
-
-    let mut rows: Vec<StoredMessage> = Vec::new();
-    let mut stored_at: Vec<(usize, usize, Arc<Vec<String>>)> = Vec::new();
-    let not_member = || Err(Pending::Refused(ApiError::new(ErrorCode::NotMember, "this device is not a member of the timeline")));
-    if db.is_postgres() && !by_timeline.is_empty() {
+    let plan = Plan::new(hub, jobs, &existing);
+    if db.is_postgres() {
         // Every timeline of the batch locked in id order, in one statement:
         // nodes lock in the same order and cannot deadlock.
-        Db::lock_timelines_in_order(&mut tx, &by_timeline.keys().copied().collect::<Vec<_>>()).await?;
-    }
-    // The common case: every send of a timeline is at one epoch whose member
-    // set is cached; one statement for all those timelines checks that each
-    // epoch is still current while it reserves their seqs (one round trip to
-    // the database per batch, not per timeline).
-    let mut fast: Vec<(&str, i64, Arc<Vec<String>>, Vec<usize>, Vec<usize>)> = Vec::new();
-    let mut slow: Vec<(&str, Vec<usize>)> = Vec::new();
-    for (timeline_id, indexes) in by_timeline {
-        let epoch = jobs[indexes[0]].0.epoch;
-        match hub.members_at(timeline_id, epoch).filter(|_| indexes.iter().all(|&i| jobs[i].0.epoch == epoch)) {
-            Some(members) => {
-                let (accepted, refused): (Vec<usize>, Vec<usize>) = indexes.iter().partition(|&&i| members.contains(&jobs[i].0.device_id));
-                if accepted.is_empty() {
-                    for i in refused {
-                        outcomes[i] = Some(not_member());
-                    }
-                } else {
-                    fast.push((timeline_id, epoch, members, indexes, accepted));
-                }
-            }
-            None => slow.push((timeline_id, indexes)),
+        let mut ids: Vec<&str> = plan.cached.iter().map(|c| c.timeline_id).chain(plan.slow.iter().map(|(t, _)| *t)).collect();
+        if !ids.is_empty() {
+            ids.sort_unstable();
+            Db::lock_timelines_in_order(&mut tx, &ids).await?;
         }
     }
-    let wanted: Vec<(&str, i64, i64)> = fast.iter().map(|(t, e, _, _, accepted)| (*t, *e, accepted.len() as i64)).collect();
+    // One statement for all the cached timelines checks that each epoch is
+    // still current while it reserves their seqs (one round trip to the
+    // database per batch, not per timeline).
+    let wanted = plan.wanted();
+    let Plan { mut outcomes, cached, mut slow } = plan;
+    let mut rows: Vec<StoredMessage> = Vec::new();
+    let mut stored_at: Vec<(usize, usize, Arc<Vec<String>>)> = Vec::new();
     let heads = if wanted.is_empty() { HashMap::new() } else { Db::append_at_epochs(&mut tx, !db.is_postgres(), &wanted).await? };
-    for (timeline_id, _, members, indexes, accepted) in fast {
+    for Cached { timeline_id, members, indexes, accepted, .. } in cached {
         let Some(&head) = heads.get(timeline_id) else {
             // The epoch moved on (or the timeline is gone): check each send.
             slow.push((timeline_id, indexes));
@@ -373,6 +327,78 @@ async fn store_batch(
         resolved.push(r);
     }
     Ok(resolved)
+}
+
+/// A batch sorted out before any statement. Retries found in the database
+/// (`existing`) and repeats within the batch are answered; every other send
+/// is grouped by timeline, *cached* when the timeline's sends are all at one
+/// epoch whose member devices the hub knows (sends of non-members refused),
+/// else left for a look-up under the timeline's lock (`slow`).
+struct Plan<'a> {
+    outcomes: Vec<Option<Result<Outcome, Pending>>>,
+    cached: Vec<Cached<'a>>,
+    slow: Vec<(&'a str, Vec<usize>)>,
+}
+
+struct Cached<'a> {
+    timeline_id: &'a str,
+    epoch: i64,
+    members: Arc<Vec<String>>,
+    /// Every new send of the timeline (indexes into the batch).
+    indexes: Vec<usize>,
+    /// Those from member devices.
+    accepted: Vec<usize>,
+}
+
+impl<'a> Plan<'a> {
+    fn new(hub: &Hub, jobs: &'a [(SendRequest, Reply)], existing: &HashMap<(String, String), Existing>) -> Plan<'a> {
+        let mut outcomes: Vec<Option<Result<Outcome, Pending>>> = jobs.iter().map(|_| None).collect();
+        let mut first_seen: HashMap<(&str, &str), usize> = HashMap::new();
+        let mut by_timeline: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, (req, _)) in jobs.iter().enumerate() {
+            let key = (req.device_id.as_str(), req.msg_id.as_str());
+            let found = if existing.is_empty() { None } else { existing.get(&(req.device_id.clone(), req.msg_id.clone())) };
+            if let Some(e) = found {
+                outcomes[i] = Some(if e.timeline_id == req.timeline_id {
+                    Ok(Outcome::Duplicate(e.clone()))
+                } else {
+                    Err(Pending::Refused(ApiError::new(ErrorCode::MsgIdReused, "this msg_id was used in another timeline")))
+                });
+            } else if let Some(&first) = first_seen.get(&key) {
+                outcomes[i] = Some(Err(Pending::DuplicateOf(first)));
+            } else {
+                first_seen.insert(key, i);
+                by_timeline.entry(req.timeline_id.as_str()).or_default().push(i);
+            }
+        }
+        let (mut cached, mut slow) = (Vec::new(), Vec::new());
+        for (timeline_id, indexes) in by_timeline {
+            let epoch = jobs[indexes[0]].0.epoch;
+            match hub.members_at(timeline_id, epoch).filter(|_| indexes.iter().all(|&i| jobs[i].0.epoch == epoch)) {
+                Some(members) => {
+                    let (accepted, refused): (Vec<usize>, Vec<usize>) = indexes.iter().partition(|&&i| members.contains(&jobs[i].0.device_id));
+                    if accepted.is_empty() {
+                        for i in refused {
+                            outcomes[i] = Some(not_member());
+                        }
+                    } else {
+                        cached.push(Cached { timeline_id, epoch, members, indexes, accepted });
+                    }
+                }
+                None => slow.push((timeline_id, indexes)),
+            }
+        }
+        Plan { outcomes, cached, slow }
+    }
+
+    /// `(timeline, epoch, count)` for `append_at_epochs`.
+    fn wanted(&self) -> Vec<(&'a str, i64, i64)> {
+        self.cached.iter().map(|c| (c.timeline_id, c.epoch, c.accepted.len() as i64)).collect()
+    }
+}
+
+fn not_member<T>() -> Result<T, Pending> {
+    Err(Pending::Refused(ApiError::new(ErrorCode::NotMember, "this device is not a member of the timeline")))
 }
 
 enum Pending {
