@@ -27,6 +27,15 @@ fn tsunagu(state: &Path, args: &[&str]) -> String {
     stdout
 }
 
+/// A person with an account and the command line enrolled in a state
+/// directory of their own: (account id, state directory).
+fn enrolled(server: &TestServer, name: &str) -> (String, PathBuf) {
+    let (account, code) = server.create_account(name);
+    let dir = server.client_state_dir();
+    tsunagu(&dir, &["enrol", "--server", server.url(), "--code", &code]);
+    (account, dir)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_doctor_and_a_nurse_use_the_command_line_client() {
     let server = TestServer::start().await;
@@ -95,13 +104,9 @@ async fn a_doctor_and_a_nurse_use_the_command_line_client() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_command_line_names_the_patient_edits_and_deletes_and_hands_history_over() {
     let server = TestServer::start().await;
-    let (_, doctor_code) = server.create_account("Dr. Sato");
-    let (nurse_account, nurse_code) = server.create_account("Nurse Tanaka");
-    let (carer_account, carer_code) = server.create_account("Carer Mori");
-    let (doctor, nurse, carer) = (server.client_state_dir(), server.client_state_dir(), server.client_state_dir());
-    tsunagu(&doctor, &["enrol", "--server", server.url(), "--code", &doctor_code]);
-    tsunagu(&nurse, &["enrol", "--server", server.url(), "--code", &nurse_code]);
-    tsunagu(&carer, &["enrol", "--server", server.url(), "--code", &carer_code]);
+    let (_, doctor) = enrolled(&server, "Dr. Sato");
+    let (nurse_account, nurse) = enrolled(&server, "Nurse Tanaka");
+    let (carer_account, carer) = enrolled(&server, "Carer Mori");
 
     let timeline = tsunagu(&doctor, &["create"]).trim().to_owned();
     tsunagu(&doctor, &["patient", &timeline, "田中 一郎", "--kana", "たなか いちろう", "--birth-date", "1941-04-02"]);
@@ -132,13 +137,9 @@ async fn the_command_line_names_the_patient_edits_and_deletes_and_hands_history_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_command_line_records_consent_sets_roles_and_call_lists_and_admits() {
     let server = TestServer::start().await;
-    let (_, doctor_code) = server.create_account("Dr. Sato");
-    let (liaison_account, liaison_code) = server.create_account("Liaison Kato");
-    let (ward_account, ward_code) = server.create_account("Ward Nurse Abe");
-    let (doctor, liaison, ward) = (server.client_state_dir(), server.client_state_dir(), server.client_state_dir());
-    for (dir, code) in [(&doctor, &doctor_code), (&liaison, &liaison_code), (&ward, &ward_code)] {
-        tsunagu(dir, &["enrol", "--server", server.url(), "--code", code]);
-    }
+    let (_, doctor) = enrolled(&server, "Dr. Sato");
+    let (liaison_account, liaison) = enrolled(&server, "Liaison Kato");
+    let (ward_account, ward) = enrolled(&server, "Ward Nurse Abe");
     let timeline = tsunagu(&doctor, &["create"]).trim().to_owned();
     let consent = tsunagu(&doctor, &["consent", &timeline, "--scope", "在宅チームと入院先"]);
     assert!(consent.starts_with("consent recorded at #"), "{consent}");

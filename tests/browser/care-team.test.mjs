@@ -39,6 +39,19 @@ after(async () => {
   await server?.stop();
 });
 
+/** Open the timeline with the engine's test handle (`window.__tsunaguEngine`)
+ * turned on, online; `closeTestHooks(page)` turns it off again. */
+async function openWithTestHooks(page, id) {
+  await page.evaluate(() => localStorage.setItem("tsunagu.testHooks", "1"));
+  await page.goto(`${server.url}/#/t/${encodeURIComponent(id)}`);
+  await page.reload();
+  await page.waitForFunction(() => window.__tsunaguEngine?.status() === "online", null, { timeout: TIMEOUT });
+}
+
+async function closeTestHooks(page) {
+  await page.evaluate(() => localStorage.removeItem("tsunagu.testHooks"));
+}
+
 async function registerFromInvitation(person, url, { name, kana, profession }) {
   const { page } = person;
   await page.goto(url);
@@ -455,10 +468,7 @@ test("the timeline's name is encrypted in the timeline: the family sees it, and 
 test("a reader's post forced through by a modified client is refused by the server (forbidden)", async () => {
   const fp = family.page;
   // The browser tests play the modified client through the engine's test handle.
-  await fp.evaluate(() => localStorage.setItem("tsunagu.testHooks", "1"));
-  await fp.goto(`${server.url}/#/t/${encodeURIComponent(timelineId)}`);
-  await fp.reload();
-  await fp.waitForFunction(() => window.__tsunaguEngine?.status() === "online", null, { timeout: TIMEOUT });
+  await openWithTestHooks(fp, timelineId);
   // The engine itself refuses: readers read.
   const own = await fp.evaluate(
     (id) => window.__tsunaguEngine.post(id, "家族の投稿").then(() => "accepted", (e) => e.code),
@@ -471,7 +481,7 @@ test("a reader's post forced through by a modified client is refused by the serv
     timelineId,
   );
   assert.match(forced, /^forbidden:/);
-  await fp.evaluate(() => localStorage.removeItem("tsunagu.testHooks"));
+  await closeTestHooks(fp);
   // Nobody sees it.
   await doctor.page.goto(`${server.url}/#/t/${encodeURIComponent(timelineId)}`);
   await doctor.page.waitForSelector('[data-testid="post"]', { timeout: TIMEOUT });
@@ -791,14 +801,11 @@ test("the admin creates a bot with an enrolment code, and removes the nurse, who
 test("a long timeline builds its latest threads and shows earlier ones a page at a time", async () => {
   const dp = doctor.page;
   // The doctor's browser posts through the engine's test handle, as fast as it can.
-  await dp.evaluate(() => localStorage.setItem("tsunagu.testHooks", "1"));
-  await dp.goto(`${server.url}/#/t/${encodeURIComponent(timelineId)}`);
-  await dp.reload();
-  await dp.waitForFunction(() => window.__tsunaguEngine?.status() === "online", null, { timeout: TIMEOUT });
+  await openWithTestHooks(dp, timelineId);
   await dp.evaluate(async (id) => {
     for (let i = 1; i <= 210; i++) await window.__tsunaguEngine.post(id, `経過記録 No.${String(i).padStart(3, "0")}`);
   }, timelineId);
-  await dp.evaluate(() => localStorage.removeItem("tsunagu.testHooks"));
+  await closeTestHooks(dp);
 
   const fp = family.page;
   await fp.goto(`${server.url}/#/t/${encodeURIComponent(timelineId)}`);
