@@ -1,7 +1,8 @@
 //! Backups: `tsunagu-server backup` while the server runs and takes posts,
 //! `restore` into a fresh data dir (SQLite) or a fresh database (PostgreSQL,
 //! with TSUNAGU_TEST_POSTGRES), and a device enrolled before the backup finds
-//! every post acknowledged before it, in order and without gaps.
+//! every post acknowledged before it, in order and without gaps, and opens
+//! the attachment posted before it.
 
 mod harness;
 
@@ -69,8 +70,11 @@ async fn a_backup_taken_under_load_restores_every_post_acknowledged_before_it() 
     reader.wait_for_seq(&timeline, c2, WAIT).await.unwrap();
     reader.disconnect().await;
 
-    // 1. A care team's posts, all acknowledged.
-    let mut before: Vec<(String, u64)> = Vec::new();
+    // 1. A care team's posts, all acknowledged, one with the discharge letter attached.
+    let letter = b"%PDF-1.4 discharge summary: continue wound care twice daily".to_vec();
+    let attachment = doctor.upload_attachment(&letter, "application/pdf", "discharge.pdf").await.unwrap();
+    let letter_seq = doctor.post_with_attachments(&timeline, "Discharge letter", None, vec![attachment]).await.unwrap();
+    let mut before: Vec<(String, u64)> = vec![("Discharge letter".to_owned(), letter_seq)];
     for i in 0..PRE_BACKUP_POSTS {
         let (who, client) = if i % 2 == 0 { ("doctor", &mut doctor) } else { ("nurse", &mut nurse) };
         let text = format!("{who} vitals {i}");
@@ -93,7 +97,7 @@ async fn a_backup_taken_under_load_restores_every_post_acknowledged_before_it() 
     let acked_before_backup: Vec<(String, u64)> =
         before.iter().cloned().chain(during.lock().unwrap().iter().cloned()).collect();
     let backup_dir = tempfile::tempdir().unwrap();
-    let backup_file = backup_dir.path().join(if server.backend() == "sqlite" { "tsunagu.db" } else { "tsunagu.dump" });
+    let backup_file = backup_dir.path().join("tsunagu-backup.tar");
     let out = {
         let file = backup_file.display().to_string();
         let started = Instant::now();
@@ -106,6 +110,7 @@ async fn a_backup_taken_under_load_restores_every_post_acknowledged_before_it() 
     let report = json_out(&out, "backup");
     let bytes = report["bytes"].as_u64().expect("bytes");
     assert!(bytes > 0 && bytes == std::fs::metadata(&backup_file).unwrap().len(), "backup report: {report}");
+    assert_eq!(report["blobs"], 1, "the attachment is in the backup: {report}");
     // Posts continue after the backup; they are not expected after the restore.
     let after_backup = during.lock().unwrap().len();
     let deadline = Instant::now() + WAIT;
@@ -138,6 +143,7 @@ async fn a_backup_taken_under_load_restores_every_post_acknowledged_before_it() 
     let mut restored = TestServer::unstarted().await;
     let out = restored.run_operator(&["restore", "--from", &backup_file.display().to_string(), "--json"]);
     let restore_report = json_out(&out, "restore");
+    assert_eq!(restore_report["blobs"], 1, "{restore_report}");
     // Restoring again over the restored data is refused.
     let again = restored.run_operator(&["restore", "--from", &backup_file.display().to_string()]);
     assert!(!again.status.success(), "a restore over existing data must fail");
@@ -175,8 +181,13 @@ async fn a_backup_taken_under_load_restores_every_post_acknowledged_before_it() 
     for (seq, text) in &by_seq {
         assert_eq!(acked.get(seq).copied(), Some(text), "restored seq {seq} is not what was acknowledged there");
     }
-    assert!(head >= 2 + (PRE_BACKUP_POSTS as u64) + 5, "head {head}");
+    assert!(head >= 3 + (PRE_BACKUP_POSTS as u64) + 5, "head {head}");
     assert!(head < head_at_stop, "posts after the backup cannot be in it");
+
+    // The attachment opens after the restore.
+    let post = posts.iter().find(|p| p.seq == letter_seq).and_then(|p| p.post.clone()).expect("the letter's post");
+    let opened = reader.download_attachment(&post.attachments[0]).await.unwrap();
+    assert_eq!(opened, letter, "the restored attachment is the doctor's letter");
 
     // The restored server takes new posts after the restored head.
     let seq = reader.post(&timeline, "after the restore").await.unwrap();
@@ -195,11 +206,13 @@ async fn a_backup_taken_under_load_restores_every_post_acknowledged_before_it() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restore_refuses_live_data_and_foreign_files() {
     let server = TestServer::start().await;
-    let _doctor = server.enrol("Dr. Sato").await;
+    let doctor = server.enrol("Dr. Sato").await;
+    doctor.upload_attachment(b"a wound photo", "image/jpeg", "heel.jpg").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("b");
     let out = server.run_operator(&["backup", "--out", &file.display().to_string(), "--json"]);
     let report = json_out(&out, "backup");
+    assert_eq!(report["blobs"], 1, "{report}");
     if server.backend() == "sqlite" {
         assert_eq!(report["accounts"], 1, "{report}");
     }
@@ -218,4 +231,51 @@ async fn restore_refuses_live_data_and_foreign_files() {
     if fresh.backend() == "sqlite" {
         assert!(left.is_empty(), "a failed restore left {left:?}");
     }
+
+    // A damaged blob in the archive: refused before anything is restored.
+    let damaged = dir.path().join("damaged");
+    rewrite_archive(&file, &damaged, |name, content| {
+        if name.starts_with("blobs/") {
+            content[0] ^= 1;
+        }
+    });
+    let out = fresh.run_operator(&["restore", "--from", &damaged.display().to_string()]);
+    assert!(!out.status.success(), "a damaged archive must be refused");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("damaged"), "the refusal names the damaged blob: {stderr}");
+    if fresh.backend() == "sqlite" {
+        let left: Vec<_> = std::fs::read_dir(fresh.data_dir()).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert!(left.is_empty(), "a refused restore left {left:?}");
+
+        // A bare database file, as backups were before attachments were
+        // included, still restores.
+        let bare = dir.path().join("bare.db");
+        rewrite_archive(&file, &dir.path().join("unused"), |name, content| {
+            if name == "tsunagu.db" {
+                std::fs::write(&bare, &content).unwrap();
+            }
+        });
+        let out = fresh.run_operator(&["restore", "--from", &bare.display().to_string(), "--json"]);
+        let restored = json_out(&out, "restore of a bare database file");
+        assert_eq!((restored["accounts"].as_i64(), restored["blobs"].as_i64()), (Some(1), Some(0)), "{restored}");
+    }
+}
+
+/// Copy a backup archive entry by entry, letting `change` edit each entry's content.
+fn rewrite_archive(from: &std::path::Path, to: &std::path::Path, mut change: impl FnMut(&str, &mut Vec<u8>)) {
+    use std::io::Read;
+    let mut archive = tar::Archive::new(std::fs::File::open(from).unwrap());
+    let mut out = tar::Builder::new(std::fs::File::create(to).unwrap());
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let name = entry.path().unwrap().to_string_lossy().into_owned();
+        let mut content = Vec::new();
+        entry.read_to_end(&mut content).unwrap();
+        change(&name, &mut content);
+        let mut header = entry.header().clone();
+        header.set_size(content.len() as u64);
+        header.set_cksum();
+        out.append_data(&mut header, &name, content.as_slice()).unwrap();
+    }
+    out.finish().unwrap();
 }

@@ -1,15 +1,24 @@
 //! Operator commands `backup` and `restore`.
 //!
-//! - SQLite: `backup` runs `VACUUM INTO` on its own connection to the live
-//!   database file. It reads one consistent snapshot (a WAL read transaction),
-//!   so the server keeps running and writing meanwhile; the copy is compact,
-//!   self-contained (rollback journal mode, no -wal file) and checked with
-//!   `PRAGMA integrity_check` before it gets its final name. `restore` copies
-//!   a backup into a data directory that has no database yet, then opens it
-//!   the way the server does (migrations included).
+//! A backup is one tar archive: the database's snapshot, every attachment
+//! blob, and a manifest (`tsunagu-backup.json`, last). The blobs are read after
+//! the snapshot, so every blob a post in the snapshot names is in it (a blob
+//! is stored before the post that names it). `restore` checks each blob
+//! against its name (the SHA-256 of its content) before it touches anything.
+//!
+//! - SQLite: `VACUUM INTO` on its own connection to the live database file.
+//!   It reads one consistent snapshot (a WAL read transaction), so the server
+//!   keeps running and writing meanwhile; the copy is compact, self-contained
+//!   (rollback journal mode, no -wal file) and checked with `PRAGMA
+//!   integrity_check` before it goes into the archive. `restore` copies it
+//!   into a data directory that has no database yet, then opens it the way
+//!   the server does (migrations included).
 //! - PostgreSQL: `pg_dump --format=custom` and `pg_restore` into an empty
 //!   database (the tools come from `TSUNAGU_PG_BIN_DIR`, `PATH`, or the newest
 //!   `/usr/lib/postgresql/*/bin`).
+//!
+//! `restore` also takes a bare database file or pg_dump file, the backups
+//! of versions before attachments were included.
 //!
 //! Neither command ever replaces an existing file or database: a backup is
 //! written under a temporary name, synced, then linked to its final name
@@ -20,6 +29,7 @@
 //! connections that the server's `Db` pools know nothing about (the backup
 //! file is not the server's database).
 
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -28,13 +38,24 @@ use anyhow::{anyhow, bail, Context};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use sqlx::{ConnectOptions, Connection, Row};
 
-use tsunagu_server::config::{BackupArgs, RestoreArgs, StorageConfig};
+use sha2::{Digest, Sha256};
+use tsunagu_server::blobs::{blob_path, valid_blob_id};
+use tsunagu_server::config::{BackupArgs, RestoreArgs, ServeConfig, StorageConfig};
 use tsunagu_server::db::Db;
 
 /// The SQLite database file inside the data directory (as in `db/mod.rs`).
 const SQLITE_FILE: &str = "tsunagu.db";
 /// First 16 bytes of every SQLite database file.
 const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
+/// First bytes of every pg_dump custom-format file.
+const PGDMP_MAGIC: &[u8; 5] = b"PGDMP";
+/// The archive's manifest, its database and its blobs directory.
+const MANIFEST: &str = "tsunagu-backup.json";
+const ARCHIVE_SQLITE: &str = "tsunagu.db";
+const ARCHIVE_PG: &str = "tsunagu.pgdump";
+const ARCHIVE_BLOBS: &str = "blobs";
+/// The archive format this version writes (in the manifest).
+const ARCHIVE_FORMAT: u64 = 1;
 /// Tables whose presence means "this database holds Tsunagu data".
 const TSUNAGU_TABLES: &[&str] = &["_sqlx_migrations", "accounts", "devices", "timelines", "messages", "memberships"];
 
@@ -47,15 +68,16 @@ struct Counts {
     messages: i64,
 }
 
-pub async fn backup(storage: &StorageConfig, args: BackupArgs) -> anyhow::Result<()> {
+pub async fn backup(serve: &ServeConfig, args: BackupArgs) -> anyhow::Result<()> {
+    let storage = &serve.storage;
     let out = absolute(&args.out)?;
     if out.symlink_metadata().is_ok() {
         bail!("{} already exists; refusing to overwrite it (choose a new file name)", out.display());
     }
     let dir = out.parent().ok_or_else(|| anyhow!("{} has no parent directory", out.display()))?;
     anyhow::ensure!(dir.is_dir(), "the directory {} does not exist", dir.display());
-    let tmp = temp_name(&out);
-    let guard = RemoveOnDrop(Some(tmp.clone()));
+    let snapshot = temp_name(&out);
+    let _snapshot_guard = RemoveOnDrop(Some(snapshot.clone()));
 
     let (backend, counts) = match &storage.database_url {
         None => {
@@ -65,18 +87,18 @@ pub async fn backup(storage: &StorageConfig, args: BackupArgs) -> anyhow::Result
             // One read transaction on the live database: a consistent
             // snapshot, while the server goes on writing through the WAL.
             sqlx::query("VACUUM INTO $1")
-                .bind(tmp.to_str().ok_or_else(|| anyhow!("the path {} is not UTF-8", tmp.display()))?)
+                .bind(snapshot.to_str().ok_or_else(|| anyhow!("the path {} is not UTF-8", snapshot.display()))?)
                 .execute(&mut live)
                 .await
-                .with_context(|| format!("VACUUM INTO {}", tmp.display()))?;
+                .with_context(|| format!("VACUUM INTO {}", snapshot.display()))?;
             live.close().await?;
-            let mut copy = sqlite_connect(&tmp).await?;
+            let mut copy = sqlite_connect(&snapshot).await?;
             // A self-contained single file, whatever the live database's mode.
             sqlx::query("PRAGMA journal_mode = DELETE").execute(&mut copy).await?;
-            sqlite_integrity_check(&mut copy, &tmp).await?;
+            sqlite_integrity_check(&mut copy, &snapshot).await?;
             let counts = sqlite_counts(&mut copy).await?;
             copy.close().await?;
-            ("sqlite", Some(counts))
+            (Backend::Sqlite, Some(counts))
         }
         Some(url) => {
             let pg_dump = pg_tool("pg_dump")?;
@@ -84,34 +106,37 @@ pub async fn backup(storage: &StorageConfig, args: BackupArgs) -> anyhow::Result
                 Command::new(&pg_dump)
                     .arg("--format=custom")
                     .arg("--file")
-                    .arg(&tmp)
+                    .arg(&snapshot)
                     .arg("--dbname")
                     .arg(url),
                 "pg_dump",
             )?;
             // Check that the archive reads back and holds the messages table.
             if let Ok(pg_restore) = pg_tool("pg_restore") {
-                let list = run_tool(Command::new(pg_restore).arg("--list").arg(&tmp), "pg_restore --list")?;
+                let list = run_tool(Command::new(pg_restore).arg("--list").arg(&snapshot), "pg_restore --list")?;
                 anyhow::ensure!(
                     list.lines().any(|l| l.contains("TABLE DATA") && l.contains(" messages ")),
                     "the dump {} has no data for the messages table; is {} a Tsunagu database?",
-                    tmp.display(),
+                    snapshot.display(),
                     redact(url)
                 );
             }
-            ("postgres", None)
+            (Backend::Postgres, None)
         }
     };
 
-    sync_file(&tmp)?;
+    // The blobs after the snapshot: each post in it names a blob stored before it.
+    let archive = temp_name(&out);
+    let guard = RemoveOnDrop(Some(archive.clone()));
+    let blobs = write_archive(&archive, backend, &snapshot, &serve.blob_store())?;
     // link(2) fails if `out` appeared meanwhile: never replace a file.
-    publish(&tmp, &out)?;
+    publish(&archive, &out)?;
     drop(guard);
     sync_dir(dir)?;
     let bytes = std::fs::metadata(&out)?.len();
 
     if args.json {
-        let mut v = serde_json::json!({ "backend": backend, "path": out.display().to_string(), "bytes": bytes });
+        let mut v = serde_json::json!({ "backend": backend.name(), "path": out.display().to_string(), "bytes": bytes, "blobs": blobs });
         if let Some(c) = &counts {
             v["accounts"] = c.accounts.into();
             v["devices"] = c.devices.into();
@@ -120,23 +145,83 @@ pub async fn backup(storage: &StorageConfig, args: BackupArgs) -> anyhow::Result
         }
         println!("{v}");
     } else {
-        println!("backup written: {} ({bytes} bytes, {backend})", out.display());
+        println!("backup written: {} ({bytes} bytes, {})", out.display(), backend.name());
         match &counts {
             Some(c) => println!(
-                "it holds {} stored messages in {} timelines, {} accounts, {} devices",
+                "it holds {} stored messages in {} timelines, {} accounts, {} devices, and {blobs} attachment blobs",
                 c.messages, c.timelines, c.accounts, c.devices
             ),
-            None => println!("(pg_dump custom format; restore with `tsunagu-server restore --from FILE --database-url URL`)"),
+            None => println!("it holds a pg_dump (custom format) and {blobs} attachment blobs; restore with `tsunagu-server restore --from FILE --database-url URL`"),
         }
     }
     Ok(())
 }
 
-pub async fn restore(storage: &StorageConfig, args: RestoreArgs) -> anyhow::Result<()> {
+pub async fn restore(serve: &ServeConfig, args: RestoreArgs) -> anyhow::Result<()> {
+    let storage = &serve.storage;
     let from = absolute(&args.from)?;
     anyhow::ensure!(from.is_file(), "no backup file at {}", from.display());
+    let wanted = if storage.database_url.is_some() { Backend::Postgres } else { Backend::Sqlite };
 
-    let (backend, target, counts) = match &storage.database_url {
+    let (target, counts, blobs) = match sniff(&from)? {
+        Kind::Archive => {
+            // Unpacked (and every blob checked) before anything is restored.
+            let unpacked = TempDir::new(&unpack_parent(storage)?)?;
+            let manifest = unpack_archive(&from, unpacked.path())?;
+            anyhow::ensure!(
+                manifest.backend == wanted,
+                "{} is a backup of a {} database; {}",
+                from.display(),
+                manifest.backend.name(),
+                match manifest.backend {
+                    Backend::Postgres => "restore it with --database-url",
+                    Backend::Sqlite => "restore it without --database-url, into a new --data-dir",
+                }
+            );
+            let database = unpacked.path().join(manifest.backend.archive_name());
+            let (target, counts) = restore_database(storage, &database, &from).await?;
+            let blobs = restore_blobs(&unpacked.path().join(ARCHIVE_BLOBS), &serve.blob_store())?;
+            (target, counts, blobs)
+        }
+        Kind::Database(found) => {
+            anyhow::ensure!(
+                found == wanted,
+                "{} is a bare {} database file; {}",
+                from.display(),
+                found.name(),
+                match found {
+                    Backend::Postgres => "restore it with --database-url",
+                    Backend::Sqlite => "restore it without --database-url (for PostgreSQL dumps, pass --database-url)",
+                }
+            );
+            let (target, counts) = restore_database(storage, &from, &from).await?;
+            (target, counts, 0)
+        }
+    };
+
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "backend": wanted.name(), "path": target, "accounts": counts.accounts, "devices": counts.devices,
+                "timelines": counts.timelines, "messages": counts.messages, "blobs": blobs,
+            })
+        );
+    } else {
+        println!("restored {} into {target} ({})", from.display(), wanted.name());
+        println!(
+            "it holds {} stored messages in {} timelines, {} accounts, {} devices, and {blobs} attachment blobs; start the server on it",
+            counts.messages, counts.timelines, counts.accounts, counts.devices
+        );
+    }
+    Ok(())
+}
+
+/// Restore a database file (`shown` names the backup in messages): a copy
+/// into the data directory for SQLite, `pg_restore` for PostgreSQL. Returns
+/// where it went and what it holds.
+async fn restore_database(storage: &StorageConfig, file: &Path, shown: &Path) -> anyhow::Result<(String, Counts)> {
+    match &storage.database_url {
         None => {
             let dir = &storage.data_dir;
             std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
@@ -150,24 +235,12 @@ pub async fn restore(storage: &StorageConfig, args: RestoreArgs) -> anyhow::Resu
                     );
                 }
             }
-            let mut magic = [0u8; 16];
-            {
-                use std::io::Read;
-                let mut f = std::fs::File::open(&from).with_context(|| format!("open {}", from.display()))?;
-                f.read_exact(&mut magic).map_err(|_| anyhow!("{} is not an SQLite backup (too short)", from.display()))?;
-            }
-            anyhow::ensure!(
-                &magic == SQLITE_MAGIC,
-                "{} is not an SQLite database (for PostgreSQL dumps, pass --database-url)",
-                from.display()
-            );
-
             let tmp = temp_name(&target);
             let guard = RemoveOnDrop(Some(tmp.clone()));
-            std::fs::copy(&from, &tmp).with_context(|| format!("copy {} to {}", from.display(), tmp.display()))?;
+            std::fs::copy(file, &tmp).with_context(|| format!("copy {} to {}", file.display(), tmp.display()))?;
             {
                 let mut copy = sqlite_connect(&tmp).await?;
-                sqlite_integrity_check(&mut copy, &from).await?;
+                sqlite_integrity_check(&mut copy, shown).await?;
                 copy.close().await?;
             }
             // Connections may have left -journal files; the copy is a plain file again.
@@ -189,7 +262,7 @@ pub async fn restore(storage: &StorageConfig, args: RestoreArgs) -> anyhow::Resu
             let mut conn = sqlite_connect(&target).await?;
             let counts = sqlite_counts(&mut conn).await?;
             conn.close().await?;
-            ("sqlite", target.display().to_string(), counts)
+            Ok((target.display().to_string(), counts))
         }
         Some(url) => {
             let pg_restore = pg_tool("pg_restore")?;
@@ -209,32 +282,222 @@ pub async fn restore(storage: &StorageConfig, args: RestoreArgs) -> anyhow::Resu
                     .arg("--single-transaction")
                     .arg("--dbname")
                     .arg(url)
-                    .arg(&from),
+                    .arg(file),
                 "pg_restore",
             )?;
             let db = Db::connect(storage).await.context("the server cannot open the restored database")?;
             db.close().await;
-            let counts = pg_counts(url).await?;
-            ("postgres", redact(url), counts)
+            Ok((redact(url), pg_counts(url).await?))
         }
-    };
-
-    if args.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "backend": backend, "path": target, "accounts": counts.accounts, "devices": counts.devices,
-                "timelines": counts.timelines, "messages": counts.messages,
-            })
-        );
-    } else {
-        println!("restored {} into {target} ({backend})", from.display());
-        println!(
-            "it holds {} stored messages in {} timelines, {} accounts, {} devices; start the server on it",
-            counts.messages, counts.timelines, counts.accounts, counts.devices
-        );
     }
-    Ok(())
+}
+
+// ---- the archive ----
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+
+    /// The database's name inside an archive.
+    fn archive_name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => ARCHIVE_SQLITE,
+            Backend::Postgres => ARCHIVE_PG,
+        }
+    }
+}
+
+/// What a file given to `restore` is.
+enum Kind {
+    Archive,
+    /// A bare database file (a backup from before blobs were included).
+    Database(Backend),
+}
+
+fn sniff(path: &Path) -> anyhow::Result<Kind> {
+    let mut head = Vec::with_capacity(512);
+    std::fs::File::open(path)
+        .with_context(|| format!("open {}", path.display()))?
+        .take(512)
+        .read_to_end(&mut head)?;
+    if head.starts_with(SQLITE_MAGIC) {
+        Ok(Kind::Database(Backend::Sqlite))
+    } else if head.starts_with(PGDMP_MAGIC) {
+        Ok(Kind::Database(Backend::Postgres))
+    } else if head.len() == 512 && &head[257..262] == b"ustar" {
+        Ok(Kind::Archive)
+    } else {
+        bail!("{} is not a Tsunagu backup (neither a backup archive nor a database file)", path.display())
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Manifest {
+    format: u64,
+    backend: String,
+    blobs: u64,
+    created_at_ms: i64,
+}
+
+/// Write the archive: the database file, every blob of `blob_dir`, then the
+/// manifest; synced before it returns. Returns the number of blobs.
+fn write_archive(path: &Path, backend: Backend, database: &Path, blob_dir: &Path) -> anyhow::Result<u64> {
+    let file = std::fs::File::create_new(path).with_context(|| format!("create {}", path.display()))?;
+    let mut tar = tar::Builder::new(std::io::BufWriter::new(file));
+    tar.mode(tar::HeaderMode::Deterministic);
+    tar.append_path_with_name(database, backend.archive_name()).context("write the database into the archive")?;
+    let mut blobs = 0u64;
+    for (id, file) in list_blobs(blob_dir)? {
+        let name = format!("{ARCHIVE_BLOBS}/{}/{}", &id[..2], &id[2..]);
+        match std::fs::File::open(&file) {
+            Ok(mut f) => tar.append_file(&name, &mut f).with_context(|| format!("write blob {id} into the archive"))?,
+            // Removed since it was listed: nothing can name it any more.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("read blob {}", file.display())),
+        }
+        blobs += 1;
+    }
+    let manifest = Manifest { format: ARCHIVE_FORMAT, backend: backend.name().into(), blobs, created_at_ms: tsunagu_server::now_ms() };
+    let manifest = serde_json::to_vec_pretty(&manifest)?;
+    let mut header = tar::Header::new_gnu();
+    header.set_size(manifest.len() as u64);
+    header.set_mode(0o600);
+    tar.append_data(&mut header, MANIFEST, manifest.as_slice())?;
+    let mut out = tar.into_inner()?.into_inner().map_err(|e| e.into_error())?;
+    out.flush()?;
+    out.sync_all().with_context(|| format!("fsync {}", path.display()))?;
+    Ok(blobs)
+}
+
+/// Every blob in a store: `(id, file)`, by id. A missing store has none.
+fn list_blobs(dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let mut out = Vec::new();
+    let Ok(subdirs) = std::fs::read_dir(dir) else { return Ok(out) };
+    for sub in subdirs {
+        let sub = sub?;
+        let prefix = sub.file_name().to_string_lossy().into_owned();
+        // `tmp/` holds uploads in progress, which no post names yet.
+        if prefix.len() != 2 || !sub.file_type()?.is_dir() {
+            continue;
+        }
+        for entry in std::fs::read_dir(sub.path())? {
+            let entry = entry?;
+            let id = format!("{prefix}{}", entry.file_name().to_string_lossy());
+            if valid_blob_id(&id) && entry.file_type()?.is_file() {
+                out.push((id, entry.path()));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Unpack an archive into `dir`, checking every name and every blob's
+/// content against its id; returns its manifest.
+fn unpack_archive(from: &Path, dir: &Path) -> anyhow::Result<ParsedManifest> {
+    let file = std::fs::File::open(from).with_context(|| format!("open {}", from.display()))?;
+    let mut archive = tar::Archive::new(std::io::BufReader::new(file));
+    let mut manifest = None;
+    let mut blobs = 0u64;
+    let broken = |what: String| anyhow!("{} is not a usable Tsunagu backup: {what}", from.display());
+    for entry in archive.entries()? {
+        let mut entry = entry.map_err(|e| broken(format!("unreadable archive ({e})")))?;
+        let name = entry.path()?.to_string_lossy().into_owned();
+        if name == MANIFEST {
+            let mut text = String::new();
+            entry.read_to_string(&mut text)?;
+            manifest = Some(serde_json::from_str::<Manifest>(&text).map_err(|e| broken(format!("bad manifest ({e})")))?);
+        } else if name == ARCHIVE_SQLITE || name == ARCHIVE_PG {
+            let mut out = std::fs::File::create_new(dir.join(&name))?;
+            std::io::copy(&mut entry, &mut out)?;
+        } else if let Some(id) = name.strip_prefix(&format!("{ARCHIVE_BLOBS}/")).map(|rest| rest.replacen('/', "", 1)).filter(|id| valid_blob_id(id)) {
+            anyhow::ensure!(name == format!("{ARCHIVE_BLOBS}/{}/{}", &id[..2], &id[2..]), broken(format!("unexpected entry {name:?}")));
+            let mut content = Vec::with_capacity(entry.size() as usize);
+            entry.read_to_end(&mut content)?;
+            anyhow::ensure!(hex::encode(Sha256::digest(&content)) == id, broken(format!("blob {id} is damaged (its content does not match its name)")));
+            let path = blob_path(&dir.join(ARCHIVE_BLOBS), &id);
+            std::fs::create_dir_all(path.parent().expect("a blob path has a parent"))?;
+            std::fs::write(&path, &content)?;
+            blobs += 1;
+        } else {
+            bail!(broken(format!("unexpected entry {name:?}")));
+        }
+    }
+    let manifest = manifest.ok_or_else(|| broken("no manifest".into()))?;
+    anyhow::ensure!(manifest.format == ARCHIVE_FORMAT, broken(format!("archive format {} (this version reads {ARCHIVE_FORMAT})", manifest.format)));
+    let backend = match manifest.backend.as_str() {
+        "sqlite" => Backend::Sqlite,
+        "postgres" => Backend::Postgres,
+        other => bail!(broken(format!("unknown backend {other:?}"))),
+    };
+    anyhow::ensure!(dir.join(backend.archive_name()).is_file(), broken(format!("no {}", backend.archive_name())));
+    anyhow::ensure!(blobs == manifest.blobs, broken(format!("{blobs} blobs, the manifest says {}", manifest.blobs)));
+    Ok(ParsedManifest { backend })
+}
+
+struct ParsedManifest {
+    backend: Backend,
+}
+
+/// Move unpacked (and checked) blobs into the blob store; a blob already
+/// there is the same content (its name is its hash) and is kept.
+fn restore_blobs(unpacked: &Path, store: &Path) -> anyhow::Result<u64> {
+    let mut count = 0u64;
+    for (id, file) in list_blobs(unpacked)? {
+        let to = blob_path(store, &id);
+        let parent = to.parent().expect("a blob path has a parent");
+        std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
+        if to.symlink_metadata().is_err() {
+            sync_file(&file)?;
+            std::fs::rename(&file, &to).or_else(|_| std::fs::copy(&file, &to).map(|_| ())).with_context(|| format!("store blob {id} in {}", store.display()))?;
+            sync_dir(parent)?;
+        }
+        count += 1;
+    }
+    Ok(count)
+}
+
+/// Where an archive is unpacked: beside the SQLite database (the same file
+/// system, so files move into place), or the temporary directory.
+fn unpack_parent(storage: &StorageConfig) -> anyhow::Result<PathBuf> {
+    match storage.database_url {
+        None => {
+            std::fs::create_dir_all(&storage.data_dir).with_context(|| format!("create {}", storage.data_dir.display()))?;
+            Ok(absolute(&storage.data_dir)?)
+        }
+        Some(_) => Ok(std::env::temp_dir()),
+    }
+}
+
+/// A hidden directory, removed with everything in it when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(parent: &Path) -> anyhow::Result<TempDir> {
+        let path = parent.join(format!(".tsunagu-restore-{:016x}", rand::random::<u64>()));
+        std::fs::create_dir(&path).with_context(|| format!("create {}", path.display()))?;
+        Ok(TempDir(path))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 // ---- SQLite ----

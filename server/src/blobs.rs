@@ -40,9 +40,9 @@ pub fn routes() -> Router<AppState> {
     Router::new().route("/v1/blobs", post(upload)).route("/v1/blobs/{blob_id}", get(download))
 }
 
-/// Where blobs live: `blob_store_dir`, or `blobs/` in the data directory.
-pub fn store_dir(state: &AppState) -> PathBuf {
-    state.config.blob_store_dir.clone().unwrap_or_else(|| state.config.storage.data_dir.join("blobs"))
+/// Where blobs live (`ServeConfig::blob_store`).
+fn store_dir(state: &AppState) -> PathBuf {
+    state.config.blob_store()
 }
 
 /// Temporary files older than this are left over from a crash (a running
@@ -73,8 +73,8 @@ pub async fn on_start(state: &AppState) {
     }
 }
 
-/// The file of a blob id (already validated).
-fn blob_path(dir: &Path, id: &str) -> PathBuf {
+/// The file of a blob id (already validated): `<store>/ab/cdef…`.
+pub fn blob_path(dir: &Path, id: &str) -> PathBuf {
     dir.join(&id[..2]).join(&id[2..])
 }
 

@@ -190,6 +190,14 @@ pub struct ServeConfig {
     pub config: Option<PathBuf>,
 }
 
+impl ServeConfig {
+    /// Where attachment blobs live: `blob_store_dir`, or `blobs/` in the data
+    /// directory (the server, `backup` and `restore` all use this rule).
+    pub fn blob_store(&self) -> PathBuf {
+        self.blob_store_dir.clone().unwrap_or_else(|| self.storage.data_dir.join("blobs"))
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {

@@ -12,8 +12,8 @@ async fn main() -> anyhow::Result<()> {
     tsunagu_server::init_logging(cli.serve.log_format);
     match cli.command {
         Some(Command::Account(cmd)) => tsunagu_server::operator::run(&cli.serve.storage, cmd).await,
-        Some(Command::Backup(args)) => backup::backup(&cli.serve.storage, args).await,
-        Some(Command::Restore(args)) => backup::restore(&cli.serve.storage, args).await,
+        Some(Command::Backup(args)) => backup::backup(&cli.serve, args).await,
+        Some(Command::Restore(args)) => backup::restore(&cli.serve, args).await,
         Some(Command::Audit(cmd)) => tsunagu_server::audit::run(&cli.serve.storage, cmd).await,
         None => {
             let listen = cli.serve.listen;
