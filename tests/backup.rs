@@ -252,7 +252,7 @@ async fn restore_refuses_live_data_and_foreign_files() {
         let bare = dir.path().join("bare.db");
         rewrite_archive(&file, &dir.path().join("unused"), |name, content| {
             if name == "tsunagu.db" {
-                std::fs::write(&bare, &content).unwrap();
+                std::fs::write(&bare, content.as_slice()).unwrap();
             }
         });
         let out = fresh.run_operator(&["restore", "--from", &bare.display().to_string(), "--json"]);
