@@ -229,3 +229,63 @@ async fn sigkill_at_random_moments_loses_and_doubles_nothing() {
     drop(reader);
     drop(posters);
 }
+
+/// With the journal's writing into the table held back (SQLite), posts are
+/// acknowledged while they are only in the message journal: a catch-up
+/// delivers them from there, a retry is answered as a duplicate, and after a
+/// SIGKILL the restarted server has replayed them into the table at their
+/// seqs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn posts_only_in_the_journal_are_delivered_and_survive_a_kill() {
+    let mut server = TestServer::start_with_args(&["--journal-apply-ms", "600000"]).await;
+    if server.backend() != "sqlite" {
+        return; // PostgreSQL stores each batch in its transaction: no journal.
+    }
+    let mut doctor = server.enrol("Dr. Sato").await;
+    let mut nurse = server.enrol("Nurse Tanaka").await;
+    let timeline = doctor.create_timeline().await.unwrap();
+    let added = doctor.add_person(&timeline, nurse.account_id()).await.unwrap();
+    nurse.wait_for_seq(&timeline, added, OP_TIMEOUT).await.unwrap();
+    nurse.disconnect().await;
+    // Rows in the table (an UPDATE that changes nothing counts them).
+    const COUNT: &str = "UPDATE messages SET seq = seq";
+    let in_table = server.execute_sql(COUNT).await;
+
+    let mut acked = Vec::new();
+    for i in 0..5 {
+        let text = format!("journal post {i}");
+        let seq = doctor.post_with_id(&timeline, &format!("journal-{i}"), &text).await.unwrap();
+        acked.push((text, seq));
+    }
+    assert_eq!(server.execute_sql(COUNT).await, in_table, "acknowledged, and still only in the journal");
+    let last = acked.last().unwrap().1;
+
+    // Delivered from the journal.
+    nurse.connect().await.unwrap();
+    nurse.wait_for_seq(&timeline, last, OP_TIMEOUT).await.unwrap();
+    let texts: HashMap<u64, String> = nurse.posts(&timeline).into_iter().filter_map(|p| Some((p.seq, p.post?.text))).collect();
+    for (text, seq) in &acked {
+        assert_eq!(texts.get(seq), Some(text), "seq {seq} caught up from the journal");
+    }
+    nurse.disconnect().await;
+    // A retry of a journaled post: the same seq, flagged as a duplicate.
+    let message = doctor.encrypt_raw(&timeline, "journal post 4 (again)").await.unwrap();
+    let retry = tsunagu_protocol::ClientFrame::Send { rid: 900, timeline_id: timeline.clone(), msg_id: "journal-4".into(), message: message.into(), urgent: false };
+    let again = doctor.raw_request(retry).await.unwrap();
+    assert!(
+        matches!(again, tsunagu_protocol::ServerFrame::Accepted { seq, duplicate: true, .. } if seq == last),
+        "a retry of a journaled post: {again:?}"
+    );
+
+    // Killed before anything reached the table: start-up replays the journal.
+    server.restart().await;
+    assert!(server.log().contains("replayed the message journal"), "{}", server.log());
+    assert_eq!(server.execute_sql(COUNT).await, in_table + acked.len() as u64, "every journaled post is in the table");
+    doctor.connect().await.unwrap();
+    let next = doctor.post(&timeline, "after the restart").await.unwrap();
+    assert_eq!(next, last + 1, "new posts follow the replayed ones");
+    nurse.connect().await.unwrap();
+    nurse.wait_for_seq(&timeline, next, OP_TIMEOUT).await.unwrap();
+    let seqs: Vec<u64> = nurse.posts(&timeline).iter().map(|p| p.seq).collect();
+    assert_eq!(seqs.iter().filter(|s| **s > added).count(), acked.len() + 1, "no post twice: {seqs:?}");
+}

@@ -41,7 +41,7 @@ use sqlx::{ConnectOptions, Connection, Row};
 use sha2::{Digest, Sha256};
 use tsunagu_server::blobs::{blob_path, valid_blob_id};
 use tsunagu_server::config::{BackupArgs, RestoreArgs, ServeConfig, StorageConfig};
-use tsunagu_server::db::Db;
+use tsunagu_server::db::{journal, Db, StoredMessage};
 
 /// The SQLite database file inside the data directory (as in `db/mod.rs`).
 const SQLITE_FILE: &str = "tsunagu.db";
@@ -83,6 +83,9 @@ pub async fn backup(serve: &ServeConfig, args: BackupArgs) -> anyhow::Result<()>
         None => {
             let db = storage.data_dir.join(SQLITE_FILE);
             anyhow::ensure!(db.is_file(), "no SQLite database at {} (wrong --data-dir?)", db.display());
+            // The message journal before the snapshot: a journaled message
+            // leaves the journal only once it is in the database.
+            let journaled = read_journal(&storage.data_dir.join(journal::DIR))?;
             let mut live = sqlite_connect(&db).await?;
             // One read transaction on the live database: a consistent
             // snapshot, while the server goes on writing through the WAL.
@@ -95,6 +98,9 @@ pub async fn backup(serve: &ServeConfig, args: BackupArgs) -> anyhow::Result<()>
             let mut copy = sqlite_connect(&snapshot).await?;
             // A self-contained single file, whatever the live database's mode.
             sqlx::query("PRAGMA journal_mode = DELETE").execute(&mut copy).await?;
+            copy.close().await?;
+            replay_journal(&snapshot, &journaled)?;
+            let mut copy = sqlite_connect(&snapshot).await?;
             sqlite_integrity_check(&mut copy, &snapshot).await?;
             let counts = sqlite_counts(&mut copy).await?;
             copy.close().await?;
@@ -527,6 +533,33 @@ async fn sqlite_counts(conn: &mut SqliteConnection) -> anyhow::Result<Counts> {
         timelines: count("SELECT COUNT(*) FROM timelines").fetch_one(&mut *conn).await?,
         messages: count("SELECT COUNT(*) FROM messages").fetch_one(&mut *conn).await?,
     })
+}
+
+/// Every message in the live server's journal segments (`db/journal.rs`).
+fn read_journal(dir: &Path) -> anyhow::Result<Vec<StoredMessage>> {
+    let mut messages = Vec::new();
+    for (_, path) in journal::segments(dir).with_context(|| format!("read {}", dir.display()))? {
+        match journal::read_segment(&path) {
+            Ok(m) => messages.extend(m),
+            // Applied and removed since it was listed: it is in the snapshot.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
+        }
+    }
+    Ok(messages)
+}
+
+/// Add the journaled messages the snapshot does not have, as the server's
+/// start-up does.
+fn replay_journal(snapshot: &Path, messages: &[StoredMessage]) -> anyhow::Result<()> {
+    if messages.is_empty() {
+        return Ok(());
+    }
+    let mut conn = rusqlite::Connection::open(snapshot).with_context(|| format!("open {}", snapshot.display()))?;
+    let tx = conn.transaction()?;
+    journal::replay(&tx, messages).context("add the journaled messages to the backup")?;
+    tx.commit()?;
+    Ok(())
 }
 
 // ---- PostgreSQL ----

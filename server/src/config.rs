@@ -176,6 +176,12 @@ pub struct ServeConfig {
     /// `read` frames of one period cost one transaction (PROTOCOL.md).
     #[arg(long, env = "TSUNAGU_RECEIPT_FLUSH_MS", default_value_t = 1000)]
     pub receipt_flush_ms: u64,
+    /// SQLite: how long, in milliseconds, posts made durable in the message
+    /// journal may wait before they are written into the database's
+    /// `messages` table (sooner once 4096 wait). Longer writes fewer pages
+    /// per post and keeps more posts in memory.
+    #[arg(long, env = "TSUNAGU_JOURNAL_APPLY_MS", default_value_t = 200)]
+    pub journal_apply_ms: u64,
     /// How often urgent posts are checked for escalation to the second
     /// call, in milliseconds.
     #[arg(long, env = "TSUNAGU_URGENT_CHECK_MS", default_value_t = 5000)]
@@ -223,6 +229,7 @@ struct FileConfig {
     blob_store_dir: Option<PathBuf>,
     max_blob_bytes: Option<u64>,
     receipt_flush_ms: Option<u64>,
+    journal_apply_ms: Option<u64>,
     urgent_check_ms: Option<u64>,
     policy_sweep_seconds: Option<u64>,
 }
@@ -280,6 +287,9 @@ impl Cli {
         }
         if let (Some(v), true) = (file.receipt_flush_ms, unset("receipt_flush_ms")) {
             serve.receipt_flush_ms = v;
+        }
+        if let (Some(v), true) = (file.journal_apply_ms, unset("journal_apply_ms")) {
+            serve.journal_apply_ms = v;
         }
         if let (Some(v), true) = (file.urgent_check_ms, unset("urgent_check_ms")) {
             serve.urgent_check_ms = v;

@@ -14,6 +14,8 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("corrupt stored state: {0}")]
     Corrupt(String),
+    #[error("message journal: {0}")]
+    Journal(#[from] std::io::Error),
 }
 
 impl StoreError {

@@ -70,7 +70,7 @@ impl Server {
         if let Some(url) = &config.storage.database_url {
             cluster.spawn_listener(url, db.clone(), hub.clone());
         }
-        let writer = writer::Writer::start(db.clone(), hub.clone(), cluster.clone(), metrics.clone());
+        let writer = writer::Writer::start(db.clone(), hub.clone(), cluster.clone(), metrics.clone(), std::time::Duration::from_millis(config.journal_apply_ms))?;
         let external_sender = Arc::new(revocation::load_or_create_key(&db).await?);
         let receipts = Arc::new(receipts::Receipts::new(db.clone(), hub.clone(), cluster.clone(), metrics.clone()));
         let state = AppState {

@@ -1,9 +1,15 @@
 //! Group commit for application messages. Connections hand their `send`s to
 //! one writer task per process; it stores every send waiting at that moment in
 //! one transaction (one fsync for many messages) and answers each only after
-//! the transaction has committed, so nothing is acknowledged before it is
-//! durable. Commits (MLS handshakes) do not come through here: they are rare
-//! and each is its own transaction in `ws.rs`.
+//! it is durable. Commits (MLS handshakes) do not come through here: they are
+//! rare and each is its own transaction in `ws.rs`.
+//!
+//! On SQLite a batch is made durable in the message journal
+//! (`db/journal.rs`: one sequential write and fsync) and applied to the
+//! `messages` table later, many batches at a time, between batches
+//! ([`Direct`]). On PostgreSQL, and for the cases the journal path leaves
+//! out (urgent posts, a timeline whose members or epoch are not cached), a
+//! batch is one sqlx transaction (`store_batch`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -14,6 +20,7 @@ use tsunagu_protocol::ErrorCode;
 
 use crate::cluster::Cluster;
 
+use crate::db::journal::{self, Journal, Unapplied};
 use crate::db::sqlite_writer::SqliteWriter;
 use crate::db::{Db, Existing, StoredMessage};
 use crate::error::{ApiError, StoreError};
@@ -25,6 +32,12 @@ use crate::now_ms;
 const MAX_BATCH: usize = 512;
 /// Sends waiting for the writer before `submit` waits for room.
 const QUEUE: usize = 4096;
+/// A journal segment ends (and is applied to the table) once it holds this
+/// many messages, or when its first one is `journal_apply_ms` old.
+const SEGMENT_ROWS: usize = 4096;
+/// Messages applied per transaction between batches: sorted by timeline, a
+/// chunk touches few B-tree leaves, and a batch waits at most one chunk.
+const APPLY_CHUNK: usize = 256;
 
 /// An application message to store, already checked for shape.
 pub struct SendRequest {
@@ -55,7 +68,14 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn start(db: Db, hub: Arc<Hub>, cluster: Cluster, metrics: Arc<Metrics>) -> Writer {
+    /// Start the writer. On SQLite this first replays what the message
+    /// journal holds from before (a crash), so it returns only when the
+    /// `messages` table has every message ever acknowledged.
+    pub fn start(db: Db, hub: Arc<Hub>, cluster: Cluster, metrics: Arc<Metrics>, apply_after: std::time::Duration) -> Result<Writer, StoreError> {
+        let direct = match db.sqlite_path() {
+            Some(path) => Some(Direct::open(path, db.unapplied().clone(), apply_after)?),
+            None => None,
+        };
         let (queue, rx) = mpsc::channel(QUEUE);
         // Its own thread and runtime: otherwise each of a batch's round trips
         // to the database (and the write connection's return to the pool)
@@ -64,9 +84,9 @@ impl Writer {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("writer runtime");
         std::thread::Builder::new()
             .name("tsunagu-writer".into())
-            .spawn(move || runtime.block_on(run(db, hub, cluster, metrics, rx)))
+            .spawn(move || runtime.block_on(run(db, hub, cluster, metrics, direct, rx)))
             .expect("writer thread");
-        Writer { queue }
+        Ok(Writer { queue })
     }
 
     /// Queue a send. Sends are stored in the order they are queued; the
@@ -84,115 +104,247 @@ impl Writer {
     }
 }
 
-async fn run(db: Db, hub: Arc<Hub>, cluster: Cluster, metrics: Arc<Metrics>, mut rx: mpsc::Receiver<(SendRequest, Reply)>) {
-    let mut sqlite = db.sqlite_path().and_then(|path| match SqliteWriter::open(path) {
-        Ok(w) => Some(w),
-        Err(e) => {
-            tracing::warn!(error = %e, "the writer's own SQLite connection did not open; every batch goes through sqlx");
-            None
-        }
-    });
+async fn run(db: Db, hub: Arc<Hub>, cluster: Cluster, metrics: Arc<Metrics>, mut direct: Option<Direct>, mut rx: mpsc::Receiver<(SendRequest, Reply)>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let jobs = std::mem::take(&mut batch);
-        let started = std::time::Instant::now();
-        let count = jobs.len();
-        let fast = match sqlite.as_mut() {
-            Some(w) => match db.write_turn().await {
-                Ok(_turn) => store_fast(w, &hub, &jobs),
-                Err(e) => Err(e),
-            },
-            None => Ok(None),
+    loop {
+        // With journal work due, wait for sends only until it is.
+        let received = match direct.as_ref().and_then(Direct::due_in) {
+            Some(wait) => tokio::time::timeout(wait, rx.recv_many(&mut batch, MAX_BATCH)).await.unwrap_or(usize::MAX),
+            None => rx.recv_many(&mut batch, MAX_BATCH).await,
         };
-        let (path, result) = match fast {
-            Ok(Some(outcomes)) => ("direct", Ok(outcomes)),
-            Err(e) if !e.is_unique_violation() => ("direct", Err(e)),
-            // Not the common case, or a retried `msg_id`: the full path.
-            _ => ("sqlx", store_full(&db, &hub, &cluster, &jobs).await),
-        };
-        metrics.group_commits.get_or_create(&PathLabel { path }).inc();
-        match result {
-            Ok(outcomes) => {
-                let stored = outcomes.iter().filter(|o| matches!(o, Ok(Outcome::Stored { .. }))).count();
-                metrics.messages_stored.get_or_create(&KindLabel { kind: "application" }).inc_by(stored as u64);
-                metrics.batch_size.observe(count as f64);
-                let urgent = jobs.iter().zip(&outcomes).filter(|((r, _), o)| r.urgent && matches!(o, Ok(Outcome::Stored { .. }))).count();
-                metrics.urgent.get_or_create(&KindLabel { kind: "stored" }).inc_by(urgent as u64);
-                for ((_, reply), outcome) in jobs.into_iter().zip(outcomes) {
-                    let _ = reply.send(outcome);
-                }
-            }
-            Err(e) => {
-                // One bad apple (say, a unique violation raced in by another
-                // node) must not fail the others: retry each on its own.
-                tracing::warn!(error = %e, count, "batch failed; storing one by one");
-                for (request, reply) in jobs {
-                    let single = [(request, reply)];
-                    let outcome = match store_batch(&db, &hub, &cluster, &single, true).await {
-                        Ok(mut o) => o.pop().expect("one outcome"),
-                        Err(e) => Err(ApiError::from(e)),
-                    };
-                    let [(_, reply)] = single;
-                    let _ = reply.send(outcome);
-                }
+        if received == 0 {
+            break;
+        }
+        if !batch.is_empty() {
+            store(&db, &hub, &cluster, &metrics, direct.as_mut(), std::mem::take(&mut batch)).await;
+        }
+        if let Some(d) = direct.as_mut() {
+            if let Err(e) = d.apply_step(&db, false).await {
+                tracing::error!(error = %e, "applying the message journal failed; retrying");
             }
         }
-        metrics.observe_db("send_batch", started.elapsed());
+    }
+    // Shutting down: everything journaled goes into the table.
+    if let Some(d) = direct.as_mut() {
+        while d.has_work() {
+            if let Err(e) = d.apply_step(&db, true).await {
+                tracing::error!(error = %e, "applying the message journal at shutdown failed; it is replayed at the next start");
+                break;
+            }
+        }
     }
 }
 
-/// A batch through sqlx, for every case. Optimistic first: a retried
-/// `msg_id` breaks the unique index inside the insert (nothing is stored or
-/// published), and only then does the batch look its retries up. Saves a
-/// query per batch.
+/// Store one batch: the journal path when it can take it, else sqlx.
+async fn store(db: &Db, hub: &Hub, cluster: &Cluster, metrics: &Metrics, direct: Option<&mut Direct>, jobs: Vec<(SendRequest, Reply)>) {
+    let started = std::time::Instant::now();
+    let count = jobs.len();
+    let fast = match direct {
+        Some(d) => match db.write_turn().await {
+            Ok(_turn) => d.store(hub, &jobs),
+            Err(e) => Err(e),
+        },
+        None => Ok(None),
+    };
+    let (path, result) = match fast {
+        Ok(Some(outcomes)) => ("direct", Ok(outcomes)),
+        Err(e) => ("direct", Err(e)),
+        // Not the journal's case: the full path.
+        Ok(None) => ("sqlx", store_full(db, hub, cluster, &jobs).await),
+    };
+    metrics.group_commits.get_or_create(&PathLabel { path }).inc();
+    match result {
+        Ok(outcomes) => {
+            let stored = outcomes.iter().filter(|o| matches!(o, Ok(Outcome::Stored { .. }))).count();
+            metrics.messages_stored.get_or_create(&KindLabel { kind: "application" }).inc_by(stored as u64);
+            metrics.batch_size.observe(count as f64);
+            let urgent = jobs.iter().zip(&outcomes).filter(|((r, _), o)| r.urgent && matches!(o, Ok(Outcome::Stored { .. }))).count();
+            metrics.urgent.get_or_create(&KindLabel { kind: "stored" }).inc_by(urgent as u64);
+            for ((_, reply), outcome) in jobs.into_iter().zip(outcomes) {
+                let _ = reply.send(outcome);
+            }
+        }
+        Err(e) => {
+            // One bad apple (say, a unique violation raced in by another
+            // node) must not fail the others: retry each on its own.
+            tracing::warn!(error = %e, count, "batch failed; storing one by one");
+            for (request, reply) in jobs {
+                let single = [(request, reply)];
+                let outcome = match store_batch(db, hub, cluster, &single, true).await {
+                    Ok(mut o) => o.pop().expect("one outcome"),
+                    Err(e) => Err(ApiError::from(e)),
+                };
+                let [(_, reply)] = single;
+                let _ = reply.send(outcome);
+            }
+        }
+    }
+    metrics.observe_db("send_batch", started.elapsed());
+}
+
+/// A batch through sqlx, for every case. On PostgreSQL optimistic first: a
+/// retried `msg_id` breaks the unique index inside the insert (nothing is
+/// stored or published), and only then does the batch look its retries up
+/// (saves a query per batch). On SQLite the journal's unapplied messages are
+/// not in the index yet, so retries are always looked up.
 async fn store_full(db: &Db, hub: &Hub, cluster: &Cluster, jobs: &[(SendRequest, Reply)]) -> Result<Vec<Result<Outcome, ApiError>>, StoreError> {
+    if !db.is_postgres() {
+        return store_batch(db, hub, cluster, jobs, true).await;
+    }
     match store_batch(db, hub, cluster, jobs, false).await {
         Ok(outcomes) => Ok(outcomes),
         Err(_) => store_batch(db, hub, cluster, jobs, true).await,
     }
 }
 
-/// The common case, stored through the writer's own SQLite connection
-/// (`db/sqlite_writer.rs`) with no hand-off to another thread: every send new
-/// in the batch, none urgent, and each timeline's sends at one epoch whose
-/// member devices are cached and include every sender. `Ok(None)`: not this
-/// batch, or a timeline's epoch moved on; nothing was stored and the batch
-/// takes the full path (`store_batch`), as it does after a unique violation
-/// (a retried `msg_id`).
-fn store_fast(w: &mut SqliteWriter, hub: &Hub, jobs: &[(SendRequest, Reply)]) -> Result<Option<Vec<Result<Outcome, ApiError>>>, StoreError> {
-    if jobs.iter().any(|(r, _)| r.urgent) {
-        return Ok(None);
-    }
-    let plan = Plan::new(hub, jobs, &HashMap::new());
-    let common = plan.slow.is_empty() && plan.outcomes.iter().all(Option::is_none) && plan.cached.iter().all(|c| c.accepted.len() == c.indexes.len());
-    if !common {
-        return Ok(None);
-    }
-    let wanted = plan.wanted();
-    let now = now_ms();
-    let tx = w.begin()?;
-    let heads = tx.append_at_epochs(&wanted)?;
-    if heads.len() != wanted.len() {
-        return Ok(None);
-    }
-    let mut rows = Vec::with_capacity(jobs.len());
-    let mut stored = Vec::with_capacity(jobs.len());
-    for c in &plan.cached {
-        let first = heads[c.timeline_id] - c.accepted.len() as i64 + 1;
-        for (seq, &i) in (first..).zip(&c.accepted) {
-            stored.push((i, c.members.clone()));
-            rows.push(stored_message(&jobs[i].0, c.timeline_id, seq, now));
-        }
-    }
-    tx.insert_messages(&rows)?;
-    tx.commit()?;
+/// The writer's SQLite connection and message journal (`db/journal.rs`).
+struct Direct {
+    sqlite: SqliteWriter,
+    journal: Journal,
+    unapplied: Arc<Unapplied>,
+    /// The current segment's messages (applied once it ends).
+    current: Vec<StoredMessage>,
+    /// An ended segment being applied: its id, its messages sorted by
+    /// timeline and seq, and how many are applied.
+    applying: Option<(u64, Vec<StoredMessage>, usize)>,
+    /// A segment ends when its first message is this old.
+    apply_after: std::time::Duration,
+}
 
-    let mut outcomes: Vec<Option<Result<Outcome, ApiError>>> = jobs.iter().map(|_| None).collect();
-    for ((i, recipients), message) in stored.into_iter().zip(rows) {
-        hub.publish_message(&recipients, &message);
-        outcomes[i] = Some(Ok(Outcome::Stored { message }));
+impl Direct {
+    /// Open the connection, replay the journal left by an earlier run, and
+    /// start a new segment.
+    fn open(db_path: &std::path::Path, unapplied: Arc<Unapplied>, apply_after: std::time::Duration) -> Result<Direct, StoreError> {
+        let mut sqlite = SqliteWriter::open(db_path)?;
+        let dir = db_path.with_file_name(journal::DIR);
+        let left = journal::segments(&dir)?;
+        if !left.is_empty() {
+            let mut messages = Vec::new();
+            for (_, path) in &left {
+                messages.extend(journal::read_segment(path)?);
+            }
+            let inserted = sqlite.durably(|tx| tx.replay(&messages))?;
+            for (_, path) in &left {
+                std::fs::remove_file(path)?;
+            }
+            tracing::info!(segments = left.len(), journaled = messages.len(), inserted, "replayed the message journal");
+        }
+        let journal = Journal::open(&dir)?;
+        Ok(Direct { sqlite, journal, unapplied, current: Vec::new(), applying: None, apply_after })
     }
-    Ok(Some(outcomes.into_iter().map(|o| o.expect("every send is stored")).collect()))
+
+    fn has_work(&self) -> bool {
+        self.applying.is_some() || !self.current.is_empty()
+    }
+
+    /// How long until journal work is due, if there is any.
+    fn due_in(&self) -> Option<std::time::Duration> {
+        if self.applying.is_some() {
+            return Some(std::time::Duration::ZERO);
+        }
+        self.journal.since.map(|since| self.apply_after.saturating_sub(since.elapsed()))
+    }
+
+    /// One step of applying the journal, if due (or `now`): end the current
+    /// segment, or apply the next chunk of the ended one; its last chunk's
+    /// commit is durable, after which the segment is removed and its
+    /// messages leave `Unapplied`.
+    async fn apply_step(&mut self, db: &Db, now: bool) -> Result<(), StoreError> {
+        if self.applying.is_none() {
+            let due = now || self.current.len() >= SEGMENT_ROWS || self.due_in().is_some_and(|d| d.is_zero());
+            if !due || self.current.is_empty() {
+                return Ok(());
+            }
+            let ended = self.journal.rotate()?;
+            let mut messages = std::mem::take(&mut self.current);
+            messages.sort_by(|a, b| (&a.timeline_id, a.seq).cmp(&(&b.timeline_id, b.seq)));
+            self.applying = Some((ended, messages, 0));
+            return Ok(());
+        }
+        let _turn = db.write_turn().await?;
+        let (segment, messages, done) = self.applying.as_mut().expect("applying");
+        let chunk = &messages[*done..(*done + APPLY_CHUNK).min(messages.len())];
+        let last = *done + chunk.len() == messages.len();
+        let inserted = if last { self.sqlite.durably(|tx| tx.replay(chunk))? } else { replay_chunk(&mut self.sqlite, chunk)? };
+        if inserted != chunk.len() {
+            // Only a replay after a crash finds messages already there.
+            tracing::error!(expected = chunk.len(), inserted, "journaled messages were already in the table");
+        }
+        *done += chunk.len();
+        if last {
+            let segment = *segment;
+            let (_, messages, _) = self.applying.take().expect("applying");
+            self.unapplied.remove(&messages);
+            self.journal.remove(segment)?;
+        }
+        Ok(())
+    }
+
+    /// A batch through the journal: every send not urgent, and each
+    /// timeline's sends at one epoch whose member devices are cached.
+    /// `Ok(None)`: not this batch (or a timeline's epoch moved on); nothing
+    /// was stored and it takes the full path (`store_batch`).
+    fn store(&mut self, hub: &Hub, jobs: &[(SendRequest, Reply)]) -> Result<Option<Vec<Result<Outcome, ApiError>>>, StoreError> {
+        if jobs.iter().any(|(r, _)| r.urgent) {
+            return Ok(None);
+        }
+        let tx = self.sqlite.begin()?;
+        // Retries: unapplied in the journal, or in the table.
+        let pairs: Vec<(&str, &str)> = jobs.iter().map(|(r, _)| (r.device_id.as_str(), r.msg_id.as_str())).collect();
+        let mut existing = self.unapplied.existing(&pairs);
+        existing.extend(tx.existing(&pairs)?);
+        let plan = Plan::new(hub, jobs, &existing);
+        if !plan.slow.is_empty() {
+            return Ok(None);
+        }
+        let wanted = plan.wanted();
+        let heads = if wanted.is_empty() { HashMap::new() } else { tx.append_at_epochs(&wanted)? };
+        if heads.len() != wanted.len() {
+            return Ok(None);
+        }
+        let Plan { mut outcomes, cached, .. } = plan;
+        let now = now_ms();
+        let mut rows = Vec::with_capacity(jobs.len());
+        let mut stored = Vec::with_capacity(jobs.len());
+        for c in &cached {
+            for &i in &c.indexes {
+                outcomes[i] = Some(not_member());
+            }
+            let first = heads[c.timeline_id] - c.accepted.len() as i64 + 1;
+            for (seq, &i) in (first..).zip(&c.accepted) {
+                stored.push((i, c.members.clone()));
+                rows.push(stored_message(&jobs[i].0, c.timeline_id, seq, now));
+            }
+        }
+        if !rows.is_empty() {
+            // Durable here: before the heads' commit, so a head is never
+            // ahead of the journal.
+            self.journal.append(&rows)?;
+            if let Err(e) = tx.commit() {
+                // Not stored after all: the journal must not bring it back.
+                if let Err(cut) = self.journal.forget_last(self.journal.last_batch_bytes(), rows.len()) {
+                    tracing::error!(error = %cut, "a failed batch could not be cut from the message journal; stopping so that start-up replays a consistent journal");
+                    std::process::abort();
+                }
+                return Err(e);
+            }
+            self.unapplied.insert(&rows);
+            self.current.extend(rows.iter().cloned());
+        }
+        for ((i, recipients), message) in stored.into_iter().zip(rows) {
+            hub.publish_message(&recipients, &message);
+            outcomes[i] = Some(Ok(Outcome::Stored { message }));
+        }
+        Ok(Some(resolve(outcomes)))
+    }
+}
+
+/// A chunk of journaled messages into the table, committed without fsync.
+fn replay_chunk(sqlite: &mut SqliteWriter, chunk: &[StoredMessage]) -> Result<usize, StoreError> {
+    let tx = sqlite.begin()?;
+    let inserted = tx.replay(chunk)?;
+    tx.commit()?;
+    Ok(inserted)
 }
 
 /// Store every request of a batch in one transaction and publish the stored
@@ -216,7 +368,7 @@ async fn store_batch(
     let now = now_ms();
     let existing = if check_existing {
         let pairs: Vec<(&str, &str)> = jobs.iter().map(|(r, _)| (r.device_id.as_str(), r.msg_id.as_str())).collect();
-        Db::existing_messages_tx(&mut tx, &pairs).await?
+        db.existing_messages(&mut tx, &pairs).await?
     } else {
         HashMap::new()
     };
@@ -308,8 +460,12 @@ async fn store_batch(
         let message = rows[row].take().expect("each row is one request's");
         outcomes[i] = Some(Ok(Outcome::Stored { message }));
     }
+    Ok(resolve(outcomes))
+}
 
-    // Resolve in-batch duplicates against what their first copy became.
+/// Every send's answer, once the stored ones are filled in: repeats within
+/// the batch get what their first copy became.
+fn resolve(outcomes: Vec<Option<Result<Outcome, Pending>>>) -> Vec<Result<Outcome, ApiError>> {
     let mut resolved: Vec<Result<Outcome, ApiError>> = Vec::with_capacity(outcomes.len());
     for outcome in outcomes {
         let r = match outcome.expect("every request has an outcome") {
@@ -326,7 +482,7 @@ async fn store_batch(
         };
         resolved.push(r);
     }
-    Ok(resolved)
+    resolved
 }
 
 /// A batch sorted out before any statement. Retries found in the database

@@ -46,9 +46,15 @@ pub struct SuiteArgs {
     /// about 2 s: a sustained rate, not a burst absorbed by queues).
     #[arg(long, default_value_t = 200)]
     peak_posts: usize,
-    /// Fan-out latency run: seconds of open-loop load at half the peak post rate.
-    #[arg(long, default_value_t = 10)]
+    /// Fan-out latency: seconds of open-loop load at half the peak post rate, per run.
+    #[arg(long, default_value_t = 4)]
     open_secs: u64,
+    /// Fan-out: runs of each system for the peak and again for the latency
+    /// (relay, then Tsunagu, alternating, the disks synced and a pause before
+    /// each). The table shows the median run's peak and the median of each
+    /// latency quantile; the parameters list every run.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
     /// Target size of a post's MLS PrivateMessage in bytes (the text length is chosen to match).
     #[arg(long, default_value_t = 300)]
     ciphertext_bytes: usize,
@@ -374,6 +380,13 @@ async fn subscribe_drain(ws: &mut Ws, timeout: Duration) -> Result<u64> {
             _ => {}
         }
     }
+}
+
+/// Before a measured run: the disks synced (the previous run's write-back
+/// must not run during this one) and a pause for the machine to go idle.
+async fn settle() {
+    let _ = tokio::process::Command::new("sync").status().await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
 }
 
 async fn ack_and_close(mut ws: Ws, tid: &str, seq: u64) {
@@ -895,43 +908,86 @@ async fn part_fanout(args: &SuiteArgs, server: &Server, relay: &Bare, setup: &mu
     let devs: Vec<Dev> = setup.devs[..t * m].to_vec();
     let tids: Vec<String> = setup.tids[..t].to_vec();
     let posters: Vec<(usize, usize)> = (0..t).flat_map(|tl| (0..p).map(move |k| (tl, k))).collect();
-    let started = Instant::now();
-    let enc = encrypt_posts(&mut setup.keep, &posters, args.peak_posts, text_len).await?;
-    let peak = plan_posts(args, &tids, &enc, 'P', |_, _| args.peak_posts);
-    eprintln!("[fanout] {} posts pre-encrypted in {:.1} s; connecting {} devices", peak.n, elapsed_s(started), devs.len());
     let tsu_ep = Endpoint { kind: Kind::Tsunagu, addr: server.addr() };
     let relay_ep = Endpoint { kind: Kind::Relay, addr: relay.addr };
     let no_groups = vec![String::new(); devs.len()];
     let relay_groups: Vec<String> = (0..devs.len()).map(|i| format!("f{}", i / m)).collect();
-    let conns = open_all(tsu_ep, &devs, &no_groups, true, timeout).await?;
-    let rconns = open_all(relay_ep, &devs, &relay_groups, false, timeout).await?;
+    eprintln!("[fanout] connecting {} devices", devs.len());
+    let mut conns = open_all(tsu_ep, &devs, &no_groups, true, timeout).await?;
+    let mut rconns = open_all(relay_ep, &devs, &relay_groups, false, timeout).await?;
 
+    // The peak, alternating like the latency runs below; the median run counts.
     let closed = |_| Pace::Closed { window: args.window };
-    eprintln!("[fanout] peak: tsunagu, {} posts, {} posters × {} in flight", peak.n, t * p, args.window);
-    let (conns, tsu_peak, _) = run_phase(Kind::Tsunagu, conns, m, &peak.posts, peak.n, 'P', closed, timeout).await.context("tsunagu peak run")?;
-    eprintln!("[fanout] peak: relay");
-    let (rconns, rel_peak, _) = run_phase(Kind::Relay, rconns, m, &peak.posts, peak.n, 'P', closed, timeout).await.context("relay peak run")?;
+    let runs = args.runs.max(1);
+    let (mut tsu_peaks, mut rel_peaks) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
+    let (mut peak_n, mut ciphertext_len, mut frame_len) = (0, 0, 0);
+    for run in 0..runs {
+        let phase = (b'a' + run as u8) as char;
+        let started = Instant::now();
+        let enc = encrypt_posts(&mut setup.keep, &posters, args.peak_posts, text_len).await?;
+        let peak = plan_posts(args, &tids, &enc, phase, |_, _| args.peak_posts);
+        peak_n = peak.n;
+        ciphertext_len = enc.values().next().and_then(|v| v.first()).map(|x| x.len()).unwrap_or(0);
+        frame_len = peak.posts.iter().flatten().next().map(|(_, f)| f.len()).unwrap_or(0);
+        eprintln!("[fanout] peak run {}/{runs}: {} posts (pre-encrypted in {:.1} s), {} posters × {} in flight", run + 1, peak.n, elapsed_s(started), t * p, args.window);
+        settle().await;
+        let (rc, rel_peak, _) = run_phase(Kind::Relay, rconns, m, &peak.posts, peak.n, phase, closed, timeout).await.context("relay peak run")?;
+        rconns = rc;
+        settle().await;
+        let (c, tsu_peak, _) = run_phase(Kind::Tsunagu, conns, m, &peak.posts, peak.n, phase, closed, timeout).await.context("tsunagu peak run")?;
+        conns = c;
+        tsu_peaks.push(tsu_peak);
+        rel_peaks.push(rel_peak);
+    }
+    let median_run = |runs: &mut Vec<PhaseResult>| {
+        runs.sort_by(|a, b| a.deliveries_per_s().total_cmp(&b.deliveries_per_s()));
+        runs.swap_remove(runs.len() / 2)
+    };
+    let peak_spread = |runs: &[PhaseResult]| runs.iter().map(|r| format!("{:.0}", r.deliveries_per_s())).collect::<Vec<_>>().join(", ");
+    let peak_runs_info = format!("fan-out peak runs (deliveries/s): relay {}; tsunagu {}", peak_spread(&rel_peaks), peak_spread(&tsu_peaks));
+    let (tsu_peak, rel_peak) = (median_run(&mut tsu_peaks), median_run(&mut rel_peaks));
 
     let rate = tsu_peak.posts_per_s() / 2.0;
     let per_poster = ((rate * args.open_secs as f64) / (t * p) as f64).ceil().max(1.0) as usize;
     let interval = Duration::from_secs_f64((t * p) as f64 / rate);
-    let started = Instant::now();
-    let enc = encrypt_posts(&mut setup.keep, &posters, per_poster, text_len).await?;
-    let open_plan = plan_posts(args, &tids, &enc, 'L', |_, _| per_poster);
-    eprintln!(
-        "[fanout] latency: open loop at {rate:.0} posts/s ({per_poster} posts per poster, one every {:.0} ms; pre-encrypted in {:.1} s)",
-        interval.as_secs_f64() * 1000.0,
-        elapsed_s(started)
-    );
     let n_posters = (t * p) as f64;
     let open_pace = |i: usize| {
         let (tl, k) = (i / m, i % m);
         Pace::Open { interval, offset_frac: (tl * p + k.min(p - 1)) as f64 / n_posters }
     };
-    let before = crate::scrape_metrics(server.addr()).await;
-    let (conns, tsu_open, seqs) = run_phase(Kind::Tsunagu, conns, m, &open_plan.posts, open_plan.n, 'L', open_pace, timeout).await.context("tsunagu latency run")?;
-    let after = crate::scrape_metrics(server.addr()).await;
-    let (rconns, rel_open, _) = run_phase(Kind::Relay, rconns, m, &open_plan.posts, open_plan.n, 'L', open_pace, timeout).await.context("relay latency run")?;
+    // Alternating runs, each after the disks are synced and the machine had a
+    // pause: one system's leftovers (the server's write-back, a checkpoint)
+    // must not land in the other's run, and one run's noise is not the figure.
+    let mut seqs = Vec::new();
+    let (mut tsu_runs, mut rel_runs) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
+    let (mut before, mut after) = (HashMap::new(), HashMap::new());
+    let mut open_n = 0;
+    for run in 0..runs {
+        let phase = (b'L' + run as u8) as char;
+        let started = Instant::now();
+        let enc = encrypt_posts(&mut setup.keep, &posters, per_poster, text_len).await?;
+        let open_plan = plan_posts(args, &tids, &enc, phase, |_, _| per_poster);
+        open_n = open_plan.n;
+        eprintln!(
+            "[fanout] latency run {}/{runs}: open loop at {rate:.0} posts/s ({per_poster} posts per poster, one every {:.0} ms; pre-encrypted in {:.1} s)",
+            run + 1,
+            interval.as_secs_f64() * 1000.0,
+            elapsed_s(started)
+        );
+        settle().await;
+        let (rc, rel_open, _) = run_phase(Kind::Relay, rconns, m, &open_plan.posts, open_plan.n, phase, open_pace, timeout).await.context("relay latency run")?;
+        rconns = rc;
+        settle().await;
+        let scraped = crate::scrape_metrics(server.addr()).await;
+        if run == 0 {
+            before = scraped;
+        }
+        let (c, tsu_open, s) = run_phase(Kind::Tsunagu, conns, m, &open_plan.posts, open_plan.n, phase, open_pace, timeout).await.context("tsunagu latency run")?;
+        after = crate::scrape_metrics(server.addr()).await;
+        (conns, seqs) = (c, s);
+        tsu_runs.push(tsu_open);
+        rel_runs.push(rel_open);
+    }
     for (i, ws) in conns.into_iter().enumerate() {
         ack_and_close(ws, &devs[i].tid, seqs[i]).await;
     }
@@ -941,34 +997,35 @@ async fn part_fanout(args: &SuiteArgs, server: &Server, relay: &Bare, setup: &mu
 
     table.row("fan-out peak: deliveries/s (durable, pipelined)", rel_peak.deliveries_per_s(), tsu_peak.deliveries_per_s(), fmt_rate, Some((0.5, true)));
     table.row("fan-out peak: posts acknowledged/s", rel_peak.posts_per_s(), tsu_peak.posts_per_s(), fmt_rate, None);
-    let q = |r: &PhaseResult, x| quantile(&r.latencies_ns, x);
+    // Each quantile's median over the runs.
+    let q = |runs: &[PhaseResult], x| {
+        let mut v: Vec<f64> = runs.iter().map(|r| quantile(&r.latencies_ns, x)).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
     let lbl = format!("@ {rate:.0} posts/s open loop");
-    table.row(&format!("fan-out latency p50 {lbl}"), q(&rel_open, 0.5), q(&tsu_open, 0.5), fmt_ms, None);
-    table.row(&format!("fan-out latency p99 {lbl}"), q(&rel_open, 0.99), q(&tsu_open, 0.99), fmt_ms, Some((2.0, false)));
-    table.row(&format!("fan-out latency p99.9 {lbl}"), q(&rel_open, 0.999), q(&tsu_open, 0.999), fmt_ms, None);
+    table.row(&format!("fan-out latency p50 {lbl}"), q(&rel_runs, 0.5), q(&tsu_runs, 0.5), fmt_ms, None);
+    table.row(&format!("fan-out latency p99 {lbl}"), q(&rel_runs, 0.99), q(&tsu_runs, 0.99), fmt_ms, Some((2.0, false)));
+    table.row(&format!("fan-out latency p99.9 {lbl}"), q(&rel_runs, 0.999), q(&tsu_runs, 0.999), fmt_ms, None);
     info.push(format!(
-        "fan-out: T={t} timelines × M={m} devices, P={p} posters each ({} posters), window {} in flight, {} peak posts ({} per poster), post ciphertext ≈{} B (text {text_len} B), send frame {} B",
+        "fan-out: T={t} timelines × M={m} devices, P={p} posters each ({} posters), window {} in flight, {peak_n} peak posts ({} per poster), post ciphertext ≈{ciphertext_len} B (text {text_len} B), send frame {frame_len} B",
         t * p,
         args.window,
-        peak.n,
         args.peak_posts,
-        enc.values().next().and_then(|v| v.first()).map(|x| x.len()).unwrap_or(0),
-        peak.posts.iter().flatten().next().map(|(_, f)| f.len()).unwrap_or(0)
     ));
     info.push(format!(
-        "fan-out: peak tsunagu {:.2} s ({} deliveries, {} duplicates), relay {:.2} s; latency run {} posts in {:.1} s (tsunagu) at {rate:.0} posts/s = half the tsunagu peak post rate, the same schedule for both; {} / {} latency samples",
+        "fan-out: median peak run: tsunagu {:.2} s ({} deliveries, {} duplicates), relay {:.2} s; {runs} latency runs of {open_n} posts at {rate:.0} posts/s = half the tsunagu peak post rate, the same schedule for both",
         tsu_peak.delivery_wall,
         tsu_peak.deliveries,
-        tsu_peak.dups + tsu_open.dups,
+        tsu_peak.dups + tsu_runs.iter().map(|r| r.dups).sum::<usize>(),
         rel_peak.delivery_wall,
-        open_plan.n,
-        tsu_open.delivery_wall,
-        rel_open.latencies_ns.len(),
-        tsu_open.latencies_ns.len()
     ));
+    info.push(peak_runs_info);
+    let spread = |runs: &[PhaseResult]| runs.iter().map(|r| format!("{}/{}", fmt_ms(quantile(&r.latencies_ns, 0.5)), fmt_ms(quantile(&r.latencies_ns, 0.99)))).collect::<Vec<_>>().join(", ");
+    info.push(format!("fan-out latency runs (p50/p99): relay {}; tsunagu {}", spread(&rel_runs), spread(&tsu_runs)));
     info.push(format!(
-        "fan-out: tsunagu deliveries/s during the latency run {:.0}/s (offered {:.0}/s)",
-        tsu_open.deliveries_per_s(),
+        "fan-out: tsunagu deliveries/s during the latency runs {} (offered {:.0}/s)",
+        tsu_runs.iter().map(|r| format!("{:.0}/s", r.deliveries_per_s())).collect::<Vec<_>>().join(", "),
         rate * (m - 1) as f64
     ));
     info.push(server_side(&before, &after));

@@ -83,6 +83,20 @@ pub fn insert_sql(sqlite: bool, n: usize) -> String {
     format!("INSERT INTO messages (timeline_id, seq, epoch, kind, sender_device_id, msg_id, stored_at, data) VALUES {}", rows.join(", "))
 }
 
+/// The stored messages among `n` `(sender_device_id, msg_id)` pairs:
+/// `sender_device_id, msg_id, timeline_id, seq, epoch`. A join on VALUES, not
+/// a row-value IN: SQLite scans the whole index for the latter, but searches
+/// it once per pair for this. Both backends name the VALUES columns column1,
+/// column2.
+pub fn existing_sql(sqlite: bool, n: usize) -> String {
+    let values: Vec<String> = (0..n).map(|i| placeholders(sqlite, 2 * i, 2)).collect();
+    format!(
+        "SELECT m.sender_device_id, m.msg_id, m.timeline_id, m.seq, m.epoch FROM messages m \
+         JOIN (VALUES {}) AS v ON m.sender_device_id = v.column1 AND m.msg_id = v.column2",
+        values.join(", ")
+    )
+}
+
 /// `n` bind placeholders for values `first + 1 ..= first + n`, as one row
 /// `(…)`: anonymous `?` on SQLite (a numbered `$n` is a named parameter there,
 /// and binding named ones costs a linear search each, quadratic per

@@ -18,6 +18,7 @@ pub mod receipts;
 pub mod urgent;
 pub mod policy;
 pub mod sqlite_writer;
+pub mod journal;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -45,6 +46,8 @@ pub struct Db {
     backend: Backend,
     /// The SQLite database file (`None` on PostgreSQL).
     sqlite_path: Option<std::path::PathBuf>,
+    /// Journaled messages not yet in `messages` (`journal.rs`; SQLite only).
+    unapplied: std::sync::Arc<journal::Unapplied>,
 }
 
 /// A registered device.
@@ -111,7 +114,7 @@ impl Db {
         let db = match &config.database_url {
             Some(url) => {
                 let pool = AnyPoolOptions::new().max_connections(16).acquire_timeout(Duration::from_secs(30)).connect(url).await?;
-                Db { read: pool.clone(), write: pool, backend: Backend::Postgres, sqlite_path: None }
+                Db { read: pool.clone(), write: pool, backend: Backend::Postgres, sqlite_path: None, unapplied: Default::default() }
             }
             None => {
                 let path = config.data_dir.join("tsunagu.db");
@@ -131,7 +134,7 @@ impl Db {
                 };
                 let write = options().max_connections(1).connect(&url).await?;
                 let read = options().max_connections(8).connect(&url).await?;
-                Db { read, write, backend: Backend::Sqlite, sqlite_path: Some(path) }
+                Db { read, write, backend: Backend::Sqlite, sqlite_path: Some(path), unapplied: Default::default() }
             }
         };
         db.migrate().await?;
@@ -172,6 +175,11 @@ impl Db {
     /// (`sqlite_writer.rs`); `None` on PostgreSQL.
     pub fn sqlite_path(&self) -> Option<&std::path::Path> {
         self.sqlite_path.as_deref()
+    }
+
+    /// Journaled messages that readers must merge in (`journal.rs`).
+    pub fn unapplied(&self) -> &std::sync::Arc<journal::Unapplied> {
+        &self.unapplied
     }
 
     /// The SQLite write connection, held while the writer writes through its
@@ -418,6 +426,10 @@ impl Db {
 
     /// A message this device already stored under `msg_id`.
     pub async fn existing_message(&self, device_id: &str, msg_id: &str) -> Result<Option<Existing>> {
+        // The journal first: a message only moves from there to the table.
+        if let Some(e) = self.unapplied.existing(&[(device_id, msg_id)]).into_values().next() {
+            return Ok(Some(e));
+        }
         let row = sqlx::query("SELECT timeline_id, seq, epoch FROM messages WHERE sender_device_id = $1 AND msg_id = $2")
             .bind(device_id)
             .bind(msg_id)
@@ -426,20 +438,20 @@ impl Db {
         row.map(|r| Ok(Existing { timeline_id: r.try_get(0)?, seq: r.try_get(1)?, epoch: r.try_get(2)? })).transpose()
     }
 
-    /// Which of these `(device, msg_id)` pairs are already stored.
-    pub async fn existing_messages_tx(tx: &mut Tx, pairs: &[(&str, &str)]) -> Result<HashMap<(String, String), Existing>> {
+    /// Which of these `(device, msg_id)` pairs are stored: pending in the
+    /// journal (looked at first: a message only moves from there to the
+    /// table), or in the table.
+    pub async fn existing_messages(&self, tx: &mut Tx, pairs: &[(&str, &str)]) -> Result<HashMap<(String, String), Existing>> {
+        let mut found = self.unapplied.existing(pairs);
+        found.extend(Db::existing_in_table(tx, !self.is_postgres(), pairs).await?);
+        Ok(found)
+    }
+
+    async fn existing_in_table(tx: &mut Tx, sqlite: bool, pairs: &[(&str, &str)]) -> Result<HashMap<(String, String), Existing>> {
         let mut found = HashMap::new();
         // Small statements, for the same reason as in `insert_messages`.
-        for chunk in pairs.chunks(64) {
-            let values: Vec<String> = (0..chunk.len()).map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2)).collect();
-            // A join on VALUES, not a row-value IN: SQLite scans the whole
-            // index for the latter, but searches it once per pair for this.
-            // Both backends name the VALUES columns column1, column2.
-            let sql = format!(
-                "SELECT m.sender_device_id, m.msg_id, m.timeline_id, m.seq, m.epoch FROM messages m \
-                 JOIN (VALUES {}) AS v ON m.sender_device_id = v.column1 AND m.msg_id = v.column2",
-                values.join(", ")
-            );
+        for chunk in pairs.chunks(batch::CHUNK) {
+            let sql = batch::existing_sql(sqlite, chunk.len());
             // Only generated placeholders are spliced in; every value is bound.
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
             for (device, msg_id) in chunk {
@@ -453,8 +465,11 @@ impl Db {
         Ok(found)
     }
 
-    /// Messages of a timeline with `after < seq <= until`, in order, at most `limit`.
+    /// Messages of a timeline with `after < seq <= until`, in order, at most
+    /// `limit`: from the table and the journal's pending messages.
     pub async fn messages_after(&self, timeline_id: &str, after: i64, until: i64, limit: i64) -> Result<Vec<StoredMessage>> {
+        // The journal first: a message only moves from there to the table.
+        let unapplied = self.unapplied.after(timeline_id, after, until, limit.max(0) as usize);
         let rows = sqlx::query(
             "SELECT timeline_id, seq, epoch, kind, sender_device_id, msg_id, stored_at, data FROM messages \
              WHERE timeline_id = $1 AND seq > $2 AND seq <= $3 ORDER BY seq LIMIT $4",
@@ -465,7 +480,8 @@ impl Db {
         .bind(limit)
         .fetch_all(&self.read)
         .await?;
-        rows.iter().map(message_from_row).collect()
+        let rows = rows.iter().map(message_from_row).collect::<Result<Vec<_>>>()?;
+        Ok(journal::merge(rows, unapplied, limit.max(0) as usize))
     }
 
     pub async fn timeline_summary(&self, id: &str) -> Result<Option<(i64, i64)>> {

@@ -11,14 +11,19 @@
 //! pool's one connection (`Db::write_turn`) while it uses this one, so
 //! writers in this process still queue in process, never on the file lock.
 //! The statements are `batch.rs`'s, with SQLite's placeholders.
+//!
+//! Its commits do not fsync (`synchronous = NORMAL`): the writer makes each
+//! batch durable in the message journal (`journal.rs`) before it commits,
+//! and the commit that ends a journal segment's application is `FULL`
+//! (`begin_durable`). Checkpoints still fsync in `NORMAL` mode.
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use rusqlite::types::ToSql;
 
-use super::batch::{append_sql, insert_sql, CHUNK};
-use super::{Result, StoredMessage};
+use super::batch::{append_sql, existing_sql, CHUNK};
+use super::{journal, Existing, Result, StoredMessage};
 
 pub struct SqliteWriter {
     conn: rusqlite::Connection,
@@ -31,13 +36,13 @@ pub struct WriterTx<'c> {
 
 impl SqliteWriter {
     /// Open the database file with the pragmas of every other connection
-    /// (`Db::connect`): WAL, every commit durable before it returns. Foreign
-    /// keys are not checked on this connection: its only inserts are messages
-    /// of timelines whose row the same transaction has just updated, and the
+    /// (`Db::connect`) but `synchronous = NORMAL` (see the module comment).
+    /// Foreign keys are not checked on this connection: its only inserts are
+    /// journaled messages of timelines whose head was moved for them, and the
     /// check was a look-up of the timeline per message.
     pub fn open(path: &Path) -> Result<SqliteWriter> {
         let conn = rusqlite::Connection::open(path)?;
-        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 30000; PRAGMA foreign_keys = OFF;")?;
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 30000; PRAGMA foreign_keys = OFF;")?;
         // A statement per chunk size (1..=CHUNK rows), for the two statements.
         conn.set_prepared_statement_cache_capacity(2 * CHUNK + 8);
         Ok(SqliteWriter { conn })
@@ -46,6 +51,21 @@ impl SqliteWriter {
     /// `BEGIN IMMEDIATE`: the write lock is taken before anything is read.
     pub fn begin(&mut self) -> Result<WriterTx<'_>> {
         Ok(WriterTx { tx: self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)? })
+    }
+
+    /// `f` in a transaction whose commit fsyncs the WAL (`synchronous =
+    /// FULL`), and with it every commit before it on any connection.
+    pub fn durably<T>(&mut self, f: impl FnOnce(&WriterTx<'_>) -> Result<T>) -> Result<T> {
+        self.conn.pragma_update(None, "synchronous", "FULL")?;
+        let result = self.begin().and_then(|tx| {
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        });
+        let reset = self.conn.pragma_update(None, "synchronous", "NORMAL");
+        let out = result?;
+        reset?;
+        Ok(out)
     }
 }
 
@@ -65,21 +85,27 @@ impl WriterTx<'_> {
         Ok(heads)
     }
 
-    /// `Db::insert_messages`. A retried `msg_id` fails it with a unique
-    /// violation (`StoreError::is_unique_violation`).
-    pub fn insert_messages(&self, messages: &[StoredMessage]) -> Result<()> {
-        for chunk in messages.chunks(CHUNK) {
-            let mut statement = self.tx.prepare_cached(&insert_sql(true, chunk.len()))?;
-            let params: Vec<&dyn ToSql> = chunk
-                .iter()
-                .flat_map(|m| [&m.timeline_id as &dyn ToSql, &m.seq, &m.epoch, &m.kind, &m.sender_device_id, &m.msg_id, &m.stored_at, &m.data])
-                .collect();
-            statement.execute(params.as_slice())?;
+    /// Which of these `(device, msg_id)` pairs are in the `messages` table.
+    pub fn existing(&self, pairs: &[(&str, &str)]) -> Result<HashMap<(String, String), Existing>> {
+        let mut found = HashMap::new();
+        for chunk in pairs.chunks(CHUNK) {
+            let mut statement = self.tx.prepare_cached(&existing_sql(true, chunk.len()))?;
+            let params: Vec<&dyn ToSql> = chunk.iter().flat_map(|(device, msg_id)| [device as &dyn ToSql, msg_id]).collect();
+            let mut rows = statement.query(params.as_slice())?;
+            while let Some(row) = rows.next()? {
+                found.insert((row.get(0)?, row.get(1)?), Existing { timeline_id: row.get(2)?, seq: row.get(3)?, epoch: row.get(4)? });
+            }
         }
-        Ok(())
+        Ok(found)
     }
 
-    /// Commit; durable when it returns (`synchronous = FULL`).
+    /// `journal::replay`: journaled messages the table does not have yet.
+    pub fn replay(&self, messages: &[StoredMessage]) -> Result<usize> {
+        Ok(journal::replay(&self.tx, messages)?)
+    }
+
+    /// Commit: visible when it returns, durable at the next durable commit
+    /// or checkpoint (`durably`).
     pub fn commit(self) -> Result<()> {
         Ok(self.tx.commit()?)
     }
