@@ -217,6 +217,8 @@ impl Direct {
     fn open(db_path: &std::path::Path, unapplied: Arc<Unapplied>, apply_after: std::time::Duration) -> Result<Direct, StoreError> {
         let mut sqlite = SqliteWriter::open(db_path)?;
         let dir = db_path.with_file_name(journal::DIR);
+        // Held while segments left by an earlier run are replayed and removed.
+        let lock = journal::lock(&dir)?;
         let left = journal::segments(&dir)?;
         if !left.is_empty() {
             let mut messages = Vec::new();
@@ -229,7 +231,7 @@ impl Direct {
             }
             tracing::info!(segments = left.len(), journaled = messages.len(), inserted, "replayed the message journal");
         }
-        let journal = Journal::open(&dir)?;
+        let journal = Journal::open(&dir, lock)?;
         Ok(Direct { sqlite, journal, unapplied, current: Vec::new(), applying: None, apply_after })
     }
 

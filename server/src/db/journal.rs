@@ -88,6 +88,9 @@ pub fn read_segment(path: &Path) -> std::io::Result<Vec<StoredMessage>> {
 /// The writer's journal: the segment it appends to.
 pub struct Journal {
     dir: PathBuf,
+    /// `journal/lock`, locked while this journal is open: a second server on
+    /// the same data directory would replay and delete this one's segments.
+    _lock: File,
     file: File,
     segment: u64,
     /// Bytes in the current segment (where a failed batch is cut back to).
@@ -101,12 +104,11 @@ pub struct Journal {
 
 impl Journal {
     /// Open a fresh segment after those already in `dir` (which the caller
-    /// replays first: see [`replay`]).
-    pub fn open(dir: &Path) -> std::io::Result<Journal> {
-        std::fs::create_dir_all(dir)?;
+    /// replays first: see [`replay`]), holding the directory's [`lock`].
+    pub fn open(dir: &Path, lock: File) -> std::io::Result<Journal> {
         let next = segments(dir)?.last().map_or(1, |(id, _)| id + 1);
         let file = create_segment(dir, next)?;
-        Ok(Journal { dir: dir.to_owned(), file, segment: next, len: 0, rows: 0, since: None, buf: Vec::new() })
+        Ok(Journal { dir: dir.to_owned(), _lock: lock, file, segment: next, len: 0, rows: 0, since: None, buf: Vec::new() })
     }
 
     /// Append a batch and make it durable (one write, one fdatasync). On an
@@ -165,6 +167,21 @@ impl Journal {
     /// Remove a segment whose messages are all applied and durable.
     pub fn remove(&self, segment: u64) -> std::io::Result<()> {
         std::fs::remove_file(segment_path(&self.dir, segment))
+    }
+}
+
+/// Lock the journal directory (created if missing) for this process, or
+/// fail if another process has it.
+pub fn lock(dir: &Path) -> std::io::Result<File> {
+    std::fs::create_dir_all(dir)?;
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("lock"))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(std::io::Error::other(format!(
+            "another tsunagu-server is using {}; one data directory serves one server process",
+            dir.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
     }
 }
 
@@ -362,7 +379,7 @@ mod tests {
     #[test]
     fn a_segment_reads_back_up_to_a_torn_or_damaged_record() {
         let dir = tempfile::tempdir().unwrap();
-        let mut j = Journal::open(dir.path()).unwrap();
+        let mut j = Journal::open(dir.path(), lock(dir.path()).unwrap()).unwrap();
         j.append(&[message(1), message(2)]).unwrap();
         j.append(&[message(3)]).unwrap();
         let (_, path) = segments(dir.path()).unwrap().pop().unwrap();
@@ -384,7 +401,7 @@ mod tests {
     #[test]
     fn a_forgotten_batch_is_cut_from_the_segment_and_rotation_starts_a_new_one() {
         let dir = tempfile::tempdir().unwrap();
-        let mut j = Journal::open(dir.path()).unwrap();
+        let mut j = Journal::open(dir.path(), lock(dir.path()).unwrap()).unwrap();
         j.append(&[message(1)]).unwrap();
         j.append(&[message(2), message(3)]).unwrap();
         j.forget_last(j.last_batch_bytes(), 2).unwrap();
@@ -398,8 +415,12 @@ mod tests {
         assert_eq!(read_segment(&segs[1].1).unwrap().iter().map(|m| m.seq).collect::<Vec<_>>(), [5]);
         j.remove(first).unwrap();
         assert_eq!(segments(dir.path()).unwrap().len(), 1);
+        // One process at a time.
+        let refused = lock(dir.path()).unwrap_err();
+        assert!(refused.to_string().contains("another tsunagu-server"), "{refused}");
+        drop(j);
         // A journal opened again starts after the last segment.
-        let again = Journal::open(dir.path()).unwrap();
+        let again = Journal::open(dir.path(), lock(dir.path()).unwrap()).unwrap();
         assert_eq!(again.segment, segs[1].0 + 1);
     }
 
