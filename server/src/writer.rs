@@ -267,9 +267,9 @@ impl Direct {
         let (segment, messages, done) = self.applying.as_mut().expect("applying");
         let chunk = &messages[*done..(*done + APPLY_CHUNK).min(messages.len())];
         let last = *done + chunk.len() == messages.len();
-        let inserted = if last { self.sqlite.durably(|tx| tx.replay(chunk))? } else { replay_chunk(&mut self.sqlite, chunk)? };
+        let inserted = if last { self.sqlite.durably(|tx| tx.insert_new(chunk))? } else { apply_chunk(&mut self.sqlite, chunk)? };
         if inserted != chunk.len() {
-            // Only a replay after a crash finds messages already there.
+            // Not expected: the batch checked each message's seq and msg_id.
             tracing::error!(expected = chunk.len(), inserted, "journaled messages were already in the table");
         }
         *done += chunk.len();
@@ -321,13 +321,14 @@ impl Direct {
         if !rows.is_empty() {
             // Durable here: before the heads' commit, so a head is never
             // ahead of the journal.
-            self.journal.append(&rows)?;
+            if let Err(e) = self.journal.append(&rows) {
+                stop_if_damaged(&self.journal);
+                return Err(e.into());
+            }
             if let Err(e) = tx.commit() {
                 // Not stored after all: the journal must not bring it back.
-                if let Err(cut) = self.journal.forget_last(self.journal.last_batch_bytes(), rows.len()) {
-                    tracing::error!(error = %cut, "a failed batch could not be cut from the message journal; stopping so that start-up replays a consistent journal");
-                    std::process::abort();
-                }
+                let _ = self.journal.forget_last(self.journal.last_batch_bytes(), rows.len());
+                stop_if_damaged(&self.journal);
                 return Err(e);
             }
             self.unapplied.insert(&rows);
@@ -341,10 +342,20 @@ impl Direct {
     }
 }
 
+/// A batch that failed could not be cut from the journal: anything appended
+/// after it would be lost at replay. Stop; start-up replays every whole
+/// record before it (nothing after it was acknowledged).
+fn stop_if_damaged(journal: &Journal) {
+    if journal.is_damaged() {
+        tracing::error!("a failed batch could not be cut from the message journal; stopping so that start-up replays it");
+        std::process::abort();
+    }
+}
+
 /// A chunk of journaled messages into the table, committed without fsync.
-fn replay_chunk(sqlite: &mut SqliteWriter, chunk: &[StoredMessage]) -> Result<usize, StoreError> {
+fn apply_chunk(sqlite: &mut SqliteWriter, chunk: &[StoredMessage]) -> Result<usize, StoreError> {
     let tx = sqlite.begin()?;
-    let inserted = tx.replay(chunk)?;
+    let inserted = tx.insert_new(chunk)?;
     tx.commit()?;
     Ok(inserted)
 }

@@ -99,6 +99,9 @@ pub struct Journal {
     pub rows: usize,
     /// When the current segment got its first message.
     pub since: Option<std::time::Instant>,
+    /// A failed batch could not be cut back: whatever is appended after it
+    /// would be unreadable at replay.
+    damaged: bool,
     buf: Vec<u8>,
 }
 
@@ -108,7 +111,7 @@ impl Journal {
     pub fn open(dir: &Path, lock: File) -> std::io::Result<Journal> {
         let next = segments(dir)?.last().map_or(1, |(id, _)| id + 1);
         let file = create_segment(dir, next)?;
-        Ok(Journal { dir: dir.to_owned(), _lock: lock, file, segment: next, len: 0, rows: 0, since: None, buf: Vec::new() })
+        Ok(Journal { dir: dir.to_owned(), _lock: lock, file, segment: next, len: 0, rows: 0, since: None, damaged: false, buf: Vec::new() })
     }
 
     /// Append a batch and make it durable (one write, one fdatasync). On an
@@ -134,6 +137,12 @@ impl Journal {
         }
     }
 
+    /// Whether a failed batch is stuck in the segment (see `damaged`): the
+    /// writer must stop, and start-up replays what is before it.
+    pub fn is_damaged(&self) -> bool {
+        self.damaged
+    }
+
     /// Forget the batch appended last (its transaction did not commit):
     /// the segment is cut back to its length before it.
     pub fn forget_last(&mut self, batch_bytes: u64, batch_rows: usize) -> std::io::Result<()> {
@@ -148,11 +157,10 @@ impl Journal {
     }
 
     fn cut_back(&mut self) -> std::io::Result<()> {
-        self.file.set_len(self.len)?;
-        self.file.sync_data()?;
         use std::io::Seek;
-        self.file.seek(std::io::SeekFrom::Start(self.len))?;
-        Ok(())
+        let cut = self.file.set_len(self.len).and_then(|()| self.file.sync_data()).and_then(|()| self.file.seek(std::io::SeekFrom::Start(self.len)));
+        self.damaged |= cut.is_err();
+        cut.map(|_| ())
     }
 
     /// Start a new segment; returns the one it ends (to apply, then remove).

@@ -22,7 +22,7 @@ use std::path::Path;
 
 use rusqlite::types::ToSql;
 
-use super::batch::{append_sql, existing_sql, CHUNK};
+use super::batch::{append_sql, existing_sql, insert_sql, CHUNK};
 use super::{journal, Existing, Result, StoredMessage};
 
 pub struct SqliteWriter {
@@ -43,8 +43,9 @@ impl SqliteWriter {
     pub fn open(path: &Path) -> Result<SqliteWriter> {
         let conn = rusqlite::Connection::open(path)?;
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 30000; PRAGMA foreign_keys = OFF;")?;
-        // A statement per chunk size (1..=CHUNK rows), for the two statements.
-        conn.set_prepared_statement_cache_capacity(2 * CHUNK + 8);
+        // A statement per chunk size (1..=CHUNK rows), for each of the three
+        // multi-row statements (seqs, retries, inserts), and a few more.
+        conn.set_prepared_statement_cache_capacity(3 * CHUNK + 8);
         Ok(SqliteWriter { conn })
     }
 
@@ -97,6 +98,22 @@ impl WriterTx<'_> {
             }
         }
         Ok(found)
+    }
+
+    /// Journaled messages into the table, up to `CHUNK` rows a statement; a
+    /// message already there (by key or `msg_id`) is skipped. Returns how
+    /// many were inserted.
+    pub fn insert_new(&self, messages: &[StoredMessage]) -> Result<usize> {
+        let mut inserted = 0;
+        for chunk in messages.chunks(CHUNK) {
+            let mut statement = self.tx.prepare_cached(&format!("{} ON CONFLICT DO NOTHING", insert_sql(true, chunk.len())))?;
+            let params: Vec<&dyn ToSql> = chunk
+                .iter()
+                .flat_map(|m| [&m.timeline_id as &dyn ToSql, &m.seq, &m.epoch, &m.kind, &m.sender_device_id, &m.msg_id, &m.stored_at, &m.data])
+                .collect();
+            inserted += statement.execute(params.as_slice())?;
+        }
+        Ok(inserted)
     }
 
     /// `journal::replay`: journaled messages the table does not have yet.
