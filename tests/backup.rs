@@ -247,6 +247,17 @@ async fn restore_refuses_live_data_and_foreign_files() {
         let left: Vec<_> = std::fs::read_dir(fresh.data_dir()).unwrap().flatten().map(|e| e.file_name()).collect();
         assert!(left.is_empty(), "a refused restore left {left:?}");
 
+        // A data directory with another server's message journal: refused
+        // (start-up would replay that journal into the restored database).
+        let journal = fresh.data_dir().join("journal");
+        std::fs::create_dir_all(&journal).unwrap();
+        std::fs::write(journal.join("0000000000000001.log"), b"").unwrap();
+        let out = fresh.run_operator(&["restore", "--from", &file.display().to_string()]);
+        assert!(!out.status.success(), "a restore beside a journal must fail");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("message journal"), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(!fresh.data_dir().join("tsunagu.db").exists());
+        std::fs::remove_dir_all(&journal).unwrap();
+
         // A bare database file, as backups were before attachments were
         // included, still restores.
         let bare = dir.path().join("bare.db");

@@ -241,6 +241,14 @@ async fn restore_database(storage: &StorageConfig, file: &Path, shown: &Path) ->
                     );
                 }
             }
+            // A server's message journal would be replayed into the restored database.
+            let journal_dir = dir.join(journal::DIR);
+            if !journal::segments(&journal_dir)?.is_empty() {
+                bail!(
+                    "{} holds a server's message journal: refusing to restore next to it (restore into a new, empty --data-dir)",
+                    journal_dir.display()
+                );
+            }
             let tmp = temp_name(&target);
             let guard = RemoveOnDrop(Some(tmp.clone()));
             std::fs::copy(file, &tmp).with_context(|| format!("copy {} to {}", file.display(), tmp.display()))?;
