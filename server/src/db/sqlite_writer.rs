@@ -15,7 +15,7 @@
 //! Its commits do not fsync (`synchronous = NORMAL`): the writer makes each
 //! batch durable in the message journal (`journal.rs`) before it commits,
 //! and the commit that ends a journal segment's application is `FULL`
-//! (`begin_durable`). Checkpoints still fsync in `NORMAL` mode.
+//! (`durably`). Checkpoints still fsync in `NORMAL` mode.
 
 use std::collections::HashMap;
 use std::path::Path;
