@@ -114,6 +114,10 @@ pub fn main(argv: &[String]) -> i32 {
         if args.window == 0 || args.peak_posts == 0 || args.timelines == 0 {
             bail!("--window, --peak-posts and --timelines must be positive");
         }
+        // Each run's msg_ids carry a letter of its own.
+        if !(1..=9).contains(&args.runs) {
+            bail!("--runs must be between 1 and 9");
+        }
         if args.mls_members < 3 || args.mls_reps == 0 {
             bail!("--mls-members must be ≥ 3 and --mls-reps ≥ 1");
         }
@@ -918,7 +922,7 @@ async fn part_fanout(args: &SuiteArgs, server: &Server, relay: &Bare, setup: &mu
 
     // The peak, alternating like the latency runs below; the median run counts.
     let closed = |_| Pace::Closed { window: args.window };
-    let runs = args.runs.max(1);
+    let runs = args.runs;
     let (mut tsu_peaks, mut rel_peaks) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
     let (mut peak_n, mut ciphertext_len, mut frame_len) = (0, 0, 0);
     for run in 0..runs {
