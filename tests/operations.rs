@@ -66,6 +66,22 @@ async fn metrics_and_readiness_describe_the_running_server() {
     let path = if server.backend() == "sqlite" { "direct" } else { "sqlx" };
     assert!(metric(&text, &format!(r#"tsunagu_group_commits_total{{path="{path}"}}"#)).unwrap_or(0.0) >= 1.0, "{text}");
     assert!(!text.contains(&timeline) && !text.contains(doctor.device_id()), "metrics carry no ids");
+    if server.backend() == "sqlite" {
+        // The posts went through the message journal, which is written into
+        // the table within --journal-apply-ms (200 ms).
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let (_, text) = server.http_get("/metrics").await;
+            let applied = metric(&text, "tsunagu_journal_applied_total").unwrap_or(0.0);
+            if applied >= 3.0 {
+                assert_eq!(metric(&text, "tsunagu_journal_unapplied"), Some(0.0), "{text}");
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the journal was not applied:\n{text}");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(server.execute_sql("UPDATE messages SET seq = seq").await, 4, "the commit and the three posts are in the table");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

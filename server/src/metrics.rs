@@ -63,6 +63,11 @@ pub struct Metrics {
     pub read_marks_written: Counter,
     /// Urgent posts by event (`stored`, `acknowledged`, `escalated`).
     pub urgent: Family<KindLabel, Counter>,
+    /// SQLite: posts durable in the message journal and not yet written
+    /// into the `messages` table (`db/journal.rs`).
+    pub journal_unapplied: Gauge,
+    /// SQLite: journaled posts written into the `messages` table.
+    pub journal_applied: Counter,
 }
 
 impl Default for Metrics {
@@ -81,6 +86,8 @@ impl Default for Metrics {
             read_mark_flushes: Counter::default(),
             read_marks_written: Counter::default(),
             urgent: Family::default(),
+            journal_unapplied: Gauge::default(),
+            journal_applied: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("connections", "Open websocket connections", m.connections.clone());
@@ -94,6 +101,8 @@ impl Default for Metrics {
         registry.register("read_frames", "Read frames received from devices (before coalescing)", m.read_frames.clone());
         registry.register("read_mark_flushes", "Read-mark write transactions", m.read_mark_flushes.clone());
         registry.register("read_marks_written", "Read-mark rows written", m.read_marks_written.clone());
+        registry.register("journal_unapplied", "Posts durable in the message journal, not yet in the messages table (SQLite)", m.journal_unapplied.clone());
+        registry.register("journal_applied", "Journaled posts written into the messages table (SQLite)", m.journal_applied.clone());
         registry.register("urgent_posts", "Urgent posts stored, acknowledged (once per person) and escalated to the second call", m.urgent.clone());
         Metrics { registry, ..m }
     }

@@ -119,7 +119,7 @@ async fn run(db: Db, hub: Arc<Hub>, cluster: Cluster, metrics: Arc<Metrics>, mut
             store(&db, &hub, &cluster, &metrics, direct.as_mut(), std::mem::take(&mut batch)).await;
         }
         if let Some(d) = direct.as_mut() {
-            if let Err(e) = d.apply_step(&db, false).await {
+            if let Err(e) = d.apply_step(&db, &metrics, false).await {
                 tracing::error!(error = %e, "applying the message journal failed; retrying");
             }
         }
@@ -127,7 +127,7 @@ async fn run(db: Db, hub: Arc<Hub>, cluster: Cluster, metrics: Arc<Metrics>, mut
     // Shutting down: everything journaled goes into the table.
     if let Some(d) = direct.as_mut() {
         while d.has_work() {
-            if let Err(e) = d.apply_step(&db, true).await {
+            if let Err(e) = d.apply_step(&db, &metrics, true).await {
                 tracing::error!(error = %e, "applying the message journal at shutdown failed; it is replayed at the next start");
                 break;
             }
@@ -141,7 +141,11 @@ async fn store(db: &Db, hub: &Hub, cluster: &Cluster, metrics: &Metrics, direct:
     let count = jobs.len();
     let fast = match direct {
         Some(d) => match db.write_turn().await {
-            Ok(_turn) => d.store(hub, &jobs),
+            Ok(_turn) => {
+                let stored = d.store(hub, &jobs);
+                metrics.journal_unapplied.set(d.unapplied.len() as i64);
+                stored
+            }
             Err(e) => Err(e),
         },
         None => Ok(None),
@@ -251,7 +255,7 @@ impl Direct {
     /// segment, or apply the next chunk of the ended one; its last chunk's
     /// commit is durable, after which the segment is removed and its
     /// messages leave `Unapplied`.
-    async fn apply_step(&mut self, db: &Db, now: bool) -> Result<(), StoreError> {
+    async fn apply_step(&mut self, db: &Db, metrics: &Metrics, now: bool) -> Result<(), StoreError> {
         if self.applying.is_none() {
             let due = now || self.current.len() >= SEGMENT_ROWS || self.due_in().is_some_and(|d| d.is_zero());
             if !due || self.current.is_empty() {
@@ -277,6 +281,8 @@ impl Direct {
             let segment = *segment;
             let (_, messages, _) = self.applying.take().expect("applying");
             self.unapplied.remove(&messages);
+            metrics.journal_unapplied.set(self.unapplied.len() as i64);
+            metrics.journal_applied.inc_by(messages.len() as u64);
             self.journal.remove(segment)?;
         }
         Ok(())

@@ -297,7 +297,11 @@ struct UnappliedInner {
 
 impl Unapplied {
     pub fn is_empty(&self) -> bool {
-        self.count.load(Ordering::Acquire) == 0
+        self.len() == 0
+    }
+
+    pub fn len(&self) -> usize {
+        self.count.load(Ordering::Acquire)
     }
 
     pub fn insert(&self, messages: &[StoredMessage]) {
