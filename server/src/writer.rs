@@ -248,6 +248,9 @@ impl Direct {
         if self.applying.is_some() {
             return Some(std::time::Duration::ZERO);
         }
+        if self.current.is_empty() {
+            return None;
+        }
         self.journal.since.map(|since| self.apply_after.saturating_sub(since.elapsed()))
     }
 
