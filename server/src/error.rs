@@ -20,13 +20,7 @@ pub enum StoreError {
 
 impl StoreError {
     pub fn is_unique_violation(&self) -> bool {
-        match self {
-            StoreError::Sqlx(sqlx::Error::Database(e)) => e.is_unique_violation(),
-            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => {
-                e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE || e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
-            }
-            _ => false,
-        }
+        matches!(self, StoreError::Sqlx(sqlx::Error::Database(e)) if e.is_unique_violation())
     }
 }
 

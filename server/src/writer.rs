@@ -205,9 +205,8 @@ async fn store_full(db: &Db, hub: &Hub, cluster: &Cluster, jobs: &[(SendRequest,
 struct Direct {
     sqlite: SqliteWriter,
     journal: Journal,
+    /// Every message of the current segment and of the one being applied.
     unapplied: Arc<Unapplied>,
-    /// The current segment's messages (applied once it ends).
-    current: Vec<StoredMessage>,
     /// An ended segment being applied: its id, its messages sorted by
     /// timeline and seq, and how many are applied.
     applying: Option<(u64, Vec<StoredMessage>, usize)>,
@@ -223,24 +222,20 @@ impl Direct {
         let dir = db_path.with_file_name(journal::DIR);
         // Held while segments left by an earlier run are replayed and removed.
         let lock = journal::lock(&dir)?;
-        let left = journal::segments(&dir)?;
+        let (left, messages) = journal::read_all(&dir)?;
         if !left.is_empty() {
-            let mut messages = Vec::new();
-            for (_, path) in &left {
-                messages.extend(journal::read_segment(path)?);
-            }
             let inserted = sqlite.durably(|tx| tx.replay(&messages))?;
-            for (_, path) in &left {
+            for path in &left {
                 std::fs::remove_file(path)?;
             }
             tracing::info!(segments = left.len(), journaled = messages.len(), inserted, "replayed the message journal");
         }
         let journal = Journal::open(&dir, lock)?;
-        Ok(Direct { sqlite, journal, unapplied, current: Vec::new(), applying: None, apply_after })
+        Ok(Direct { sqlite, journal, unapplied, applying: None, apply_after })
     }
 
     fn has_work(&self) -> bool {
-        self.applying.is_some() || !self.current.is_empty()
+        self.applying.is_some() || self.journal.rows > 0
     }
 
     /// How long until journal work is due, if there is any.
@@ -248,7 +243,7 @@ impl Direct {
         if self.applying.is_some() {
             return Some(std::time::Duration::ZERO);
         }
-        if self.current.is_empty() {
+        if self.journal.rows == 0 {
             return None;
         }
         self.journal.since.map(|since| self.apply_after.saturating_sub(since.elapsed()))
@@ -260,14 +255,13 @@ impl Direct {
     /// messages leave `Unapplied`.
     async fn apply_step(&mut self, db: &Db, metrics: &Metrics, now: bool) -> Result<(), StoreError> {
         if self.applying.is_none() {
-            let due = now || self.current.len() >= SEGMENT_ROWS || self.due_in().is_some_and(|d| d.is_zero());
-            if !due || self.current.is_empty() {
+            let due = now || self.journal.rows >= SEGMENT_ROWS || self.due_in().is_some_and(|d| d.is_zero());
+            if !due || self.journal.rows == 0 {
                 return Ok(());
             }
             let ended = self.journal.rotate()?;
-            let mut messages = std::mem::take(&mut self.current);
-            messages.sort_by(|a, b| (&a.timeline_id, a.seq).cmp(&(&b.timeline_id, b.seq)));
-            self.applying = Some((ended, messages, 0));
+            // With no segment being applied, every unapplied message is the ended segment's.
+            self.applying = Some((ended, self.unapplied.all(), 0));
             return Ok(());
         }
         let _turn = db.write_turn().await?;
@@ -316,16 +310,9 @@ impl Direct {
         let Plan { mut outcomes, cached, .. } = plan;
         let now = now_ms();
         let mut rows = Vec::with_capacity(jobs.len());
-        let mut stored = Vec::with_capacity(jobs.len());
+        let mut stored_at = Vec::with_capacity(jobs.len());
         for c in &cached {
-            for &i in &c.indexes {
-                outcomes[i] = Some(not_member());
-            }
-            let first = heads[c.timeline_id] - c.accepted.len() as i64 + 1;
-            for (seq, &i) in (first..).zip(&c.accepted) {
-                stored.push((i, c.members.clone()));
-                rows.push(stored_message(&jobs[i].0, c.timeline_id, seq, now));
-            }
+            c.rows_up_to(heads[c.timeline_id], jobs, now, &mut outcomes, &mut rows, &mut stored_at);
         }
         if !rows.is_empty() {
             // Durable here: before the heads' commit, so a head is never
@@ -336,14 +323,13 @@ impl Direct {
             }
             if let Err(e) = tx.commit() {
                 // Not stored after all: the journal must not bring it back.
-                let _ = self.journal.forget_last(self.journal.last_batch_bytes(), rows.len());
+                let _ = self.journal.forget_last();
                 stop_if_damaged(&self.journal);
                 return Err(e);
             }
             self.unapplied.insert(&rows);
-            self.current.extend(rows.iter().cloned());
         }
-        for ((i, recipients), message) in stored.into_iter().zip(rows) {
+        for ((i, _, recipients), message) in stored_at.into_iter().zip(rows) {
             hub.publish_message(&recipients, &message);
             outcomes[i] = Some(Ok(Outcome::Stored { message }));
         }
@@ -413,23 +399,14 @@ async fn store_batch(
     let mut rows: Vec<StoredMessage> = Vec::new();
     let mut stored_at: Vec<(usize, usize, Arc<Vec<String>>)> = Vec::new();
     let heads = if wanted.is_empty() { HashMap::new() } else { Db::append_at_epochs(&mut tx, !db.is_postgres(), &wanted).await? };
-    for Cached { timeline_id, members, indexes, accepted, .. } in cached {
-        let Some(&head) = heads.get(timeline_id) else {
+    for c in cached {
+        let Some(&head) = heads.get(c.timeline_id) else {
             // The epoch moved on (or the timeline is gone): check each send.
-            slow.push((timeline_id, indexes));
+            slow.push((c.timeline_id, c.indexes));
             continue;
         };
-        // Refused unless accepted (overwritten just below).
-        for &i in &indexes {
-            outcomes[i] = Some(not_member());
-        }
-        let first = head - accepted.len() as i64 + 1;
-        for (seq, &i) in (first..=head).zip(&accepted) {
-            stored_at.push((i, rows.len(), members.clone()));
-            rows.push(stored_message(&jobs[i].0, timeline_id, seq, now));
-            outcomes[i] = Some(Err(Pending::Stored));
-        }
-        cluster.messages_stored(&mut tx, timeline_id, first, head).await?;
+        let first = c.rows_up_to(head, jobs, now, &mut outcomes, &mut rows, &mut stored_at);
+        cluster.messages_stored(&mut tx, c.timeline_id, first, head).await?;
     }
     slow.sort_unstable_by_key(|(t, _)| *t);
     for (timeline_id, indexes) in slow {
@@ -526,6 +503,32 @@ struct Cached<'a> {
     indexes: Vec<usize>,
     /// Those from member devices.
     accepted: Vec<usize>,
+}
+
+impl Cached<'_> {
+    /// This timeline's accepted sends as messages at the seqs that end at
+    /// `head`, appended to `rows` (and `(send, row, recipients)` to
+    /// `stored_at`); its other sends refused. Returns the first seq.
+    fn rows_up_to(
+        &self,
+        head: i64,
+        jobs: &[(SendRequest, Reply)],
+        now: i64,
+        outcomes: &mut [Option<Result<Outcome, Pending>>],
+        rows: &mut Vec<StoredMessage>,
+        stored_at: &mut Vec<(usize, usize, Arc<Vec<String>>)>,
+    ) -> i64 {
+        for &i in &self.indexes {
+            outcomes[i] = Some(not_member());
+        }
+        let first = head - self.accepted.len() as i64 + 1;
+        for (seq, &i) in (first..=head).zip(&self.accepted) {
+            stored_at.push((i, rows.len(), self.members.clone()));
+            rows.push(stored_message(&jobs[i].0, self.timeline_id, seq, now));
+            outcomes[i] = Some(Err(Pending::Stored));
+        }
+        first
+    }
 }
 
 impl<'a> Plan<'a> {

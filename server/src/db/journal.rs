@@ -42,6 +42,7 @@ use std::sync::Mutex;
 
 use rusqlite::types::ToSql;
 
+use super::batch::{insert_sql, CHUNK};
 use super::{Existing, StoredMessage};
 
 /// The journal's directory inside the data directory.
@@ -63,6 +64,22 @@ pub fn segments(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
     }
     out.sort();
     Ok(out)
+}
+
+/// Every segment of a journal directory and all their messages, oldest
+/// first. A segment removed since it was listed (applied meanwhile by a
+/// running server) is skipped.
+pub fn read_all(dir: &Path) -> std::io::Result<(Vec<PathBuf>, Vec<StoredMessage>)> {
+    let (mut paths, mut messages) = (Vec::new(), Vec::new());
+    for (_, path) in segments(dir)? {
+        match read_segment(&path) {
+            Ok(m) => messages.extend(m),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        }
+        paths.push(path);
+    }
+    Ok((paths, messages))
 }
 
 /// Every whole record of a segment file, in order.
@@ -97,6 +114,8 @@ pub struct Journal {
     len: u64,
     /// Messages in the current segment.
     pub rows: usize,
+    /// Messages in the batch appended last (its bytes are `buf`).
+    last_rows: usize,
     /// When the current segment got its first message.
     pub since: Option<std::time::Instant>,
     /// A failed batch could not be cut back: whatever is appended after it
@@ -111,7 +130,7 @@ impl Journal {
     pub fn open(dir: &Path, lock: File) -> std::io::Result<Journal> {
         let next = segments(dir)?.last().map_or(1, |(id, _)| id + 1);
         let file = create_segment(dir, next)?;
-        Ok(Journal { dir: dir.to_owned(), _lock: lock, file, segment: next, len: 0, rows: 0, since: None, damaged: false, buf: Vec::new() })
+        Ok(Journal { dir: dir.to_owned(), _lock: lock, file, segment: next, len: 0, rows: 0, last_rows: 0, since: None, damaged: false, buf: Vec::new() })
     }
 
     /// Append a batch and make it durable (one write, one fdatasync). On an
@@ -127,6 +146,7 @@ impl Journal {
             Ok(()) => {
                 self.len += self.buf.len() as u64;
                 self.rows += messages.len();
+                self.last_rows = messages.len();
                 self.since.get_or_insert_with(std::time::Instant::now);
                 Ok(())
             }
@@ -145,15 +165,10 @@ impl Journal {
 
     /// Forget the batch appended last (its transaction did not commit):
     /// the segment is cut back to its length before it.
-    pub fn forget_last(&mut self, batch_bytes: u64, batch_rows: usize) -> std::io::Result<()> {
-        self.len -= batch_bytes;
-        self.rows -= batch_rows;
+    pub fn forget_last(&mut self) -> std::io::Result<()> {
+        self.len -= self.buf.len() as u64;
+        self.rows -= self.last_rows;
         self.cut_back()
-    }
-
-    /// The bytes of the last appended batch (for `forget_last`).
-    pub fn last_batch_bytes(&self) -> u64 {
-        self.buf.len() as u64
     }
 
     fn cut_back(&mut self) -> std::io::Result<()> {
@@ -255,23 +270,33 @@ fn decode(mut p: &[u8]) -> Option<StoredMessage> {
     p.is_empty().then_some(m)
 }
 
-/// Insert journal messages that `messages` does not have yet (by
-/// `(timeline_id, seq)`), and move each timeline's head up to cover them; in
-/// the caller's transaction. Returns how many were inserted.
-pub fn replay(tx: &rusqlite::Transaction<'_>, messages: &[StoredMessage]) -> rusqlite::Result<usize> {
+/// Journaled messages into the `messages` table, up to `CHUNK` rows a
+/// statement; one already there (by `(timeline_id, seq)` or `msg_id`) is
+/// skipped. Returns how many were inserted.
+pub fn insert_new(conn: &rusqlite::Connection, messages: &[StoredMessage]) -> rusqlite::Result<usize> {
     let mut inserted = 0;
-    let mut insert = tx.prepare_cached(
-        "INSERT INTO messages (timeline_id, seq, epoch, kind, sender_device_id, msg_id, stored_at, data) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
-    )?;
+    for chunk in messages.chunks(CHUNK) {
+        let mut statement = conn.prepare_cached(&format!("{} ON CONFLICT DO NOTHING", insert_sql(true, chunk.len())))?;
+        let params: Vec<&dyn ToSql> = chunk
+            .iter()
+            .flat_map(|m| [&m.timeline_id as &dyn ToSql, &m.seq, &m.epoch, &m.kind, &m.sender_device_id, &m.msg_id, &m.stored_at, &m.data])
+            .collect();
+        inserted += statement.execute(params.as_slice())?;
+    }
+    Ok(inserted)
+}
+
+/// After a crash, or into a backup's snapshot: `insert_new`, and each
+/// timeline's head moved up to cover its messages. Returns how many were
+/// inserted.
+pub fn replay(conn: &rusqlite::Connection, messages: &[StoredMessage]) -> rusqlite::Result<usize> {
+    let inserted = insert_new(conn, messages)?;
     let mut heads: HashMap<&str, i64> = HashMap::new();
     for m in messages {
-        let params: [&dyn ToSql; 8] = [&m.timeline_id, &m.seq, &m.epoch, &m.kind, &m.sender_device_id, &m.msg_id, &m.stored_at, &m.data];
-        inserted += insert.execute(params.as_slice())?;
         let head = heads.entry(&m.timeline_id).or_insert(m.seq);
         *head = (*head).max(m.seq);
     }
-    let mut bump = tx.prepare_cached("UPDATE timelines SET head_seq = ?2 WHERE id = ?1 AND head_seq < ?2")?;
+    let mut bump = conn.prepare_cached("UPDATE timelines SET head_seq = ?2 WHERE id = ?1 AND head_seq < ?2")?;
     for (id, head) in heads {
         bump.execute(rusqlite::params![id, head])?;
     }
@@ -329,6 +354,14 @@ impl Unapplied {
             }
         }
         self.count.fetch_sub(removed, Ordering::AcqRel);
+    }
+
+    /// Every unapplied message, by timeline and seq.
+    pub fn all(&self) -> Vec<StoredMessage> {
+        let inner = self.inner.lock().expect("unapplied lock");
+        let mut timelines: Vec<_> = inner.by_timeline.iter().collect();
+        timelines.sort_by_key(|(id, _)| *id);
+        timelines.into_iter().flat_map(|(_, t)| t.values().cloned()).collect()
     }
 
     /// A timeline's pending messages with `after < seq <= until`, in order, at most `limit`.
@@ -416,7 +449,7 @@ mod tests {
         let mut j = Journal::open(dir.path(), lock(dir.path()).unwrap()).unwrap();
         j.append(&[message(1)]).unwrap();
         j.append(&[message(2), message(3)]).unwrap();
-        j.forget_last(j.last_batch_bytes(), 2).unwrap();
+        j.forget_last().unwrap();
         j.append(&[message(4)]).unwrap();
         assert_eq!(j.rows, 2);
         let first = j.rotate().unwrap();
@@ -440,7 +473,8 @@ mod tests {
     fn pending_messages_merge_with_the_table_by_seq() {
         let pending = Unapplied::default();
         assert!(pending.is_empty());
-        pending.insert(&[message(5), message(6), message(7)]);
+        pending.insert(&[message(7), message(5), message(6)]);
+        assert_eq!(pending.all().iter().map(|m| m.seq).collect::<Vec<_>>(), [5, 6, 7]);
         assert_eq!(pending.after("t1", 5, 7, 10).iter().map(|m| m.seq).collect::<Vec<_>>(), [6, 7]);
         assert!(pending.after("t2", 0, 10, 10).is_empty());
         let found = pending.existing(&[("d1", "m6"), ("d1", "m9"), ("d2", "m6")]);

@@ -22,7 +22,7 @@ use std::path::Path;
 
 use rusqlite::types::ToSql;
 
-use super::batch::{append_sql, existing_sql, insert_sql, CHUNK};
+use super::batch::{append_sql, existing_sql, CHUNK};
 use super::{journal, Existing, Result, StoredMessage};
 
 pub struct SqliteWriter {
@@ -100,20 +100,9 @@ impl WriterTx<'_> {
         Ok(found)
     }
 
-    /// Journaled messages into the table, up to `CHUNK` rows a statement; a
-    /// message already there (by key or `msg_id`) is skipped. Returns how
-    /// many were inserted.
+    /// `journal::insert_new`: journaled messages into the table.
     pub fn insert_new(&self, messages: &[StoredMessage]) -> Result<usize> {
-        let mut inserted = 0;
-        for chunk in messages.chunks(CHUNK) {
-            let mut statement = self.tx.prepare_cached(&format!("{} ON CONFLICT DO NOTHING", insert_sql(true, chunk.len())))?;
-            let params: Vec<&dyn ToSql> = chunk
-                .iter()
-                .flat_map(|m| [&m.timeline_id as &dyn ToSql, &m.seq, &m.epoch, &m.kind, &m.sender_device_id, &m.msg_id, &m.stored_at, &m.data])
-                .collect();
-            inserted += statement.execute(params.as_slice())?;
-        }
-        Ok(inserted)
+        Ok(journal::insert_new(&self.tx, messages)?)
     }
 
     /// `journal::replay`: journaled messages the table does not have yet.
