@@ -41,7 +41,7 @@ use sqlx::{ConnectOptions, Connection, Row};
 use sha2::{Digest, Sha256};
 use tsunagu_server::blobs::{blob_path, valid_blob_id};
 use tsunagu_server::config::{BackupArgs, RestoreArgs, ServeConfig, StorageConfig};
-use tsunagu_server::db::{journal, Db, StoredMessage};
+use tsunagu_server::db::{journal, Backend, Db, StoredMessage};
 
 /// The SQLite database file inside the data directory (as in `db/mod.rs`).
 const SQLITE_FILE: &str = "tsunagu.db";
@@ -85,7 +85,7 @@ pub async fn backup(serve: &ServeConfig, args: BackupArgs) -> anyhow::Result<()>
             anyhow::ensure!(db.is_file(), "no SQLite database at {} (wrong --data-dir?)", db.display());
             // The message journal before the snapshot: a journaled message
             // leaves the journal only once it is in the database.
-            let journaled = read_journal(&storage.data_dir.join(journal::DIR))?;
+            let (_, journaled) = journal::read_all(&storage.data_dir.join(journal::DIR)).context("read the message journal")?;
             let mut live = sqlite_connect(&db).await?;
             // One read transaction on the live database: a consistent
             // snapshot, while the server goes on writing through the WAL.
@@ -169,40 +169,30 @@ pub async fn restore(serve: &ServeConfig, args: RestoreArgs) -> anyhow::Result<(
     anyhow::ensure!(from.is_file(), "no backup file at {}", from.display());
     let wanted = if storage.database_url.is_some() { Backend::Postgres } else { Backend::Sqlite };
 
-    let (target, counts, blobs) = match sniff(&from)? {
+    // An archive is unpacked (and every blob checked) before anything is
+    // restored; a bare database file is a backup from before blobs were included.
+    let (backend, database, unpacked) = match sniff(&from)? {
         Kind::Archive => {
-            // Unpacked (and every blob checked) before anything is restored.
             let unpacked = TempDir::new(&unpack_parent(storage)?)?;
-            let manifest = unpack_archive(&from, unpacked.path())?;
-            anyhow::ensure!(
-                manifest.backend == wanted,
-                "{} is a backup of a {} database; {}",
-                from.display(),
-                manifest.backend.name(),
-                match manifest.backend {
-                    Backend::Postgres => "restore it with --database-url",
-                    Backend::Sqlite => "restore it without --database-url, into a new --data-dir",
-                }
-            );
-            let database = unpacked.path().join(manifest.backend.archive_name());
-            let (target, counts) = restore_database(storage, &database, &from).await?;
-            let blobs = restore_blobs(&unpacked.path().join(ARCHIVE_BLOBS), &serve.blob_store())?;
-            (target, counts, blobs)
+            let backend = unpack_archive(&from, unpacked.path())?;
+            (backend, unpacked.path().join(archive_name(backend)), Some(unpacked))
         }
-        Kind::Database(found) => {
-            anyhow::ensure!(
-                found == wanted,
-                "{} is a bare {} database file; {}",
-                from.display(),
-                found.name(),
-                match found {
-                    Backend::Postgres => "restore it with --database-url",
-                    Backend::Sqlite => "restore it without --database-url (for PostgreSQL dumps, pass --database-url)",
-                }
-            );
-            let (target, counts) = restore_database(storage, &from, &from).await?;
-            (target, counts, 0)
+        Kind::Database(backend) => (backend, from.clone(), None),
+    };
+    anyhow::ensure!(
+        backend == wanted,
+        "{} is a backup of a {} database; {}",
+        from.display(),
+        backend.name(),
+        match backend {
+            Backend::Postgres => "restore it with --database-url",
+            Backend::Sqlite => "restore it without --database-url, into a new --data-dir",
         }
+    );
+    let (target, counts) = restore_database(storage, &database, &from).await?;
+    let blobs = match &unpacked {
+        Some(dir) => restore_blobs(&dir.path().join(ARCHIVE_BLOBS), &serve.blob_store())?,
+        None => 0,
     };
 
     if args.json {
@@ -308,26 +298,11 @@ async fn restore_database(storage: &StorageConfig, file: &Path, shown: &Path) ->
 
 // ---- the archive ----
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-impl Backend {
-    fn name(self) -> &'static str {
-        match self {
-            Backend::Sqlite => "sqlite",
-            Backend::Postgres => "postgres",
-        }
-    }
-
-    /// The database's name inside an archive.
-    fn archive_name(self) -> &'static str {
-        match self {
-            Backend::Sqlite => ARCHIVE_SQLITE,
-            Backend::Postgres => ARCHIVE_PG,
-        }
+/// The database's name inside an archive.
+fn archive_name(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Sqlite => ARCHIVE_SQLITE,
+        Backend::Postgres => ARCHIVE_PG,
     }
 }
 
@@ -369,7 +344,7 @@ fn write_archive(path: &Path, backend: Backend, database: &Path, blob_dir: &Path
     let file = std::fs::File::create_new(path).with_context(|| format!("create {}", path.display()))?;
     let mut tar = tar::Builder::new(std::io::BufWriter::new(file));
     tar.mode(tar::HeaderMode::Deterministic);
-    tar.append_path_with_name(database, backend.archive_name()).context("write the database into the archive")?;
+    tar.append_path_with_name(database, archive_name(backend)).context("write the database into the archive")?;
     let mut blobs = 0u64;
     for (id, file) in list_blobs(blob_dir)? {
         let name = format!("{ARCHIVE_BLOBS}/{}/{}", &id[..2], &id[2..]);
@@ -418,7 +393,7 @@ fn list_blobs(dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
 
 /// Unpack an archive into `dir`, checking every name and every blob's
 /// content against its id; returns its manifest.
-fn unpack_archive(from: &Path, dir: &Path) -> anyhow::Result<ParsedManifest> {
+fn unpack_archive(from: &Path, dir: &Path) -> anyhow::Result<Backend> {
     let file = std::fs::File::open(from).with_context(|| format!("open {}", from.display()))?;
     let mut archive = tar::Archive::new(std::io::BufReader::new(file));
     let mut manifest = None;
@@ -454,13 +429,9 @@ fn unpack_archive(from: &Path, dir: &Path) -> anyhow::Result<ParsedManifest> {
         "postgres" => Backend::Postgres,
         other => bail!(broken(format!("unknown backend {other:?}"))),
     };
-    anyhow::ensure!(dir.join(backend.archive_name()).is_file(), broken(format!("no {}", backend.archive_name())));
+    anyhow::ensure!(dir.join(archive_name(backend)).is_file(), broken(format!("no {}", archive_name(backend))));
     anyhow::ensure!(blobs == manifest.blobs, broken(format!("{blobs} blobs, the manifest says {}", manifest.blobs)));
-    Ok(ParsedManifest { backend })
-}
-
-struct ParsedManifest {
-    backend: Backend,
+    Ok(backend)
 }
 
 /// Move unpacked (and checked) blobs into the blob store; a blob already
@@ -541,20 +512,6 @@ async fn sqlite_counts(conn: &mut SqliteConnection) -> anyhow::Result<Counts> {
         timelines: count("SELECT COUNT(*) FROM timelines").fetch_one(&mut *conn).await?,
         messages: count("SELECT COUNT(*) FROM messages").fetch_one(&mut *conn).await?,
     })
-}
-
-/// Every message in the live server's journal segments (`db/journal.rs`).
-fn read_journal(dir: &Path) -> anyhow::Result<Vec<StoredMessage>> {
-    let mut messages = Vec::new();
-    for (_, path) in journal::segments(dir).with_context(|| format!("read {}", dir.display()))? {
-        match journal::read_segment(&path) {
-            Ok(m) => messages.extend(m),
-            // Applied and removed since it was listed: it is in the snapshot.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
-        }
-    }
-    Ok(messages)
 }
 
 /// Add the journaled messages the snapshot does not have, as the server's

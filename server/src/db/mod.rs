@@ -37,6 +37,15 @@ pub enum Backend {
     Postgres,
 }
 
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Db {
     /// Readers (many connections).
@@ -154,10 +163,7 @@ impl Db {
     }
 
     pub fn backend_name(&self) -> &'static str {
-        match self.backend {
-            Backend::Sqlite => "sqlite",
-            Backend::Postgres => "postgres",
-        }
+        self.backend.name()
     }
 
     pub async fn close(&self) {
