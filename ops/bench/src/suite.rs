@@ -905,6 +905,32 @@ async fn open_all(ep: Endpoint, devs: &[Dev], groups: &[String], subscribe: bool
     .await
 }
 
+/// Both systems' connections, run on the same posts in turn.
+struct Both {
+    tsunagu: Vec<Ws>,
+    relay: Vec<Ws>,
+    members: usize,
+    timeout: Duration,
+}
+
+impl Both {
+    /// One run of each on `plan`, the relay first, each after `settle`:
+    /// (relay, tsunagu, tsunagu's highest seq per connection).
+    async fn run(&mut self, plan: &FanoutPlan, phase: char, pace: impl Fn(usize) -> Pace + Copy, what: &str) -> Result<(PhaseResult, PhaseResult, Vec<u64>)> {
+        settle().await;
+        let (relay, rel, _) = run_phase(Kind::Relay, std::mem::take(&mut self.relay), self.members, &plan.posts, plan.n, phase, pace, self.timeout)
+            .await
+            .with_context(|| format!("relay {what} run"))?;
+        self.relay = relay;
+        settle().await;
+        let (tsunagu, tsu, seqs) = run_phase(Kind::Tsunagu, std::mem::take(&mut self.tsunagu), self.members, &plan.posts, plan.n, phase, pace, self.timeout)
+            .await
+            .with_context(|| format!("tsunagu {what} run"))?;
+        self.tsunagu = tsunagu;
+        Ok((rel, tsu, seqs))
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn part_fanout(args: &SuiteArgs, server: &Server, relay: &Bare, setup: &mut MlsSetup, text_len: usize, table: &mut Table, info: &mut Vec<String>) -> Result<()> {
     let (t, m, p) = (args.timelines, args.members, args.posters);
@@ -917,8 +943,12 @@ async fn part_fanout(args: &SuiteArgs, server: &Server, relay: &Bare, setup: &mu
     let no_groups = vec![String::new(); devs.len()];
     let relay_groups: Vec<String> = (0..devs.len()).map(|i| format!("f{}", i / m)).collect();
     eprintln!("[fanout] connecting {} devices", devs.len());
-    let mut conns = open_all(tsu_ep, &devs, &no_groups, true, timeout).await?;
-    let mut rconns = open_all(relay_ep, &devs, &relay_groups, false, timeout).await?;
+    let mut both = Both {
+        tsunagu: open_all(tsu_ep, &devs, &no_groups, true, timeout).await?,
+        relay: open_all(relay_ep, &devs, &relay_groups, false, timeout).await?,
+        members: m,
+        timeout,
+    };
 
     // The peak, alternating like the latency runs below; the median run counts.
     let closed = |_| Pace::Closed { window: args.window };
@@ -934,12 +964,7 @@ async fn part_fanout(args: &SuiteArgs, server: &Server, relay: &Bare, setup: &mu
         ciphertext_len = enc.values().next().and_then(|v| v.first()).map(|x| x.len()).unwrap_or(0);
         frame_len = peak.posts.iter().flatten().next().map(|(_, f)| f.len()).unwrap_or(0);
         eprintln!("[fanout] peak run {}/{runs}: {} posts (pre-encrypted in {:.1} s), {} posters × {} in flight", run + 1, peak.n, elapsed_s(started), t * p, args.window);
-        settle().await;
-        let (rc, rel_peak, _) = run_phase(Kind::Relay, rconns, m, &peak.posts, peak.n, phase, closed, timeout).await.context("relay peak run")?;
-        rconns = rc;
-        settle().await;
-        let (c, tsu_peak, _) = run_phase(Kind::Tsunagu, conns, m, &peak.posts, peak.n, phase, closed, timeout).await.context("tsunagu peak run")?;
-        conns = c;
+        let (rel_peak, tsu_peak, _) = both.run(&peak, phase, closed, "peak").await?;
         tsu_peaks.push(tsu_peak);
         rel_peaks.push(rel_peak);
     }
@@ -964,7 +989,7 @@ async fn part_fanout(args: &SuiteArgs, server: &Server, relay: &Bare, setup: &mu
     // must not land in the other's run, and one run's noise is not the figure.
     let mut seqs = Vec::new();
     let (mut tsu_runs, mut rel_runs) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
-    let (mut before, mut after) = (HashMap::new(), HashMap::new());
+    let before = crate::scrape_metrics(server.addr()).await;
     let mut open_n = 0;
     for run in 0..runs {
         let phase = (b'L' + run as u8) as char;
@@ -978,24 +1003,16 @@ async fn part_fanout(args: &SuiteArgs, server: &Server, relay: &Bare, setup: &mu
             interval.as_secs_f64() * 1000.0,
             elapsed_s(started)
         );
-        settle().await;
-        let (rc, rel_open, _) = run_phase(Kind::Relay, rconns, m, &open_plan.posts, open_plan.n, phase, open_pace, timeout).await.context("relay latency run")?;
-        rconns = rc;
-        settle().await;
-        let scraped = crate::scrape_metrics(server.addr()).await;
-        if run == 0 {
-            before = scraped;
-        }
-        let (c, tsu_open, s) = run_phase(Kind::Tsunagu, conns, m, &open_plan.posts, open_plan.n, phase, open_pace, timeout).await.context("tsunagu latency run")?;
-        after = crate::scrape_metrics(server.addr()).await;
-        (conns, seqs) = (c, s);
+        let (rel_open, tsu_open, s) = both.run(&open_plan, phase, open_pace, "latency").await?;
+        seqs = s;
         tsu_runs.push(tsu_open);
         rel_runs.push(rel_open);
     }
-    for (i, ws) in conns.into_iter().enumerate() {
+    let after = crate::scrape_metrics(server.addr()).await;
+    for (i, ws) in both.tsunagu.into_iter().enumerate() {
         ack_and_close(ws, &devs[i].tid, seqs[i]).await;
     }
-    for ws in rconns {
+    for ws in both.relay {
         let _ = tokio::time::timeout(Duration::from_secs(5), async move { drop(ws) }).await;
     }
 
