@@ -352,16 +352,20 @@ impl Db {
     pub async fn create_timeline(&self, id: &str, state: &[u8], group_info: &[u8], creator: &str, now: i64, policy: Option<&str>) -> Result<()> {
         let mut tx = self.begin().await?;
         sqlx::query(
-            "INSERT INTO timelines (id, epoch, head_seq, public_state, group_info, created_by, created_at, policy) VALUES ($1, 0, 0, $2, $3, $4, $5, $6)",
+            "INSERT INTO timelines (id, epoch, head_seq, created_by, created_at, policy) VALUES ($1, 0, 0, $2, $3, $4)",
         )
         .bind(id)
-        .bind(state)
-        .bind(group_info)
         .bind(creator)
         .bind(now)
         .bind(policy)
         .execute(&mut *tx)
         .await?;
+        sqlx::query("INSERT INTO timeline_states (timeline_id, public_state, group_info) VALUES ($1, $2, $3)")
+            .bind(id)
+            .bind(state)
+            .bind(group_info)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("INSERT INTO memberships (timeline_id, device_id, joined_seq, left_seq, cursor) VALUES ($1, $2, 0, NULL, 0)")
             .bind(id)
             .bind(creator)
@@ -373,11 +377,9 @@ impl Db {
 
     /// Lock a timeline for a change (see the module comment) and read it.
     pub async fn lock_timeline(tx: &mut Tx, id: &str) -> Result<Option<LockedTimeline>> {
-        let row = sqlx::query("UPDATE timelines SET head_seq = head_seq WHERE id = $1 RETURNING epoch, head_seq, public_state")
-            .bind(id)
-            .fetch_optional(&mut **tx)
-            .await?;
-        row.map(|r| Ok(LockedTimeline { epoch: r.try_get(0)?, head_seq: r.try_get(1)?, public_state: r.try_get(2)? })).transpose()
+        let Some((epoch, head_seq)) = Self::lock_head(tx, id).await? else { return Ok(None) };
+        let row = sqlx::query("SELECT public_state FROM timeline_states WHERE timeline_id = $1").bind(id).fetch_one(&mut **tx).await?;
+        Ok(Some(LockedTimeline { epoch, head_seq, public_state: row.try_get(0)? }))
     }
 
     /// Queue a PostgreSQL notification, delivered only if `tx` commits.
@@ -402,9 +404,8 @@ impl Db {
     }
 
     pub async fn advance_timeline(tx: &mut Tx, id: &str, epoch: i64, head_seq: i64, state: &[u8], group_info: &[u8]) -> Result<()> {
-        sqlx::query("UPDATE timelines SET epoch = $1, head_seq = $2, public_state = $3, group_info = $4 WHERE id = $5")
-            .bind(epoch)
-            .bind(head_seq)
+        sqlx::query("UPDATE timelines SET epoch = $1, head_seq = $2 WHERE id = $3").bind(epoch).bind(head_seq).bind(id).execute(&mut **tx).await?;
+        sqlx::query("UPDATE timeline_states SET public_state = $1, group_info = $2 WHERE timeline_id = $3")
             .bind(state)
             .bind(group_info)
             .bind(id)
@@ -496,7 +497,10 @@ impl Db {
     }
 
     pub async fn group_info(&self, id: &str) -> Result<Option<(i64, Vec<u8>)>> {
-        let row = sqlx::query("SELECT epoch, group_info FROM timelines WHERE id = $1").bind(id).fetch_optional(&self.read).await?;
+        let row = sqlx::query("SELECT t.epoch, s.group_info FROM timelines t JOIN timeline_states s ON s.timeline_id = t.id WHERE t.id = $1")
+            .bind(id)
+            .fetch_optional(&self.read)
+            .await?;
         row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).transpose()
     }
 
