@@ -75,27 +75,38 @@ start() {
         return 1
     fi
 
-    # Find a free port, starting at 55432 (or $TSUNAGU_PG_PORT).
+    # Find a free port, starting at 55432 (or $TSUNAGU_PG_PORT). A port with
+    # no listener can still be taken: by the local end of a loopback
+    # connection (55432 is inside Linux's ephemeral range). Then the next.
     port=${TSUNAGU_PG_PORT:-55432}
     local tries=0
-    while port_in_use "$port"; do
-        port=$((port + 1))
-        tries=$((tries + 1))
-        if [[ $tries -gt 200 ]]; then
-            log "no free port found"
-            rm -rf "$dir"
-            return 1
+    while true; do
+        while port_in_use "$port"; do
+            port=$((port + 1))
+            tries=$((tries + 1))
+            if [[ $tries -gt 200 ]]; then
+                log "no free port found"
+                rm -rf "$dir"
+                return 1
+            fi
+        done
+        log "starting on 127.0.0.1:$port"
+        if as_owner "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
+                -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=on -c max_connections=200" \
+                start >&2; then
+            break
         fi
-    done
-
-    log "starting on 127.0.0.1:$port"
-    if ! as_owner "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-            -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=on -c max_connections=200" \
-            start >&2; then
+        if grep -q "could not bind" "$dir/server.log" 2>/dev/null && [[ $tries -lt 200 ]]; then
+            log "127.0.0.1:$port is taken; trying the next port"
+            port=$((port + 1))
+            tries=$((tries + 1))
+            : >"$dir/server.log"
+            continue
+        fi
         cat "$dir/server.log" >&2 || true
         rm -rf "$dir"
         return 1
-    fi
+    done
     echo "export TSUNAGU_TEST_POSTGRES=postgres://postgres@127.0.0.1:$port/postgres"
     echo "export TSUNAGU_TEST_POSTGRES_DATA=$dir/data"
     echo "export TSUNAGU_PG_CLUSTER_DIR=$dir"
