@@ -317,7 +317,9 @@ pub struct Unapplied {
 #[derive(Default)]
 struct UnappliedInner {
     by_timeline: HashMap<String, BTreeMap<i64, StoredMessage>>,
-    by_msg_id: HashMap<(String, String), Existing>,
+    /// By sender device, then `msg_id`: looked up with `&str`s, so the
+    /// writer's check of every send allocates nothing.
+    by_msg_id: HashMap<String, HashMap<String, Existing>>,
 }
 
 impl Unapplied {
@@ -332,10 +334,11 @@ impl Unapplied {
     pub fn insert(&self, messages: &[StoredMessage]) {
         let mut inner = self.inner.lock().expect("unapplied lock");
         for m in messages {
-            inner.by_msg_id.insert(
-                (m.sender_device_id.clone(), m.msg_id.clone()),
-                Existing { timeline_id: m.timeline_id.clone(), seq: m.seq, epoch: m.epoch },
-            );
+            inner
+                .by_msg_id
+                .entry(m.sender_device_id.clone())
+                .or_default()
+                .insert(m.msg_id.clone(), Existing { timeline_id: m.timeline_id.clone(), seq: m.seq, epoch: m.epoch });
             inner.by_timeline.entry(m.timeline_id.clone()).or_default().insert(m.seq, m.clone());
         }
         self.count.fetch_add(messages.len(), Ordering::AcqRel);
@@ -345,7 +348,12 @@ impl Unapplied {
         let mut inner = self.inner.lock().expect("unapplied lock");
         let mut removed = 0;
         for m in messages {
-            inner.by_msg_id.remove(&(m.sender_device_id.clone(), m.msg_id.clone()));
+            if let Some(ids) = inner.by_msg_id.get_mut(&m.sender_device_id) {
+                ids.remove(&m.msg_id);
+                if ids.is_empty() {
+                    inner.by_msg_id.remove(&m.sender_device_id);
+                }
+            }
             if let Some(t) = inner.by_timeline.get_mut(&m.timeline_id) {
                 removed += usize::from(t.remove(&m.seq).is_some());
                 if t.is_empty() {
@@ -382,9 +390,9 @@ impl Unapplied {
         let inner = self.inner.lock().expect("unapplied lock");
         pairs
             .iter()
-            .filter_map(|(d, m)| {
-                let key = ((*d).to_owned(), (*m).to_owned());
-                inner.by_msg_id.get(&key).map(|e| (key, e.clone()))
+            .filter_map(|&(d, m)| {
+                let e = inner.by_msg_id.get(d)?.get(m)?;
+                Some(((d.to_owned(), m.to_owned()), e.clone()))
             })
             .collect()
     }

@@ -128,7 +128,7 @@ impl Db {
     /// Store proposals' effect on a locked timeline: the new head and the
     /// public state whose proposal queue holds them (the epoch is unchanged).
     pub async fn store_proposals_tx(tx: &mut Tx, timeline_id: &str, head_seq: i64, public_state: &[u8]) -> Result<()> {
-        Db::set_head(tx, timeline_id, head_seq).await?;
+        Self::set_head(tx, timeline_id, head_seq).await?;
         sqlx::query("UPDATE timeline_states SET public_state = $1 WHERE timeline_id = $2").bind(public_state).bind(timeline_id).execute(&mut **tx).await?;
         Ok(())
     }
