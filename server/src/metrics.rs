@@ -48,6 +48,9 @@ pub struct Metrics {
     pub refused: Family<CodeLabel, Counter>,
     /// From durable storage to the recipient's socket, for live deliveries.
     pub delivery_seconds: Histogram,
+    /// From a `send` frame's arrival to its answer being ready (durable, or
+    /// refused): what a poster waits for, less the network.
+    pub send_seconds: Histogram,
     /// Database transactions, by operation.
     pub db_seconds: Family<OpLabel, Histogram, fn() -> Histogram>,
     /// Messages per group-commit transaction.
@@ -79,6 +82,7 @@ impl Default for Metrics {
             messages_delivered: Counter::default(),
             refused: Family::default(),
             delivery_seconds: seconds_histogram(),
+            send_seconds: seconds_histogram(),
             db_seconds: Family::new_with_constructor(seconds_histogram),
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
             group_commits: Family::default(),
@@ -95,6 +99,7 @@ impl Default for Metrics {
         registry.register("messages_delivered", "Timeline messages written to device connections", m.messages_delivered.clone());
         registry.register("requests_refused", "Requests answered with an error frame", m.refused.clone());
         registry.register("delivery_latency_seconds", "Time from durable storage to a live recipient's socket", m.delivery_seconds.clone());
+        registry.register("send_seconds", "Time from a send frame's arrival to its answer (durable storage or refusal)", m.send_seconds.clone());
         registry.register("db_transaction_seconds", "Duration of database write transactions", m.db_seconds.clone());
         registry.register("group_commit_batch_size", "Messages stored per group-commit transaction", m.batch_size.clone());
         registry.register("group_commits", "Group-commit transactions, by path (direct: the writer's own SQLite connection; sqlx)", m.group_commits.clone());

@@ -21,7 +21,7 @@ use tsunagu_protocol::ErrorCode;
 use crate::cluster::Cluster;
 
 use crate::db::journal::{self, Journal, Unapplied};
-use crate::db::sqlite_writer::SqliteWriter;
+use crate::db::sqlite_writer::{Checkpointer, SqliteWriter};
 use crate::db::{Db, Existing, StoredMessage};
 use crate::error::{ApiError, StoreError};
 use crate::hub::Hub;
@@ -212,6 +212,8 @@ struct Direct {
     applying: Option<(u64, Vec<StoredMessage>, usize)>,
     /// A segment ends when its first message is this old.
     apply_after: std::time::Duration,
+    /// Copies the WAL into the database file off this thread.
+    _checkpointer: Checkpointer,
 }
 
 impl Direct {
@@ -231,7 +233,8 @@ impl Direct {
             tracing::info!(segments = left.len(), journaled = messages.len(), inserted, "replayed the message journal");
         }
         let journal = Journal::open(&dir, lock)?;
-        Ok(Direct { sqlite, journal, unapplied, applying: None, apply_after })
+        let _checkpointer = Checkpointer::start(db_path)?;
+        Ok(Direct { sqlite, journal, unapplied, applying: None, apply_after, _checkpointer })
     }
 
     fn has_work(&self) -> bool {
@@ -264,6 +267,7 @@ impl Direct {
             self.applying = Some((ended, self.unapplied.all(), 0));
             return Ok(());
         }
+        let started = std::time::Instant::now();
         let _turn = db.write_turn().await?;
         let (segment, messages, done) = self.applying.as_mut().expect("applying");
         let chunk = &messages[*done..(*done + APPLY_CHUNK).min(messages.len())];
@@ -274,6 +278,7 @@ impl Direct {
             tracing::error!(expected = chunk.len(), inserted, "journaled messages were already in the table");
         }
         *done += chunk.len();
+        metrics.observe_db("journal_apply", started.elapsed());
         if last {
             let segment = *segment;
             let (_, messages, _) = self.applying.take().expect("applying");

@@ -682,6 +682,7 @@ impl Connection {
     /// Queue a send for the writer; its reply is sent when it is durable,
     /// while this connection goes on reading (up to [`MAX_IN_FLIGHT`]).
     async fn send_message(&mut self, rid: u64, timeline_id: String, msg_id: String, message: Bytes, urgent: bool) -> Result<(), Handled> {
+        let received = std::time::Instant::now();
         check_timeline_id(&timeline_id)?;
         check_msg_id(&msg_id)?;
         let epoch = mls::application_epoch(message.as_slice(), &timeline_id)? as i64;
@@ -692,8 +693,11 @@ impl Connection {
         let (device_id, account_id) = (self.device.id.clone(), self.device.account_id.clone());
         let request = SendRequest { timeline_id, epoch, device_id, msg_id, data: message.into_vec(), account_id, urgent };
         let stored = self.state.writer.enqueue(request).await;
+        let metrics = self.state.metrics.clone();
         self.in_flight.push(Box::pin(async move {
-            match stored.await {
+            let outcome = stored.await;
+            metrics.send_seconds.observe(received.elapsed().as_secs_f64());
+            match outcome {
                 Ok(Outcome::Stored { message: m }) => {
                     ServerFrame::Accepted { rid, timeline_id: m.timeline_id, seq: m.seq as u64, epoch: m.epoch as u64, duplicate: false }
                 }

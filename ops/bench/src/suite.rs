@@ -49,6 +49,11 @@ pub struct SuiteArgs {
     /// Fan-out latency: seconds of open-loop load at half the peak post rate, per run.
     #[arg(long, default_value_t = 4)]
     open_secs: u64,
+    /// Fan-out latency: the open-loop rate in posts/s, instead of half the
+    /// measured Tsunagu peak (to compare two server builds at the same load;
+    /// the table's row then names this rate).
+    #[arg(long)]
+    open_rate: Option<f64>,
     /// Fan-out: runs of each system for the peak and again for the latency
     /// (relay, then Tsunagu, alternating, the disks synced and a pause before
     /// each). The table shows the median run's peak and the median of each
@@ -1001,7 +1006,7 @@ async fn part_fanout(args: &SuiteArgs, server: &Server, relay: &Bare, setup: &mu
     let peak_runs_info = format!("fan-out peak runs (deliveries/s): relay {}; tsunagu {}", peak_spread(&rel_peaks), peak_spread(&tsu_peaks));
     let (tsu_peak, rel_peak) = (median_run(&mut tsu_peaks), median_run(&mut rel_peaks));
 
-    let rate = tsu_peak.posts_per_s() / 2.0;
+    let rate = args.open_rate.unwrap_or(tsu_peak.posts_per_s() / 2.0);
     let per_poster = ((rate * args.open_secs as f64) / (t * p) as f64).ceil().max(1.0) as usize;
     let interval = Duration::from_secs_f64((t * p) as f64 / rate);
     let n_posters = (t * p) as f64;
@@ -1059,8 +1064,9 @@ async fn part_fanout(args: &SuiteArgs, server: &Server, relay: &Bare, setup: &mu
         args.window,
         args.peak_posts,
     ));
+    let rate_is = if args.open_rate.is_some() { "--open-rate" } else { "half the tsunagu peak post rate" };
     info.push(format!(
-        "fan-out: median peak run: tsunagu {:.2} s ({} deliveries, {} duplicates), relay {:.2} s; {runs} latency runs of {open_n} posts at {rate:.0} posts/s = half the tsunagu peak post rate, the same schedule for both",
+        "fan-out: median peak run: tsunagu {:.2} s ({} deliveries, {} duplicates), relay {:.2} s; {runs} latency runs of {open_n} posts at {rate:.0} posts/s = {rate_is}, the same schedule for both",
         tsu_peak.delivery_wall,
         tsu_peak.deliveries,
         tsu_peak.dups + tsu_runs.iter().map(|r| r.dups).sum::<usize>(),
@@ -1085,22 +1091,30 @@ fn server_side(before: &HashMap<String, f64>, after: &HashMap<String, f64>) -> S
     let d = |k: &str| after.get(k).copied().unwrap_or(0.0) - before.get(k).copied().unwrap_or(0.0);
     let batches = d("tsunagu_group_commit_batch_size_count");
     let per = |sum: f64, n: f64| if n > 0.0 { sum / n } else { 0.0 };
-    let delivered = d("tsunagu_delivery_latency_seconds_count");
-    // The histogram's quantile, as the upper bound of the bucket it falls in.
-    let mut buckets: Vec<(f64, f64)> = after
-        .keys()
-        .filter_map(|k| k.strip_prefix("tsunagu_delivery_latency_seconds_bucket{le=\"")?.strip_suffix("\"}").map(|le| (k, le)))
-        .map(|(k, le)| (le.parse().unwrap_or(f64::INFINITY), d(k)))
-        .collect();
-    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let bucket_q = |q: f64| buckets.iter().find(|(_, n)| *n >= q * delivered).map(|(le, _)| *le * 1000.0).unwrap_or(f64::NAN);
+    let db_ms = |op: &str| {
+        let n = d(&format!("tsunagu_db_transaction_seconds_count{{op=\"{op}\"}}"));
+        (n, per(d(&format!("tsunagu_db_transaction_seconds_sum{{op=\"{op}\"}}")), n) * 1000.0)
+    };
+    let (_, batch_ms) = db_ms("send_batch");
+    let (chunks, chunk_ms) = db_ms("journal_apply");
+    // A histogram's mean and quantiles (each as the upper bound of the bucket it falls in), in ms.
+    let histogram = |name: &str| {
+        let n = d(&format!("{name}_count"));
+        let prefix = format!("{name}_bucket{{le=\"");
+        let mut buckets: Vec<(f64, f64)> = after
+            .keys()
+            .filter_map(|k| k.strip_prefix(prefix.as_str())?.strip_suffix("\"}").map(|le| (k, le)))
+            .map(|(k, le)| (le.parse().unwrap_or(f64::INFINITY), d(k)))
+            .collect();
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let q = |q: f64| buckets.iter().find(|(_, c)| *c >= q * n).map(|(le, _)| *le * 1000.0).unwrap_or(f64::NAN);
+        format!("mean {:.2} ms, p50 ≤ {:.1} ms, p99 ≤ {:.1} ms", per(d(&format!("{name}_sum")), n) * 1000.0, q(0.5), q(0.99))
+    };
     format!(
-        "server side (latency run, from /metrics): {batches:.0} group commits, {:.1} posts each, {:.2} ms each in the database; durable → socket mean {:.2} ms, p50 ≤ {:.1} ms, p99 ≤ {:.1} ms",
+        "server side (latency run, from /metrics): {batches:.0} group commits, {:.1} posts each, {batch_ms:.2} ms each in the database; {chunks:.0} journal chunks applied, {chunk_ms:.2} ms each; send → durable {}; durable → socket {}",
         per(d("tsunagu_group_commit_batch_size_sum"), batches),
-        per(d("tsunagu_db_transaction_seconds_sum{op=\"send_batch\"}"), d("tsunagu_db_transaction_seconds_count{op=\"send_batch\"}")) * 1000.0,
-        per(d("tsunagu_delivery_latency_seconds_sum"), delivered) * 1000.0,
-        bucket_q(0.5),
-        bucket_q(0.99),
+        histogram("tsunagu_send_seconds"),
+        histogram("tsunagu_delivery_latency_seconds"),
     )
 }
 

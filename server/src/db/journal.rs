@@ -276,7 +276,13 @@ fn decode(mut p: &[u8]) -> Option<StoredMessage> {
 pub fn insert_new(conn: &rusqlite::Connection, messages: &[StoredMessage]) -> rusqlite::Result<usize> {
     let mut inserted = 0;
     for chunk in messages.chunks(CHUNK) {
-        let mut statement = conn.prepare_cached(&format!("{} ON CONFLICT DO NOTHING", insert_sql(true, chunk.len())))?;
+        // `OR IGNORE`, not `ON CONFLICT DO NOTHING`: the same for the two
+        // unique keys (and no column is ever NULL), but then SQLite knows the
+        // statement cannot stop half-way and keeps no statement journal (a
+        // copy of every page the statement changes, spilled to a temporary
+        // file past 64 KiB).
+        let sql = insert_sql(true, chunk.len()).replacen("INSERT INTO", "INSERT OR IGNORE INTO", 1);
+        let mut statement = conn.prepare_cached(&sql)?;
         let params: Vec<&dyn ToSql> = chunk
             .iter()
             .flat_map(|m| [&m.timeline_id as &dyn ToSql, &m.seq, &m.epoch, &m.kind, &m.sender_device_id, &m.msg_id, &m.stored_at, &m.data])

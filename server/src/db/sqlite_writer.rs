@@ -42,7 +42,9 @@ impl SqliteWriter {
     /// check was a look-up of the timeline per message.
     pub fn open(path: &Path) -> Result<SqliteWriter> {
         let conn = rusqlite::Connection::open(path)?;
-        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 30000; PRAGMA foreign_keys = OFF;")?;
+        // Its own checkpoints only every 4000 WAL frames (not 1000): the
+        // `Checkpointer` copies the frames meanwhile.
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 30000; PRAGMA foreign_keys = OFF; PRAGMA wal_autocheckpoint = 4000;")?;
         // A statement per chunk size (1..=CHUNK rows), for each of the three
         // multi-row statements (seqs, retries, inserts), and a few more.
         conn.set_prepared_statement_cache_capacity(3 * CHUNK + 8);
@@ -67,6 +69,48 @@ impl SqliteWriter {
         let out = result?;
         reset?;
         Ok(out)
+    }
+}
+
+/// Copies the WAL's frames into the database file on a thread and
+/// connection of its own, every [`CHECKPOINT_EVERY`], with
+/// `wal_checkpoint(PASSIVE)`, which never blocks a writer. The writer's own
+/// automatic checkpoint (run right after one of its commits once the WAL
+/// holds 4000 frames) stays: only a checkpoint that ends with the WAL fully
+/// copied lets the next transaction start the WAL file over, and under load
+/// that takes a checkpoint between two of the writer's transactions. But it
+/// finds little left to copy and sync, instead of holding up the batches
+/// behind it for a thousand frames' worth of writes and an fsync of the
+/// database file. Dropping it stops the thread.
+pub struct Checkpointer {
+    _stop: std::sync::mpsc::Sender<()>,
+}
+
+/// How often the [`Checkpointer`] runs.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+
+impl Checkpointer {
+    pub fn start(path: &Path) -> Result<Checkpointer> {
+        let conn = rusqlite::Connection::open(path)?;
+        // A checkpoint syncs the WAL before it copies (so the database file
+        // never holds a commit the WAL could lose) and the file after it.
+        conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 0;")?;
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        std::thread::Builder::new().name("tsunagu-checkpoint".into()).spawn(move || {
+            let mut failing = false;
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY) {
+                // (busy, frames in the WAL, frames copied); busy: another
+                // checkpoint was running, there is always a next time.
+                let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                match &done {
+                    Err(e) if !failing => tracing::warn!(error = %e, "background WAL checkpoint failed; the writer's own checkpoints go on"),
+                    Ok(()) if failing => tracing::info!("background WAL checkpoints work again"),
+                    _ => {}
+                }
+                failing = done.is_err();
+            }
+        })?;
+        Ok(Checkpointer { _stop: stop })
     }
 }
 
@@ -114,5 +158,37 @@ impl WriterTx<'_> {
     /// or checkpoint (`durably`).
     pub fn commit(self) -> Result<()> {
         Ok(self.tx.commit()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_checkpointer_copies_the_wal_into_the_database_file_while_a_writer_holds_it_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite3");
+        let mut writer = SqliteWriter::open(&path).unwrap();
+        // About 2 MiB of pages: fewer than the writer's own checkpoint waits for.
+        let tx = writer.begin().unwrap();
+        tx.tx.execute_batch("CREATE TABLE t (x BLOB)").unwrap();
+        for _ in 0..500 {
+            tx.tx.execute("INSERT INTO t VALUES (zeroblob(4000))", []).unwrap();
+        }
+        tx.commit().unwrap();
+        let db_file = || std::fs::metadata(&path).unwrap().len();
+        assert!(db_file() < 100_000, "nothing is checkpointed yet: {} bytes", db_file());
+
+        let _checkpointer = Checkpointer::start(&path).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while db_file() < 2_000_000 {
+            assert!(std::time::Instant::now() < deadline, "no background checkpoint after 10 s: {} bytes", db_file());
+            std::thread::sleep(CHECKPOINT_EVERY);
+        }
+        // The writer goes on writing meanwhile.
+        let tx = writer.begin().unwrap();
+        tx.tx.execute("INSERT INTO t VALUES (zeroblob(10))", []).unwrap();
+        tx.commit().unwrap();
     }
 }
