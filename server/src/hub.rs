@@ -51,6 +51,16 @@ impl Push {
         Push::Welcome(Box::new(MessagePush { timeline_id: timeline_id.into(), seq, frame, stored: std::time::Instant::now() }))
     }
 
+    /// A stored timeline message, serialized once for all its recipients.
+    pub fn message(message: &StoredMessage) -> Push {
+        Push::Message(Arc::new(MessagePush {
+            timeline_id: message.timeline_id.as_str().into(),
+            seq: message.seq,
+            frame: message_frame(message),
+            stored: std::time::Instant::now(),
+        }))
+    }
+
     pub fn notice(frame: &str) -> Push {
         Push::Notice(Box::new(frame.to_owned().into()))
     }
@@ -81,12 +91,21 @@ impl Queue {
 
     /// Queue a push, or mark the queue lagged if it is full.
     fn push(&self, push: Push) {
+        self.push_all(std::slice::from_ref(&push));
+    }
+
+    /// Queue pushes in order under one lock and with one wake-up, or mark
+    /// the queue lagged when it fills (the rest are dropped: the connection
+    /// catches up from the database).
+    fn push_all(&self, pushes: &[Push]) {
         {
             let mut items = self.items.lock().expect("queue lock");
-            if items.len() >= self.capacity {
-                self.lagged.store(true, Ordering::Release);
-            } else {
-                items.push_back(push);
+            for push in pushes {
+                if items.len() >= self.capacity {
+                    self.lagged.store(true, Ordering::Release);
+                    break;
+                }
+                items.push_back(push.clone());
             }
         }
         self.waker.wake();
@@ -210,13 +229,27 @@ impl Hub {
 
     /// Push a stored timeline message to its recipients' connections.
     pub fn publish_message(&self, recipients: &[String], message: &StoredMessage) {
-        let push = Push::Message(Arc::new(MessagePush {
-            timeline_id: message.timeline_id.as_str().into(),
-            seq: message.seq,
-            frame: message_frame(message),
-            stored: std::time::Instant::now(),
-        }));
-        self.publish(recipients, &push);
+        self.publish_all(recipients, &[Push::message(message)]);
+    }
+
+    /// Push stored messages, in order, to their recipients' connections.
+    /// Consecutive messages with the same recipients (a timeline's messages of
+    /// one batch) go together: one look-up, one lock and one wake-up per
+    /// connection for all of them.
+    pub fn publish_messages<'a>(&self, messages: impl IntoIterator<Item = (&'a Arc<Vec<String>>, &'a StoredMessage)>) {
+        let mut group: Vec<Push> = Vec::new();
+        let mut to: Option<&Arc<Vec<String>>> = None;
+        for (recipients, message) in messages {
+            if let Some(previous) = to.filter(|t| !Arc::ptr_eq(t, recipients)) {
+                self.publish_all(previous, &group);
+                group.clear();
+            }
+            to = Some(recipients);
+            group.push(Push::message(message));
+        }
+        if let Some(recipients) = to {
+            self.publish_all(recipients, &group);
+        }
     }
 
     /// Tell every connection of this node to catch up from the database.
@@ -248,6 +281,10 @@ impl Hub {
     }
 
     pub fn publish(&self, recipients: &[String], push: &Push) {
+        self.publish_all(recipients, std::slice::from_ref(push));
+    }
+
+    fn publish_all(&self, recipients: &[String], pushes: &[Push]) {
         // One look at the revoked set per publish, not one lock per recipient.
         let revoked = (self.revoked_count.load(Ordering::Acquire) > 0).then(|| self.revoked.read().expect("hub lock"));
         let conns = self.conns.lock().expect("hub lock");
@@ -256,7 +293,7 @@ impl Hub {
                 continue;
             }
             for conn in conns.get(device).into_iter().flatten() {
-                conn.queue.push(push.clone());
+                conn.queue.push_all(pushes);
             }
         }
     }

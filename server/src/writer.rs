@@ -55,7 +55,7 @@ pub struct SendRequest {
 /// What became of a send.
 pub enum Outcome {
     /// Stored now, at this message's seq.
-    Stored { message: StoredMessage },
+    Stored { message: Arc<StoredMessage> },
     /// The device already stored this `msg_id` (a retry).
     Duplicate(Existing),
 }
@@ -209,7 +209,7 @@ struct Direct {
     unapplied: Arc<Unapplied>,
     /// An ended segment being applied: its id, its messages sorted by
     /// timeline and seq, and how many are applied.
-    applying: Option<(u64, Vec<StoredMessage>, usize)>,
+    applying: Option<(u64, Vec<Arc<StoredMessage>>, usize)>,
     /// A segment ends when its first message is this old.
     apply_after: std::time::Duration,
     /// Copies the WAL into the database file off this thread.
@@ -332,10 +332,13 @@ impl Direct {
                 stop_if_damaged(&self.journal);
                 return Err(e);
             }
-            self.unapplied.insert(&rows);
         }
-        for ((i, _, recipients), message) in stored_at.into_iter().zip(rows) {
-            hub.publish_message(&recipients, &message);
+        // Shared from here on by `Unapplied`, the segment's application and
+        // the answers: no copies.
+        let rows: Vec<Arc<StoredMessage>> = rows.into_iter().map(Arc::new).collect();
+        self.unapplied.insert(&rows);
+        hub.publish_messages(stored_at.iter().zip(&rows).map(|((_, _, recipients), message)| (recipients, &**message)));
+        for ((i, _, _), message) in stored_at.into_iter().zip(rows) {
             outcomes[i] = Some(Ok(Outcome::Stored { message }));
         }
         Ok(Some(resolve(outcomes)))
@@ -353,7 +356,7 @@ fn stop_if_damaged(journal: &Journal) {
 }
 
 /// A chunk of journaled messages into the table, committed without fsync.
-fn apply_chunk(sqlite: &mut SqliteWriter, chunk: &[StoredMessage]) -> Result<usize, StoreError> {
+fn apply_chunk(sqlite: &mut SqliteWriter, chunk: &[Arc<StoredMessage>]) -> Result<usize, StoreError> {
     let tx = sqlite.begin()?;
     let inserted = tx.insert_new(chunk)?;
     tx.commit()?;
@@ -453,16 +456,14 @@ async fn store_batch(
     }
     tx.commit().await?;
 
-    for (_, row, recipients) in &stored_at {
-        hub.publish_message(recipients, &rows[*row]);
-    }
+    hub.publish_messages(stored_at.iter().map(|(_, row, recipients)| (recipients, &rows[*row])));
     for alert in alerts {
         alert.publish(db, hub).await;
     }
     let mut rows: Vec<Option<StoredMessage>> = rows.into_iter().map(Some).collect();
     for (i, row, _) in stored_at {
         let message = rows[row].take().expect("each row is one request's");
-        outcomes[i] = Some(Ok(Outcome::Stored { message }));
+        outcomes[i] = Some(Ok(Outcome::Stored { message: Arc::new(message) }));
     }
     Ok(resolve(outcomes))
 }

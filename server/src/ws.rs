@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::{FuturesUnordered, SplitSink};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::time::Sleep;
 use tsunagu_protocol::frames::{AccountInfo, DeviceKeyPackage, MessageKind, TimelineInfo};
 use tsunagu_protocol::ids::{valid_msg_id, valid_uuid};
@@ -141,6 +141,9 @@ pub fn serve(socket: WebSocket, state: AppState, device: Device) -> impl Future<
                     break;
                 }
             };
+            if result.is_ok() {
+                result = Box::pin(conn.send_ready()).await;
+            }
             if result.is_ok() {
                 result = conn.flush().await;
             }
@@ -467,6 +470,21 @@ impl Connection {
         }
     }
 
+    /// Whatever else is ready already goes out in the same write: a poster's
+    /// answers and the pushes of the same batch become ready together, and
+    /// `select!` takes one of them per turn.
+    async fn send_ready(&mut self) -> Result<(), Closed> {
+        // `now_or_never` polls with a no-op waker; the loop's `select!` polls
+        // the set again (with the task's waker) before the task sleeps.
+        while let Some(Some(reply)) = self.in_flight.next().now_or_never() {
+            self.send(&reply).await?;
+        }
+        match self.sub.as_ref().and_then(|s| s.queue.try_recv()) {
+            Some(push) => self.on_push(push).await,
+            None => Ok(()),
+        }
+    }
+
     async fn on_push(&mut self, push: Push) -> Result<(), Closed> {
         let mut result = self.deliver(push).await;
         for _ in 0..PUSH_BURST {
@@ -699,7 +717,7 @@ impl Connection {
             metrics.send_seconds.observe(received.elapsed().as_secs_f64());
             match outcome {
                 Ok(Outcome::Stored { message: m }) => {
-                    ServerFrame::Accepted { rid, timeline_id: m.timeline_id, seq: m.seq as u64, epoch: m.epoch as u64, duplicate: false }
+                    ServerFrame::Accepted { rid, timeline_id: m.timeline_id.clone(), seq: m.seq as u64, epoch: m.epoch as u64, duplicate: false }
                 }
                 Ok(Outcome::Duplicate(e)) => {
                     ServerFrame::Accepted { rid, timeline_id: e.timeline_id, seq: e.seq as u64, epoch: e.epoch as u64, duplicate: true }

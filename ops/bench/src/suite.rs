@@ -1091,30 +1091,32 @@ fn server_side(before: &HashMap<String, f64>, after: &HashMap<String, f64>) -> S
     let d = |k: &str| after.get(k).copied().unwrap_or(0.0) - before.get(k).copied().unwrap_or(0.0);
     let batches = d("tsunagu_group_commit_batch_size_count");
     let per = |sum: f64, n: f64| if n > 0.0 { sum / n } else { 0.0 };
-    let db_ms = |op: &str| {
-        let n = d(&format!("tsunagu_db_transaction_seconds_count{{op=\"{op}\"}}"));
-        (n, per(d(&format!("tsunagu_db_transaction_seconds_sum{{op=\"{op}\"}}")), n) * 1000.0)
-    };
-    let (_, batch_ms) = db_ms("send_batch");
-    let (chunks, chunk_ms) = db_ms("journal_apply");
-    // A histogram's mean and quantiles (each as the upper bound of the bucket it falls in), in ms.
-    let histogram = |name: &str| {
-        let n = d(&format!("{name}_count"));
-        let prefix = format!("{name}_bucket{{le=\"");
+    // A histogram's count, then its mean and quantiles (each as the upper
+    // bound of the bucket it falls in) in ms; `label` picks one of a
+    // family's (`op="…"`), "" a plain histogram.
+    let histogram = |name: &str, label: &str| {
+        let braced = if label.is_empty() { String::new() } else { format!("{{{label}}}") };
+        let n = d(&format!("{name}_count{braced}"));
+        let prefix = format!("{name}_bucket{{");
         let mut buckets: Vec<(f64, f64)> = after
             .keys()
-            .filter_map(|k| k.strip_prefix(prefix.as_str())?.strip_suffix("\"}").map(|le| (k, le)))
-            .map(|(k, le)| (le.parse().unwrap_or(f64::INFINITY), d(k)))
+            .filter(|k| k.starts_with(prefix.as_str()) && k.contains(label))
+            .filter_map(|k| {
+                let le = k.split("le=\"").nth(1)?.split('"').next()?;
+                Some((le.parse().unwrap_or(f64::INFINITY), d(k)))
+            })
             .collect();
         buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
         let q = |q: f64| buckets.iter().find(|(_, c)| *c >= q * n).map(|(le, _)| *le * 1000.0).unwrap_or(f64::NAN);
-        format!("mean {:.2} ms, p50 ≤ {:.1} ms, p99 ≤ {:.1} ms", per(d(&format!("{name}_sum")), n) * 1000.0, q(0.5), q(0.99))
+        (n, format!("mean {:.2} ms, p50 ≤ {:.1} ms, p99 ≤ {:.1} ms", per(d(&format!("{name}_sum{braced}")), n) * 1000.0, q(0.5), q(0.99)))
     };
+    let (_, batch) = histogram("tsunagu_db_transaction_seconds", "op=\"send_batch\"");
+    let (chunks, chunk) = histogram("tsunagu_db_transaction_seconds", "op=\"journal_apply\"");
     format!(
-        "server side (latency run, from /metrics): {batches:.0} group commits, {:.1} posts each, {batch_ms:.2} ms each in the database; {chunks:.0} journal chunks applied, {chunk_ms:.2} ms each; send → durable {}; durable → socket {}",
+        "server side (latency run, from /metrics): {batches:.0} group commits, {:.1} posts each, in the database {batch}; {chunks:.0} journal chunks applied, {chunk}; send → durable {}; durable → socket {}",
         per(d("tsunagu_group_commit_batch_size_sum"), batches),
-        histogram("tsunagu_send_seconds"),
-        histogram("tsunagu_delivery_latency_seconds"),
+        histogram("tsunagu_send_seconds", "").1,
+        histogram("tsunagu_delivery_latency_seconds", "").1,
     )
 }
 

@@ -37,8 +37,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::borrow::Borrow;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use rusqlite::types::ToSql;
 
@@ -273,7 +274,7 @@ fn decode(mut p: &[u8]) -> Option<StoredMessage> {
 /// Journaled messages into the `messages` table, up to `CHUNK` rows a
 /// statement; one already there (by `(timeline_id, seq)` or `msg_id`) is
 /// skipped. Returns how many were inserted.
-pub fn insert_new(conn: &rusqlite::Connection, messages: &[StoredMessage]) -> rusqlite::Result<usize> {
+pub fn insert_new<M: Borrow<StoredMessage>>(conn: &rusqlite::Connection, messages: &[M]) -> rusqlite::Result<usize> {
     let mut inserted = 0;
     for chunk in messages.chunks(CHUNK) {
         // `OR IGNORE`, not `ON CONFLICT DO NOTHING`: the same for the two
@@ -285,7 +286,8 @@ pub fn insert_new(conn: &rusqlite::Connection, messages: &[StoredMessage]) -> ru
         let mut statement = conn.prepare_cached(&sql)?;
         let params: Vec<&dyn ToSql> = chunk
             .iter()
-            .flat_map(|m| [&m.timeline_id as &dyn ToSql, &m.seq, &m.epoch, &m.kind, &m.sender_device_id, &m.msg_id, &m.stored_at, &m.data])
+            .map(Borrow::borrow)
+            .flat_map(|m: &StoredMessage| [&m.timeline_id as &dyn ToSql, &m.seq, &m.epoch, &m.kind, &m.sender_device_id, &m.msg_id, &m.stored_at, &m.data])
             .collect();
         inserted += statement.execute(params.as_slice())?;
     }
@@ -322,7 +324,8 @@ pub struct Unapplied {
 
 #[derive(Default)]
 struct UnappliedInner {
-    by_timeline: HashMap<String, BTreeMap<i64, StoredMessage>>,
+    /// Shared with the writer's segment being applied (`all`), not copied.
+    by_timeline: HashMap<String, BTreeMap<i64, Arc<StoredMessage>>>,
     /// By sender device, then `msg_id`: looked up with `&str`s, so the
     /// writer's check of every send allocates nothing.
     by_msg_id: HashMap<String, HashMap<String, Existing>>,
@@ -337,20 +340,25 @@ impl Unapplied {
         self.count.load(Ordering::Acquire)
     }
 
-    pub fn insert(&self, messages: &[StoredMessage]) {
+    pub fn insert(&self, messages: &[Arc<StoredMessage>]) {
         let mut inner = self.inner.lock().expect("unapplied lock");
+        let inner = &mut *inner;
         for m in messages {
-            inner
-                .by_msg_id
-                .entry(m.sender_device_id.clone())
-                .or_default()
-                .insert(m.msg_id.clone(), Existing { timeline_id: m.timeline_id.clone(), seq: m.seq, epoch: m.epoch });
-            inner.by_timeline.entry(m.timeline_id.clone()).or_default().insert(m.seq, m.clone());
+            let existing = Existing { timeline_id: m.timeline_id.clone(), seq: m.seq, epoch: m.epoch };
+            // A key is copied only the first time it is seen.
+            match inner.by_msg_id.get_mut(&m.sender_device_id) {
+                Some(ids) => _ = ids.insert(m.msg_id.clone(), existing),
+                None => _ = inner.by_msg_id.insert(m.sender_device_id.clone(), HashMap::from([(m.msg_id.clone(), existing)])),
+            }
+            match inner.by_timeline.get_mut(&m.timeline_id) {
+                Some(t) => _ = t.insert(m.seq, m.clone()),
+                None => _ = inner.by_timeline.insert(m.timeline_id.clone(), BTreeMap::from([(m.seq, m.clone())])),
+            }
         }
         self.count.fetch_add(messages.len(), Ordering::AcqRel);
     }
 
-    pub fn remove(&self, messages: &[StoredMessage]) {
+    pub fn remove(&self, messages: &[Arc<StoredMessage>]) {
         let mut inner = self.inner.lock().expect("unapplied lock");
         let mut removed = 0;
         for m in messages {
@@ -371,7 +379,7 @@ impl Unapplied {
     }
 
     /// Every unapplied message, by timeline and seq.
-    pub fn all(&self) -> Vec<StoredMessage> {
+    pub fn all(&self) -> Vec<Arc<StoredMessage>> {
         let inner = self.inner.lock().expect("unapplied lock");
         let mut timelines: Vec<_> = inner.by_timeline.iter().collect();
         timelines.sort_by_key(|(id, _)| *id);
@@ -385,7 +393,7 @@ impl Unapplied {
         }
         let inner = self.inner.lock().expect("unapplied lock");
         let Some(t) = inner.by_timeline.get(timeline_id) else { return Vec::new() };
-        t.range(after + 1..=until).take(limit).map(|(_, m)| m.clone()).collect()
+        t.range(after + 1..=until).take(limit).map(|(_, m)| StoredMessage::clone(m)).collect()
     }
 
     /// Which of these `(device, msg_id)` pairs are pending.
@@ -487,7 +495,7 @@ mod tests {
     fn pending_messages_merge_with_the_table_by_seq() {
         let pending = Unapplied::default();
         assert!(pending.is_empty());
-        pending.insert(&[message(7), message(5), message(6)]);
+        pending.insert(&[message(7), message(5), message(6)].map(Arc::new));
         assert_eq!(pending.all().iter().map(|m| m.seq).collect::<Vec<_>>(), [5, 6, 7]);
         assert_eq!(pending.after("t1", 5, 7, 10).iter().map(|m| m.seq).collect::<Vec<_>>(), [6, 7]);
         assert!(pending.after("t2", 0, 10, 10).is_empty());
@@ -498,9 +506,9 @@ mod tests {
         let merged = merge(vec![message(4), message(5)], pending.after("t1", 3, 10, 10), 10);
         assert_eq!(merged.iter().map(|m| m.seq).collect::<Vec<_>>(), [4, 5, 6, 7]);
         assert_eq!(merge(vec![message(4)], pending.after("t1", 3, 10, 10), 2).len(), 2);
-        pending.remove(&[message(5), message(6)]);
+        pending.remove(&[message(5), message(6)].map(Arc::new));
         assert_eq!(pending.after("t1", 0, 10, 10).iter().map(|m| m.seq).collect::<Vec<_>>(), [7]);
-        pending.remove(&[message(7)]);
+        pending.remove(&[Arc::new(message(7))]);
         assert!(pending.is_empty());
     }
 }

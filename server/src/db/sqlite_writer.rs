@@ -145,7 +145,7 @@ impl WriterTx<'_> {
     }
 
     /// `journal::insert_new`: journaled messages into the table.
-    pub fn insert_new(&self, messages: &[StoredMessage]) -> Result<usize> {
+    pub fn insert_new<M: std::borrow::Borrow<StoredMessage>>(&self, messages: &[M]) -> Result<usize> {
         Ok(journal::insert_new(&self.tx, messages)?)
     }
 
