@@ -16,9 +16,10 @@
 //!    into what they read from `messages` (`Db::messages_after`, the `msg_id`
 //!    look-ups), until
 //! 4. the writer applies them to `messages` later, a segment at a time, in
-//!    chunks sorted by timeline (so a chunk touches few leaves), and ends the
-//!    segment with a commit that fsyncs the WAL. Then the segment file is
-//!    deleted and its messages leave `Unapplied`.
+//!    chunks sorted by timeline (so a chunk touches few leaves), committed
+//!    without fsync; after the last one the checkpoint thread fsyncs the WAL
+//!    (`sqlite_writer::Checkpointer::sync_wal`). Only then is the segment
+//!    file deleted and its messages leave `Unapplied`.
 //!
 //! After a crash (or power loss, which may also take `NORMAL` commits), start-up
 //! replays every segment left: a message whose `(timeline_id, seq)` is not in

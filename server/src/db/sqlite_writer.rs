@@ -14,8 +14,9 @@
 //!
 //! Its commits do not fsync (`synchronous = NORMAL`): the writer makes each
 //! batch durable in the message journal (`journal.rs`) before it commits,
-//! and the commit that ends a journal segment's application is `FULL`
-//! (`durably`). Checkpoints still fsync in `NORMAL` mode.
+//! and once a journal segment is applied the [`Checkpointer`] thread fsyncs
+//! the WAL before the segment is deleted (a replay at start-up uses
+//! `durably`, a `FULL` commit). Checkpoints still fsync in `NORMAL` mode.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -72,18 +73,26 @@ impl SqliteWriter {
     }
 }
 
-/// Copies the WAL's frames into the database file on a thread and
-/// connection of its own, every [`CHECKPOINT_EVERY`], with
-/// `wal_checkpoint(PASSIVE)`, which never blocks a writer. The writer's own
-/// automatic checkpoint (run right after one of its commits once the WAL
-/// holds 4000 frames) stays: only a checkpoint that ends with the WAL fully
-/// copied lets the next transaction start the WAL file over, and under load
-/// that takes a checkpoint between two of the writer's transactions. But it
-/// finds little left to copy and sync, instead of holding up the batches
-/// behind it for a thousand frames' worth of writes and an fsync of the
-/// database file. Dropping it stops the thread.
+/// The writer's helper thread, with a connection of its own, for the work
+/// that must not hold up a batch:
+///
+/// - Every [`CHECKPOINT_EVERY`] it copies the WAL's frames into the database
+///   file with `wal_checkpoint(PASSIVE)`, which never blocks a writer. The
+///   writer's own automatic checkpoint (run right after one of its commits
+///   once the WAL holds 4000 frames) stays: only a checkpoint that ends with
+///   the WAL fully copied lets the next transaction start the WAL file over,
+///   and under load that takes a checkpoint between two of the writer's
+///   transactions. But it finds little left to copy and sync, instead of
+///   holding up the batches behind it for a thousand frames' worth of writes
+///   and an fsync of the database file.
+/// - On request ([`Checkpointer::sync_wal`]) it fsyncs the WAL file: what
+///   makes the writer's `synchronous = NORMAL` commits so far durable (their
+///   frames are written; a WAL is only started over after a checkpoint has
+///   copied every frame and synced the database file).
+///
+/// Dropping it stops the thread.
 pub struct Checkpointer {
-    _stop: std::sync::mpsc::Sender<()>,
+    requests: std::sync::mpsc::Sender<std::sync::mpsc::Sender<std::io::Result<()>>>,
 }
 
 /// How often the [`Checkpointer`] runs.
@@ -95,10 +104,23 @@ impl Checkpointer {
         // A checkpoint syncs the WAL before it copies (so the database file
         // never holds a commit the WAL could lose) and the file after it.
         conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 0;")?;
-        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        let wal = std::path::PathBuf::from(wal);
+        let (requests, incoming) = std::sync::mpsc::channel::<std::sync::mpsc::Sender<std::io::Result<()>>>();
         std::thread::Builder::new().name("tsunagu-checkpoint".into()).spawn(move || {
+            use std::sync::mpsc::RecvTimeoutError;
             let mut failing = false;
-            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY) {
+            let mut next = std::time::Instant::now() + CHECKPOINT_EVERY;
+            loop {
+                match incoming.recv_timeout(next.saturating_duration_since(std::time::Instant::now())) {
+                    Ok(reply) => {
+                        let _ = reply.send(std::fs::File::open(&wal).and_then(|f| f.sync_data()));
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => return,
+                    Err(RecvTimeoutError::Timeout) => next = std::time::Instant::now() + CHECKPOINT_EVERY,
+                }
                 // (busy, frames in the WAL, frames copied); busy: another
                 // checkpoint was running, there is always a next time.
                 let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
@@ -110,7 +132,17 @@ impl Checkpointer {
                 failing = done.is_err();
             }
         })?;
-        Ok(Checkpointer { _stop: stop })
+        Ok(Checkpointer { requests })
+    }
+
+    /// Fsync the WAL file on the thread: every commit that returned before
+    /// this call is durable once the answer is `Ok`.
+    pub fn sync_wal(&self) -> std::sync::mpsc::Receiver<std::io::Result<()>> {
+        let (reply, answer) = std::sync::mpsc::channel();
+        if self.requests.send(reply.clone()).is_err() {
+            let _ = reply.send(Err(std::io::Error::other("the checkpoint thread has stopped")));
+        }
+        answer
     }
 }
 
@@ -180,15 +212,16 @@ mod tests {
         let db_file = || std::fs::metadata(&path).unwrap().len();
         assert!(db_file() < 100_000, "nothing is checkpointed yet: {} bytes", db_file());
 
-        let _checkpointer = Checkpointer::start(&path).unwrap();
+        let checkpointer = Checkpointer::start(&path).unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while db_file() < 2_000_000 {
             assert!(std::time::Instant::now() < deadline, "no background checkpoint after 10 s: {} bytes", db_file());
             std::thread::sleep(CHECKPOINT_EVERY);
         }
-        // The writer goes on writing meanwhile.
+        // The writer goes on writing meanwhile, and its commits can be synced.
         let tx = writer.begin().unwrap();
         tx.tx.execute("INSERT INTO t VALUES (zeroblob(10))", []).unwrap();
         tx.commit().unwrap();
+        checkpointer.sync_wal().recv().unwrap().unwrap();
     }
 }
