@@ -273,8 +273,8 @@ impl Direct {
     /// segment, or apply the next chunk of the ended one (committed without
     /// an fsync), or, once all are in the table, have the `Checkpointer`
     /// fsync the WAL and then remove the segment, its messages leaving
-    /// `Unapplied`. The fsync runs on the checkpoint thread: done here, it
-    /// held up the batches behind it (its p99 was 12–25 ms under load).
+    /// `Unapplied`. The fsync runs on the checkpoint thread: done here (a
+    /// `FULL` commit), it held up the batches waiting behind it.
     async fn apply_step(&mut self, db: &Db, metrics: &Metrics, now: bool) -> Result<(), StoreError> {
         let Some(applying) = self.applying.as_mut() else {
             let due = now || self.journal.rows >= SEGMENT_ROWS || self.due_in().is_some_and(|d| d.is_zero());
