@@ -34,11 +34,11 @@
 //! batch is one `write`; reading stops at the first record that is short or
 //! fails its CRC (a write cut by the crash, never acknowledged).
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::borrow::Borrow;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
