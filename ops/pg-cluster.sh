@@ -81,31 +81,28 @@ start() {
     port=${TSUNAGU_PG_PORT:-55432}
     local tries=0
     while true; do
-        while port_in_use "$port"; do
-            port=$((port + 1))
-            tries=$((tries + 1))
-            if [[ $tries -gt 200 ]]; then
-                log "no free port found"
+        if ! port_in_use "$port"; then
+            log "starting on 127.0.0.1:$port"
+            if as_owner "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
+                    -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=on -c max_connections=200" \
+                    start >&2; then
+                break
+            fi
+            if ! grep -q "could not bind" "$dir/server.log" 2>/dev/null; then
+                cat "$dir/server.log" >&2 || true
                 rm -rf "$dir"
                 return 1
             fi
-        done
-        log "starting on 127.0.0.1:$port"
-        if as_owner "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-                -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=on -c max_connections=200" \
-                start >&2; then
-            break
-        fi
-        if grep -q "could not bind" "$dir/server.log" 2>/dev/null && [[ $tries -lt 200 ]]; then
             log "127.0.0.1:$port is taken; trying the next port"
-            port=$((port + 1))
-            tries=$((tries + 1))
             : >"$dir/server.log"
-            continue
         fi
-        cat "$dir/server.log" >&2 || true
-        rm -rf "$dir"
-        return 1
+        port=$((port + 1))
+        tries=$((tries + 1))
+        if [[ $tries -gt 200 ]]; then
+            log "no free port found"
+            rm -rf "$dir"
+            return 1
+        fi
     done
     echo "export TSUNAGU_TEST_POSTGRES=postgres://postgres@127.0.0.1:$port/postgres"
     echo "export TSUNAGU_TEST_POSTGRES_DATA=$dir/data"

@@ -297,25 +297,20 @@ impl Direct {
             }
             applying.done += chunk.len();
             metrics.observe_db("journal_apply", started.elapsed());
-            if applying.done == applying.messages.len() {
-                applying.synced = Some(self.checkpointer.sync_wal());
-            }
             return Ok(());
         }
         let synced = applying.synced.get_or_insert_with(|| self.checkpointer.sync_wal());
-        let answer = match if now { synced.recv().map_err(|_| TryRecvError::Disconnected) } else { synced.try_recv() } {
-            Ok(answer) => Some(answer),
+        let answer = if now { synced.recv().map_err(|_| TryRecvError::Disconnected) } else { synced.try_recv() };
+        let failed = match answer {
+            Ok(Ok(())) => None,
             Err(TryRecvError::Empty) => return Ok(()),
-            Err(TryRecvError::Disconnected) => None,
+            Ok(Err(e)) => Some(e),
+            Err(TryRecvError::Disconnected) => Some(std::io::Error::other("the checkpoint thread has stopped")),
         };
-        match answer {
-            Some(Ok(())) => {}
-            failed => {
-                // Asked again at the next step; the segment stays meanwhile.
-                applying.synced = None;
-                let e = failed.and_then(Result::err).unwrap_or_else(|| std::io::Error::other("the checkpoint thread has stopped"));
-                return Err(e.into());
-            }
+        if let Some(e) = failed {
+            // Asked again at the next step; the segment stays meanwhile.
+            applying.synced = None;
+            return Err(e.into());
         }
         let Applying { segment, messages, .. } = self.applying.take().expect("applying");
         self.unapplied.remove(&messages);

@@ -139,7 +139,7 @@ impl Checkpointer {
     /// this call is durable once the answer is `Ok`.
     pub fn sync_wal(&self) -> std::sync::mpsc::Receiver<std::io::Result<()>> {
         let (reply, answer) = std::sync::mpsc::channel();
-        if self.requests.send(reply.clone()).is_err() {
+        if let Err(std::sync::mpsc::SendError(reply)) = self.requests.send(reply) {
             let _ = reply.send(Err(std::io::Error::other("the checkpoint thread has stopped")));
         }
         answer
