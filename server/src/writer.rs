@@ -145,7 +145,7 @@ async fn store(db: &Db, hub: &Hub, cluster: &Cluster, metrics: &Metrics, direct:
     let fast = match direct {
         Some(d) => match db.write_turn().await {
             Ok(_turn) => {
-                let stored = d.store(hub, &jobs);
+                let stored = d.store(hub, metrics, &jobs);
                 metrics.journal_unapplied.set(d.unapplied.len() as i64);
                 stored
             }
@@ -324,7 +324,7 @@ impl Direct {
     /// timeline's sends at one epoch whose member devices are cached.
     /// `Ok(None)`: not this batch (or a timeline's epoch moved on); nothing
     /// was stored and it takes the full path (`store_batch`).
-    fn store(&mut self, hub: &Hub, jobs: &[(SendRequest, Reply)]) -> Result<Option<Vec<Result<Outcome, ApiError>>>, StoreError> {
+    fn store(&mut self, hub: &Hub, metrics: &Metrics, jobs: &[(SendRequest, Reply)]) -> Result<Option<Vec<Result<Outcome, ApiError>>>, StoreError> {
         if jobs.iter().any(|(r, _)| r.urgent) {
             return Ok(None);
         }
@@ -352,10 +352,12 @@ impl Direct {
         if !rows.is_empty() {
             // Durable here: before the heads' commit, so a head is never
             // ahead of the journal.
+            let appending = std::time::Instant::now();
             if let Err(e) = self.journal.append(&rows) {
                 stop_if_damaged(&self.journal);
                 return Err(e.into());
             }
+            metrics.observe_db("journal_append", appending.elapsed());
             if let Err(e) = tx.commit() {
                 // Not stored after all: the journal must not bring it back.
                 let _ = self.journal.forget_last();

@@ -29,6 +29,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tsunagu_client::{Client, MemoryStore, PostStatus};
 
 mod bare;
+mod fsync;
 mod mlscost;
 mod suite;
 
@@ -1171,10 +1172,12 @@ async fn run(args: Args) -> Result<()> {
 }
 
 fn main() {
-    // `tsunagu-bench suite …` and the hidden `tsunagu-bench bare-server`.
+    // `tsunagu-bench suite …`, `tsunagu-bench fsync …` and the hidden
+    // `tsunagu-bench bare-server`.
     let argv: Vec<String> = std::env::args().collect();
     match argv.get(1).map(String::as_str) {
         Some("suite") => std::process::exit(suite::main(&argv)),
+        Some("fsync") => std::process::exit(fsync::main(&argv)),
         Some("bare-server") => std::process::exit(bare::main()),
         _ => {}
     }

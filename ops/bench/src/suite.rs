@@ -1111,9 +1111,10 @@ fn server_side(before: &HashMap<String, f64>, after: &HashMap<String, f64>) -> S
         (n, format!("mean {:.2} ms, p50 ≤ {:.1} ms, p99 ≤ {:.1} ms", per(d(&format!("{name}_sum{braced}")), n) * 1000.0, q(0.5), q(0.99)))
     };
     let (_, batch) = histogram("tsunagu_db_transaction_seconds", "op=\"send_batch\"");
+    let (_, append) = histogram("tsunagu_db_transaction_seconds", "op=\"journal_append\"");
     let (chunks, chunk) = histogram("tsunagu_db_transaction_seconds", "op=\"journal_apply\"");
     format!(
-        "server side (latency run, from /metrics): {batches:.0} group commits, {:.1} posts each, in the database {batch}; {chunks:.0} journal chunks applied, {chunk}; send → durable {}; durable → socket {}",
+        "server side (latency run, from /metrics): {batches:.0} group commits, {:.1} posts each, in the database {batch} (of which the journal's write and fdatasync {append}); {chunks:.0} journal chunks applied, {chunk}; send → durable {}; durable → socket {}",
         per(d("tsunagu_group_commit_batch_size_sum"), batches),
         histogram("tsunagu_send_seconds", "").1,
         histogram("tsunagu_delivery_latency_seconds", "").1,
