@@ -129,6 +129,8 @@ pub struct Journal {
     segment: u64,
     /// Bytes in the current segment (where a failed batch is cut back to).
     len: u64,
+    /// The segment file's size when it started (a spare's zeros, or 0).
+    capacity: u64,
     /// Zero-filled files for the next segments.
     spares: Spares,
     /// Messages in the current segment.
@@ -158,7 +160,7 @@ impl Journal {
         let mut spares = Spares::start(dir.to_owned());
         spares.prepare(MIN_SPARE);
         let file = create_segment(dir, next, None)?;
-        Ok(Journal { dir: dir.to_owned(), _lock: lock, file, segment: next, len: 0, spares, rows: 0, last_rows: 0, since: None, damaged: false, buf: Vec::new() })
+        Ok(Journal { dir: dir.to_owned(), _lock: lock, file, segment: next, len: 0, capacity: 0, spares, rows: 0, last_rows: 0, since: None, damaged: false, buf: Vec::new() })
     }
 
     /// Append a batch and make it durable (one write, one fdatasync). On an
@@ -199,12 +201,18 @@ impl Journal {
         self.cut_back(self.buf.len())
     }
 
-    /// Zeros over the `n` bytes after `len`, synced: none of the records
-    /// written there (whole ones too) can be read back.
+    /// Undo the `n` bytes written after `len`, synced, so that none of the
+    /// records there (whole ones too) can be read back: the file is cut
+    /// where it grew past its spare's zeros, and zeros go over the rest
+    /// (blocks the file has: this works on a full disk too).
     fn cut_back(&mut self, n: usize) -> std::io::Result<()> {
+        let end = self.len + n as u64;
+        let zero_to = end.min(self.capacity.max(self.len));
         self.buf.clear();
-        self.buf.resize(n, 0);
-        let cut = self.file.write_all_at(&self.buf, self.len).and_then(|()| self.file.sync_data());
+        self.buf.resize((zero_to - self.len) as usize, 0);
+        let cut = (if end > zero_to { self.file.set_len(zero_to) } else { Ok(()) })
+            .and_then(|()| self.file.write_all_at(&self.buf, self.len))
+            .and_then(|()| self.file.sync_data());
         self.damaged |= cut.is_err();
         cut
     }
@@ -213,7 +221,9 @@ impl Journal {
     /// ends (to apply, then remove).
     pub fn rotate(&mut self) -> std::io::Result<u64> {
         let next = self.segment + 1;
-        self.file = create_segment(&self.dir, next, self.spares.take())?;
+        let file = create_segment(&self.dir, next, self.spares.take())?;
+        self.capacity = file.metadata()?.len();
+        self.file = file;
         // The next spare, sized for a segment like this one.
         self.spares.prepare((self.len + self.len / 4).clamp(MIN_SPARE, MAX_SPARE));
         let ended = std::mem::replace(&mut self.segment, next);
@@ -633,6 +643,13 @@ mod tests {
         let path = current(&j);
         assert_eq!(read_segment(&path).unwrap().iter().map(|m| m.seq).collect::<Vec<_>>(), [100, 104]);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), MIN_SPARE, "written in place, not appended");
+        // A batch past the spare's end, forgotten: the file is cut back to the spare.
+        let long: Vec<StoredMessage> = (200..400).map(message).collect();
+        j.append(&long).unwrap();
+        assert!(std::fs::metadata(&path).unwrap().len() > MIN_SPARE);
+        j.forget_last().unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), MIN_SPARE);
+        assert_eq!(read_segment(&path).unwrap().iter().map(|m| m.seq).collect::<Vec<_>>(), [100, 104]);
     }
 
     #[test]
