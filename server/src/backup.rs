@@ -35,13 +35,14 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
+use rusqlite::OptionalExtension;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use sqlx::{ConnectOptions, Connection, Row};
 
 use sha2::{Digest, Sha256};
 use tsunagu_server::blobs::{blob_path, valid_blob_id};
 use tsunagu_server::config::{BackupArgs, RestoreArgs, ServeConfig, StorageConfig};
-use tsunagu_server::db::{journal, Backend, Db, StoredMessage};
+use tsunagu_server::db::{journal, Backend, Db};
 
 /// The SQLite database file inside the data directory (as in `db/mod.rs`).
 const SQLITE_FILE: &str = "tsunagu.db";
@@ -83,9 +84,6 @@ pub async fn backup(serve: &ServeConfig, args: BackupArgs) -> anyhow::Result<()>
         None => {
             let db = storage.data_dir.join(SQLITE_FILE);
             anyhow::ensure!(db.is_file(), "no SQLite database at {} (wrong --data-dir?)", db.display());
-            // The message journal before the snapshot: a journaled message
-            // leaves the journal only once it is in the database.
-            let (_, journaled) = journal::read_all(&storage.data_dir.join(journal::DIR)).context("read the message journal")?;
             let mut live = sqlite_connect(&db).await?;
             // One read transaction on the live database: a consistent
             // snapshot, while the server goes on writing through the WAL.
@@ -99,7 +97,7 @@ pub async fn backup(serve: &ServeConfig, args: BackupArgs) -> anyhow::Result<()>
             // A self-contained single file, whatever the live database's mode.
             sqlx::query("PRAGMA journal_mode = DELETE").execute(&mut copy).await?;
             copy.close().await?;
-            replay_journal(&snapshot, &journaled)?;
+            complete_from_journal(&snapshot, &db, &storage.data_dir.join(journal::DIR))?;
             let mut copy = sqlite_connect(&snapshot).await?;
             sqlite_integrity_check(&mut copy, &snapshot).await?;
             let counts = sqlite_counts(&mut copy).await?;
@@ -514,16 +512,45 @@ async fn sqlite_counts(conn: &mut SqliteConnection) -> anyhow::Result<Counts> {
     })
 }
 
-/// Add the journaled messages the snapshot does not have, as the server's
-/// start-up does.
-fn replay_journal(snapshot: &Path, messages: &[StoredMessage]) -> anyhow::Result<()> {
-    if messages.is_empty() {
-        return Ok(());
-    }
+/// Complete a snapshot of the live database (`live`) with the posts that
+/// were only in the message journal (`journal_dir`) when it was taken.
+///
+/// The journal is read *after* the snapshot: a post whose seq the snapshot's
+/// heads cover was journaled before that head was committed, so now it is
+/// either still in the journal or was written into the live table before
+/// its segment was deleted. Read before the snapshot, the journal missed the
+/// posts stored in between, whose heads the snapshot has (a head without its
+/// post: the restored timeline would skip that seq). So: first the journal's
+/// posts go in (moving heads up, as the server's start-up does), then every
+/// seq up to each head that is still missing comes from the live table, and
+/// last each head must be its timeline's newest post.
+fn complete_from_journal(snapshot: &Path, live: &Path, journal_dir: &Path) -> anyhow::Result<()> {
+    let (_, journaled) = journal::read_all(journal_dir).context("read the message journal")?;
     let mut conn = rusqlite::Connection::open(snapshot).with_context(|| format!("open {}", snapshot.display()))?;
+    // The live database is read while the server writes (WAL readers wait at most a moment).
+    conn.busy_timeout(Duration::from_secs(30))?;
+    conn.execute("ATTACH DATABASE ?1 AS live", [live.to_str().ok_or_else(|| anyhow!("the path {} is not UTF-8", live.display()))?])?;
     let tx = conn.transaction()?;
-    journal::replay(&tx, messages).context("add the journaled messages to the backup")?;
+    tx.execute_batch(
+        "CREATE TEMP TABLE snapshot_newest AS \
+         SELECT t.id, (SELECT COALESCE(MAX(m.seq), 0) FROM main.messages m WHERE m.timeline_id = t.id) AS seq FROM main.timelines t",
+    )?;
+    journal::replay(&tx, &journaled).context("add the journaled messages to the backup")?;
+    tx.execute(
+        "INSERT OR IGNORE INTO main.messages SELECT l.* FROM temp.snapshot_newest n \
+         JOIN main.timelines t ON t.id = n.id \
+         JOIN live.messages l ON l.timeline_id = n.id AND l.seq > n.seq AND l.seq <= t.head_seq",
+        [],
+    )
+    .context("add the posts written from the journal into the live database meanwhile")?;
+    let mut behind = tx.prepare("SELECT t.id, t.head_seq FROM main.timelines t WHERE t.head_seq <> (SELECT COALESCE(MAX(m.seq), 0) FROM main.messages m WHERE m.timeline_id = t.id) LIMIT 1")?;
+    if let Some((id, head)) = behind.query_row([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))).optional()? {
+        bail!("the backup is incomplete: timeline {id} is at seq {head} but its post is missing; nothing was written, run the backup again");
+    }
+    drop(behind);
+    tx.execute("DROP TABLE temp.snapshot_newest", [])?;
     tx.commit()?;
+    conn.execute("DETACH DATABASE live", [])?;
     Ok(())
 }
 
@@ -684,7 +711,51 @@ impl Drop for RemoveOnDrop {
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use super::*;
+
+    fn post(seq: i64) -> tsunagu_server::db::StoredMessage {
+        tsunagu_server::db::StoredMessage {
+            timeline_id: "t1".into(),
+            seq,
+            epoch: 1,
+            kind: "application".into(),
+            sender_device_id: "d1".into(),
+            msg_id: format!("m{seq}"),
+            stored_at: 1_700_000_000_000 + seq,
+            data: vec![seq as u8; 40],
+        }
+    }
+
+    /// A snapshot taken while post 3 was stored: its head is 3 but post 3
+    /// was still only in the journal, and then its segment was applied to
+    /// the live table and deleted before the backup read the journal. Post 4
+    /// came after the snapshot and is in the journal.
+    #[tokio::test]
+    async fn a_snapshot_is_completed_from_the_journal_and_from_the_live_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = StorageConfig { data_dir: dir.path().join("data"), database_url: None };
+        drop(Db::connect(&storage).await.unwrap());
+        let live_path = storage.data_dir.join(SQLITE_FILE);
+        let live = rusqlite::Connection::open(&live_path).unwrap();
+        // No accounts or devices: just the timeline and its posts.
+        live.execute_batch("PRAGMA foreign_keys = OFF").unwrap();
+        live.execute("INSERT INTO timelines (id, epoch, head_seq, created_by, created_at) VALUES ('t1', 1, 3, 'd1', 0)", []).unwrap();
+        journal::insert_new(&live, &[post(1), post(2)]).unwrap();
+        let snapshot = dir.path().join("snapshot.db");
+        live.execute("VACUUM INTO ?1", [snapshot.to_str().unwrap()]).unwrap();
+        journal::insert_new(&live, &[post(3)]).unwrap();
+        live.execute("UPDATE timelines SET head_seq = 4", []).unwrap();
+        let journal_dir = storage.data_dir.join(journal::DIR);
+        let mut segment = journal::Journal::open(&journal_dir, journal::lock(&journal_dir).unwrap()).unwrap();
+        segment.append(&[post(4)]).unwrap();
+
+        complete_from_journal(&snapshot, &live_path, &journal_dir).unwrap();
+        let copy = rusqlite::Connection::open(&snapshot).unwrap();
+        let seqs: Vec<i64> = copy.prepare("SELECT seq FROM messages ORDER BY seq").unwrap().query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+        assert_eq!(seqs, [1, 2, 3, 4]);
+        let head: i64 = copy.query_row("SELECT head_seq FROM timelines WHERE id = 't1'", [], |r| r.get(0)).unwrap();
+        assert_eq!(head, 4);
+    }
 
     #[test]
     fn redact_hides_only_the_password() {
