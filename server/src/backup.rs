@@ -543,14 +543,17 @@ fn complete_from_journal(snapshot: &Path, live: &Path, journal_dir: &Path) -> an
         [],
     )
     .context("add the posts written from the journal into the live database meanwhile")?;
-    let mut behind = tx.prepare("SELECT t.id, t.head_seq FROM main.timelines t WHERE t.head_seq <> (SELECT COALESCE(MAX(m.seq), 0) FROM main.messages m WHERE m.timeline_id = t.id) LIMIT 1")?;
-    if let Some((id, head)) = behind.query_row([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))).optional()? {
+    let behind = tx
+        .query_row(
+            "SELECT t.id, t.head_seq FROM main.timelines t WHERE t.head_seq <> (SELECT COALESCE(MAX(m.seq), 0) FROM main.messages m WHERE m.timeline_id = t.id) LIMIT 1",
+            [],
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
+        )
+        .optional()?;
+    if let Some((id, head)) = behind {
         bail!("the backup is incomplete: timeline {id} is at seq {head} but its post is missing; nothing was written, run the backup again");
     }
-    drop(behind);
-    tx.execute("DROP TABLE temp.snapshot_newest", [])?;
     tx.commit()?;
-    conn.execute("DETACH DATABASE live", [])?;
     Ok(())
 }
 

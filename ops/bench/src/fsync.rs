@@ -52,13 +52,16 @@ fn run(args: &Args) -> Result<()> {
     let (mut growing, mut spare) = (Vec::new(), Vec::new());
     std::thread::scope(|s| -> Result<()> {
         let checkpoints = s.spawn(|| checkpoints(&dir.join("db"), &stop));
-        for run in 0..args.runs {
+        let measured = (0..args.runs).try_for_each(|run| {
             eprintln!("[fsync] run {}/{}", run + 1, args.runs);
             growing.extend(writes(args, &dir.join("growing.log"), false)?);
             spare.extend(writes(args, &dir.join("spare.log"), true)?);
-        }
+            Ok::<_, anyhow::Error>(())
+        });
+        // Stopped on an error too: the scope waits for the thread.
         stop.store(true, Ordering::Relaxed);
-        checkpoints.join().expect("checkpoint thread")
+        let background = checkpoints.join().expect("checkpoint thread");
+        measured.and(background)
     })?;
     growing.sort_unstable();
     spare.sort_unstable();

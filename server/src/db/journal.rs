@@ -31,7 +31,7 @@
 //! A segment is a file `journal/<16 hex digits>.log` of records:
 //! `[payload length: u32 LE][CRC-32 of payload: u32 LE][payload]`, the payload
 //! being a `StoredMessage`'s fields (strings and data length-prefixed). A
-//! batch is one `write`; reading stops at the first record that is short,
+//! batch is one write at the segment's end; reading stops at the first record that is short,
 //! empty (zeros) or fails its CRC (a write cut by the crash, never
 //! acknowledged).
 //!
