@@ -73,6 +73,9 @@ impl Push {
 /// One consumer (the connection), many producers (publishers).
 pub struct Queue {
     items: Mutex<VecDeque<Push>>,
+    /// `items.len()`, written under the lock: an empty queue is seen
+    /// without taking it (the connection looks after every turn).
+    len: AtomicUsize,
     capacity: usize,
     waker: AtomicWaker,
     /// Set when a push was dropped because the queue was full: the connection
@@ -86,7 +89,7 @@ const KEEP_SLOTS: usize = 8;
 
 impl Queue {
     fn new(capacity: usize) -> Queue {
-        Queue { items: Mutex::new(VecDeque::new()), capacity: capacity.max(1), waker: AtomicWaker::new(), lagged: AtomicBool::new(false) }
+        Queue { items: Mutex::new(VecDeque::new()), len: AtomicUsize::new(0), capacity: capacity.max(1), waker: AtomicWaker::new(), lagged: AtomicBool::new(false) }
     }
 
     /// Queue a push, or mark the queue lagged if it is full.
@@ -107,14 +110,23 @@ impl Queue {
                 }
                 items.push_back(push.clone());
             }
+            self.len.store(items.len(), Ordering::Release);
         }
         self.waker.wake();
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.len.load(Ordering::Acquire) == 0
+    }
+
     /// The next queued push, if any.
     pub fn try_recv(&self) -> Option<Push> {
+        if self.is_empty() {
+            return None;
+        }
         let mut items = self.items.lock().expect("queue lock");
         let next = items.pop_front();
+        self.len.store(items.len(), Ordering::Release);
         if items.is_empty() && items.capacity() > KEEP_SLOTS {
             *items = VecDeque::new();
         }

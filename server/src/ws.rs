@@ -6,12 +6,15 @@
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::stream::{FuturesUnordered, SplitSink};
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::stream::{FuturesUnordered, SplitSink, SplitStream};
+use futures_util::task::{waker_ref, ArcWake, AtomicWaker};
+use futures_util::{FutureExt, SinkExt, Stream, StreamExt};
 use tokio::time::Sleep;
 use tsunagu_protocol::frames::{AccountInfo, DeviceKeyPackage, MessageKind, TimelineInfo};
 use tsunagu_protocol::ids::{valid_msg_id, valid_uuid};
@@ -101,7 +104,8 @@ struct Connection {
 /// arguments would stay in the future next to the `Connection` they are
 /// moved into.
 pub fn serve(socket: WebSocket, state: AppState, device: Device) -> impl Future<Output = ()> + Send + 'static {
-    let (sink, mut stream) = socket.split();
+    let (sink, stream) = socket.split();
+    let mut stream = Gated::new(stream);
     let mut conn = Connection {
         state,
         device,
@@ -141,7 +145,7 @@ pub fn serve(socket: WebSocket, state: AppState, device: Device) -> impl Future<
                     break;
                 }
             };
-            if result.is_ok() {
+            if result.is_ok() && conn.has_ready() {
                 result = Box::pin(conn.send_ready()).await;
             }
             if result.is_ok() {
@@ -157,7 +161,7 @@ pub fn serve(socket: WebSocket, state: AppState, device: Device) -> impl Future<
 /// The closing handshake: read until the device's Close (or EOF), so no
 /// unread bytes make the kernel reset the socket and destroy our Close frame
 /// in flight.
-async fn close_handshake(stream: &mut futures_util::stream::SplitStream<WebSocket>) {
+async fn close_handshake(stream: &mut Gated<SplitStream<WebSocket>>) {
     let _ = tokio::time::timeout(CLOSE_HANDSHAKE, async {
         while let Some(Ok(msg)) = stream.next().await {
             if matches!(msg, Message::Close(_)) {
@@ -166,6 +170,55 @@ async fn close_handshake(stream: &mut futures_util::stream::SplitStream<WebSocke
         }
     })
     .await;
+}
+
+/// A connection's read half, polled only once the socket has woken it.
+/// The loop's `select!` polls every branch on each turn (a turn per
+/// delivery), and a read that finds nothing is not free: tungstenite
+/// zero-fills its 4 KiB read buffer before it asks the socket. Like
+/// `FuturesUnordered` for its futures, this gives the stream a waker of its
+/// own and skips the poll until that waker has fired.
+struct Gated<S> {
+    inner: S,
+    wake: Arc<GateWaker>,
+}
+
+struct GateWaker {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl ArcWake for GateWaker {
+    fn wake_by_ref(arc_self: &Arc<Self>) {
+        arc_self.woken.store(true, Ordering::Release);
+        arc_self.task.wake();
+    }
+}
+
+impl<S> Gated<S> {
+    fn new(inner: S) -> Gated<S> {
+        Gated { inner, wake: Arc::new(GateWaker { woken: AtomicBool::new(true), task: AtomicWaker::new() }) }
+    }
+}
+
+impl<S: Stream + Unpin> Stream for Gated<S> {
+    type Item = S::Item;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
+        let this = self.get_mut();
+        // Registered before the look: a wake-up in between is not lost.
+        this.wake.task.register(cx.waker());
+        if !this.wake.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        let waker = waker_ref(&this.wake);
+        let poll = this.inner.poll_next_unpin(&mut Context::from_waker(&waker));
+        if poll.is_ready() {
+            // More frames may wait in its buffer, with no wake-up to come.
+            this.wake.woken.store(true, Ordering::Release);
+        }
+        poll
+    }
 }
 
 async fn next_push(sub: &Option<Subscription>) -> Push {
@@ -473,6 +526,12 @@ impl Connection {
     /// Whatever else is ready already goes out in the same write: a poster's
     /// answers and the pushes of the same batch become ready together, and
     /// `select!` takes one of them per turn.
+    /// Whether [`Self::send_ready`] has anything to do (without a lock: the
+    /// loop asks after every turn).
+    fn has_ready(&self) -> bool {
+        !self.in_flight.is_empty() || self.sub.as_ref().is_some_and(|s| !s.queue.is_empty())
+    }
+
     async fn send_ready(&mut self) -> Result<(), Closed> {
         // `now_or_never` polls with a no-op waker; the loop's `select!` polls
         // the set again (with the task's waker) before the task sleeps.
@@ -909,6 +968,47 @@ mod tests {
         F: FnOnce(WebSocket, AppState, Device) -> Fut,
     {
         std::mem::size_of::<Fut>()
+    }
+
+    /// A stream that counts its polls, is pending until `ready` is set, and
+    /// keeps the waker it was last polled with.
+    #[derive(Default)]
+    struct Probe {
+        polls: usize,
+        ready: Vec<u32>,
+        waker: Option<std::task::Waker>,
+    }
+
+    impl Stream for Probe {
+        type Item = u32;
+        fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<u32>> {
+            let this = self.get_mut();
+            this.polls += 1;
+            this.waker = Some(cx.waker().clone());
+            match this.ready.pop() {
+                Some(item) => Poll::Ready(Some(item)),
+                None => Poll::Pending,
+            }
+        }
+    }
+
+    #[test]
+    fn the_read_half_is_polled_only_after_a_wake_up_and_gives_every_buffered_frame() {
+        let mut gated = Gated::new(Probe::default());
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(gated.poll_next_unpin(&mut cx).is_pending());
+        assert!(gated.poll_next_unpin(&mut cx).is_pending());
+        assert!(gated.poll_next_unpin(&mut cx).is_pending());
+        assert_eq!(gated.inner.polls, 1, "turns without a wake-up do not reach the socket");
+
+        // Two frames arrive with one wake-up: both come out, one per poll.
+        gated.inner.ready = vec![2, 1];
+        gated.inner.waker.take().unwrap().wake();
+        assert_eq!(gated.poll_next_unpin(&mut cx), Poll::Ready(Some(1)));
+        assert_eq!(gated.poll_next_unpin(&mut cx), Poll::Ready(Some(2)));
+        assert!(gated.poll_next_unpin(&mut cx).is_pending());
+        assert!(gated.poll_next_unpin(&mut cx).is_pending());
+        assert_eq!(gated.inner.polls, 4);
     }
 
     /// Every idle connection holds one `serve` future; the request handlers
