@@ -66,6 +66,11 @@ async fn metrics_and_readiness_describe_the_running_server() {
     let path = if server.backend() == "sqlite" { "direct" } else { "sqlx" };
     assert!(metric(&text, &format!(r#"tsunagu_group_commits_total{{path="{path}"}}"#)).unwrap_or(0.0) >= 1.0, "{text}");
     assert!(!text.contains(&timeline) && !text.contains(doctor.device_id()), "metrics carry no ids");
+    if std::path::Path::new("/proc/thread-self/schedstat").exists() {
+        // The writer thread's time on a core, from the kernel, since its start.
+        let running = metric(&text, r#"tsunagu_writer_thread_seconds_total{state="running"}"#);
+        assert!(running.is_some_and(|s| s > 0.0), "{text}");
+    }
     if server.backend() == "sqlite" {
         // The posts went through the message journal, which is written into
         // the table within --journal-apply-ms (200 ms).

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -24,6 +26,11 @@ pub struct CodeLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PathLabel {
     pub path: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -71,6 +78,9 @@ pub struct Metrics {
     pub journal_unapplied: Gauge,
     /// SQLite: journaled posts written into the `messages` table.
     pub journal_applied: Counter,
+    /// The group-commit writer thread's time on a core (`running`) and
+    /// runnable but waiting for one (`waiting`), in seconds (Linux).
+    pub writer_thread_seconds: Family<StateLabel, Counter<f64, AtomicU64>>,
 }
 
 impl Default for Metrics {
@@ -92,6 +102,7 @@ impl Default for Metrics {
             urgent: Family::default(),
             journal_unapplied: Gauge::default(),
             journal_applied: Counter::default(),
+            writer_thread_seconds: Family::default(),
             registry: Registry::default(),
         };
         registry.register("connections", "Open websocket connections", m.connections.clone());
@@ -108,6 +119,11 @@ impl Default for Metrics {
         registry.register("read_marks_written", "Read-mark rows written", m.read_marks_written.clone());
         registry.register("journal_unapplied", "Posts durable in the message journal, not yet in the messages table (SQLite)", m.journal_unapplied.clone());
         registry.register("journal_applied", "Journaled posts written into the messages table (SQLite)", m.journal_applied.clone());
+        registry.register(
+            "writer_thread_seconds",
+            "The group-commit writer thread's time on a core (running) and runnable but waiting for one (waiting), from the kernel's schedstat (Linux)",
+            m.writer_thread_seconds.clone(),
+        );
         registry.register("urgent_posts", "Urgent posts stored, acknowledged (once per person) and escalated to the second call", m.urgent.clone());
         Metrics { registry, ..m }
     }

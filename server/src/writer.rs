@@ -26,7 +26,7 @@ use crate::db::sqlite_writer::{Checkpointer, SqliteWriter};
 use crate::db::{Db, Existing, StoredMessage};
 use crate::error::{ApiError, StoreError};
 use crate::hub::Hub;
-use crate::metrics::{KindLabel, Metrics, PathLabel};
+use crate::metrics::{KindLabel, Metrics, PathLabel, StateLabel};
 use crate::now_ms;
 
 /// Most sends stored in one transaction.
@@ -109,7 +109,9 @@ impl Writer {
 
 async fn run(db: Db, hub: Arc<Hub>, cluster: Cluster, metrics: Arc<Metrics>, mut direct: Option<Direct>, mut rx: mpsc::Receiver<(SendRequest, Reply)>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut thread_time = ThreadTime::default();
     loop {
+        thread_time.record(&metrics);
         // With journal work due, wait for sends only until it is.
         let received = match direct.as_ref().and_then(Direct::due_in) {
             Some(wait) => tokio::time::timeout(wait, rx.recv_many(&mut batch, MAX_BATCH)).await.unwrap_or(usize::MAX),
@@ -136,6 +138,40 @@ async fn run(db: Db, hub: Arc<Hub>, cluster: Cluster, metrics: Arc<Metrics>, mut
             }
         }
     }
+}
+
+/// How often the writer adds its thread's scheduler times to the metrics.
+const THREAD_TIME_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The writer thread's times from the kernel (`/proc/thread-self/schedstat`:
+/// ns on a core, ns runnable and waiting for one): on a machine whose cores
+/// are full, a batch's time is mostly the writer waiting for a turn.
+#[derive(Default)]
+struct ThreadTime {
+    last: Option<(std::time::Instant, [u64; 2])>,
+}
+
+impl ThreadTime {
+    /// Add what changed since the last look, at most every `THREAD_TIME_EVERY`.
+    fn record(&mut self, metrics: &Metrics) {
+        if self.last.is_some_and(|(at, _)| at.elapsed() < THREAD_TIME_EVERY) {
+            return;
+        }
+        // Not Linux, or no schedstat: no figures.
+        let Some(now) = schedstat() else { return };
+        if let Some((_, before)) = self.last {
+            for (state, (a, b)) in ["running", "waiting"].into_iter().zip(before.into_iter().zip(now)) {
+                metrics.writer_thread_seconds.get_or_create(&StateLabel { state }).inc_by(b.saturating_sub(a) as f64 / 1e9);
+            }
+        }
+        self.last = Some((std::time::Instant::now(), now));
+    }
+}
+
+fn schedstat() -> Option<[u64; 2]> {
+    let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let mut fields = text.split_whitespace().map(|f| f.parse::<u64>().ok());
+    Some([fields.next()??, fields.next()??])
 }
 
 /// Store one batch: the journal path when it can take it, else sqlx.

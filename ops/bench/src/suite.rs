@@ -1114,10 +1114,12 @@ fn server_side(before: &HashMap<String, f64>, after: &HashMap<String, f64>) -> S
     let (_, append) = histogram("tsunagu_db_transaction_seconds", "op=\"journal_append\"");
     let (chunks, chunk) = histogram("tsunagu_db_transaction_seconds", "op=\"journal_apply\"");
     format!(
-        "server side (latency run, from /metrics): {batches:.0} group commits, {:.1} posts each, in the database {batch} (of which the journal's write and fdatasync {append}); {chunks:.0} journal chunks applied, {chunk}; send → durable {}; durable → socket {}",
+        "server side (latency run, from /metrics): {batches:.0} group commits, {:.1} posts each, in the database {batch} (of which the journal's write and fdatasync {append}); {chunks:.0} journal chunks applied, {chunk}; send → durable {}; durable → socket {}; the writer thread on a core {:.2} s, runnable and waiting for one {:.2} s",
         per(d("tsunagu_group_commit_batch_size_sum"), batches),
         histogram("tsunagu_send_seconds", "").1,
         histogram("tsunagu_delivery_latency_seconds", "").1,
+        d("tsunagu_writer_thread_seconds_total{state=\"running\"}"),
+        d("tsunagu_writer_thread_seconds_total{state=\"waiting\"}"),
     )
 }
 
