@@ -525,6 +525,8 @@ async fn sqlite_counts(conn: &mut SqliteConnection) -> anyhow::Result<Counts> {
 /// seq up to each head that is still missing comes from the live table, and
 /// last each head must be its timeline's newest post.
 fn complete_from_journal(snapshot: &Path, live: &Path, journal_dir: &Path) -> anyhow::Result<()> {
+    // The snapshot's newest post of timeline `t` (0 without posts).
+    const NEWEST_SEQ: &str = "(SELECT COALESCE(MAX(m.seq), 0) FROM main.messages m WHERE m.timeline_id = t.id)";
     let (_, journaled) = journal::read_all(journal_dir).context("read the message journal")?;
     let mut conn = rusqlite::Connection::open(snapshot).with_context(|| format!("open {}", snapshot.display()))?;
     // The live database is read while the server writes (WAL readers wait at most a moment).
@@ -532,8 +534,7 @@ fn complete_from_journal(snapshot: &Path, live: &Path, journal_dir: &Path) -> an
     conn.execute("ATTACH DATABASE ?1 AS live", [live.to_str().ok_or_else(|| anyhow!("the path {} is not UTF-8", live.display()))?])?;
     let tx = conn.transaction()?;
     tx.execute_batch(
-        "CREATE TEMP TABLE snapshot_newest AS \
-         SELECT t.id, (SELECT COALESCE(MAX(m.seq), 0) FROM main.messages m WHERE m.timeline_id = t.id) AS seq FROM main.timelines t",
+        &format!("CREATE TEMP TABLE snapshot_newest AS SELECT t.id, {NEWEST_SEQ} AS seq FROM main.timelines t"),
     )?;
     journal::replay(&tx, &journaled).context("add the journaled messages to the backup")?;
     tx.execute(
@@ -545,7 +546,7 @@ fn complete_from_journal(snapshot: &Path, live: &Path, journal_dir: &Path) -> an
     .context("add the posts written from the journal into the live database meanwhile")?;
     let behind = tx
         .query_row(
-            "SELECT t.id, t.head_seq FROM main.timelines t WHERE t.head_seq <> (SELECT COALESCE(MAX(m.seq), 0) FROM main.messages m WHERE m.timeline_id = t.id) LIMIT 1",
+            &format!("SELECT t.id, t.head_seq FROM main.timelines t WHERE t.head_seq <> {NEWEST_SEQ} LIMIT 1"),
             [],
             |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
         )

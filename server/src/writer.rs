@@ -148,23 +148,27 @@ const THREAD_TIME_EVERY: std::time::Duration = std::time::Duration::from_millis(
 /// are full, a batch's time is mostly the writer waiting for a turn.
 #[derive(Default)]
 struct ThreadTime {
-    last: Option<(std::time::Instant, [u64; 2])>,
+    /// When it last looked (so a missing file is not tried on every batch).
+    looked: Option<std::time::Instant>,
+    /// The times it read then, if it could.
+    last: Option<[u64; 2]>,
 }
 
 impl ThreadTime {
     /// Add what changed since the last look, at most every `THREAD_TIME_EVERY`.
     fn record(&mut self, metrics: &Metrics) {
-        if self.last.is_some_and(|(at, _)| at.elapsed() < THREAD_TIME_EVERY) {
+        if self.looked.is_some_and(|at| at.elapsed() < THREAD_TIME_EVERY) {
             return;
         }
+        self.looked = Some(std::time::Instant::now());
         // Not Linux, or no schedstat: no figures.
-        let Some(now) = schedstat() else { return };
-        if let Some((_, before)) = self.last {
+        let now = schedstat();
+        if let (Some(before), Some(now)) = (self.last, now) {
             for (state, (a, b)) in ["running", "waiting"].into_iter().zip(before.into_iter().zip(now)) {
                 metrics.writer_thread_seconds.get_or_create(&StateLabel { state }).inc_by(b.saturating_sub(a) as f64 / 1e9);
             }
         }
-        self.last = Some((std::time::Instant::now(), now));
+        self.last = now;
     }
 }
 

@@ -333,6 +333,9 @@ impl Spares {
     }
 }
 
+/// Written zeros, not `set_len` or `fallocate`: a hole or an unwritten
+/// extent would be allocated or converted by the batch's write, and its
+/// fdatasync would commit the file system's journal again.
 fn fill_with_zeros(path: &Path, size: u64) -> std::io::Result<()> {
     let mut file = std::fs::OpenOptions::new().create(true).truncate(true).write(true).open(path)?;
     let zeros = vec![0u8; 256 << 10];
