@@ -4,12 +4,13 @@
 //! any gap (a full queue, a message published out of order) from the database,
 //! which stays the source of truth.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 
 use axum::extract::ws::Utf8Bytes;
+use foldhash::HashMap;
 use futures_util::task::AtomicWaker;
 use tsunagu_protocol::frames::{Delivered, MessageKind};
 use tsunagu_protocol::{Bytes, ServerFrame};

@@ -3,7 +3,9 @@
 //! database after `subscribe`, then live pushes from the hub, with gaps filled
 //! from the database). The delivery and commit rules are in PROTOCOL.md.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+use foldhash::{HashMap, HashMapExt};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -580,8 +582,17 @@ impl Connection {
             Push::Notice(frame) => self.send_text(*frame).await?,
             Push::Message(push) => {
                 let MessagePush { ref timeline_id, seq, ref frame, stored } = *push;
-                let last = match self.last_sent.get(&**timeline_id) {
-                    Some(&last) => last,
+                // One look-up per delivery: the next seq moves the cursor
+                // here (a failed send closes the connection anyway).
+                let known = self.last_sent.get_mut(&**timeline_id).map(|last| {
+                    let before = *last;
+                    if seq == before + 1 {
+                        *last = seq;
+                    }
+                    before
+                });
+                let last = match known {
+                    Some(last) => last,
                     // Not yet known on this connection: start from the stored cursor.
                     None => self.db().memberships(&self.device.id).await.map_err(ApiError::from)?
                         .into_iter()
@@ -592,12 +603,10 @@ impl Connection {
                     return Ok(());
                 }
                 if seq == last + 1 {
-                    self.send_text(frame.clone()).await?;
-                    // No new key (an allocation) per delivery once the timeline is known.
-                    match self.last_sent.get_mut(&**timeline_id) {
-                        Some(last) => *last = seq,
-                        None => _ = self.last_sent.insert(timeline_id.to_string(), seq),
+                    if known.is_none() {
+                        self.last_sent.insert(timeline_id.to_string(), seq);
                     }
+                    self.send_text(frame.clone()).await?;
                     self.state.metrics.messages_delivered.inc();
                     self.state.metrics.delivery_seconds.observe(stored.elapsed().as_secs_f64());
                 } else {

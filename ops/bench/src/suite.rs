@@ -167,6 +167,18 @@ fn raise_nofile() -> u64 {
     }
 }
 
+/// CPU seconds (user + system) a process has used so far; 0 where `/proc`
+/// cannot say.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    // Fields after the command name (which may hold spaces): utime and
+    // stime are the 12th and 13th of them.
+    let ticks: u64 = stat.rsplit_once(')').map_or(0, |(_, rest)| rest.split_whitespace().skip(11).take(2).filter_map(|f| f.parse::<u64>().ok()).sum());
+    // SAFETY: sysconf has no preconditions.
+    let per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
+    ticks as f64 / per_s as f64
+}
+
 fn vm_rss_kib(pid: u32) -> Result<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("read /proc/{pid}/status"))?;
@@ -475,11 +487,18 @@ struct PhaseResult {
     delivery_wall: f64,
     latencies_ns: Vec<u64>,
     dups: usize,
+    /// CPU seconds the server process used during the run (`/proc`; 0
+    /// where it cannot be read).
+    server_cpu_s: f64,
 }
 
 impl PhaseResult {
     fn posts_per_s(&self) -> f64 {
         self.posts as f64 / self.post_wall
+    }
+    /// The server's CPU in microseconds per post (each with its deliveries).
+    fn server_us_per_post(&self) -> f64 {
+        self.server_cpu_s * 1e6 / self.posts as f64
     }
     fn deliveries_per_s(&self) -> f64 {
         self.deliveries as f64 / self.delivery_wall
@@ -690,6 +709,7 @@ async fn run_phase(
         delivery_wall: (last_del - t0_ns) as f64 / 1e9,
         latencies_ns: lat,
         dups,
+        server_cpu_s: 0.0,
     };
     Ok((out, r, max_seqs))
 }
@@ -939,6 +959,9 @@ async fn open_all(ep: Endpoint, devs: &[Dev], groups: &[String], subscribe: bool
 struct Both {
     tsunagu: Vec<Ws>,
     relay: Vec<Ws>,
+    /// The two server processes, for their CPU time.
+    tsunagu_pid: u32,
+    relay_pid: u32,
     members: usize,
     timeout: Duration,
 }
@@ -948,14 +971,18 @@ impl Both {
     /// (relay, tsunagu, tsunagu's highest seq per connection).
     async fn run(&mut self, plan: &FanoutPlan, phase: char, pace: impl Fn(usize) -> Pace + Copy, what: &str) -> Result<(PhaseResult, PhaseResult, Vec<u64>)> {
         settle().await;
-        let (relay, rel, _) = run_phase(Kind::Relay, std::mem::take(&mut self.relay), self.members, &plan.posts, plan.n, phase, pace, self.timeout)
+        let cpu = cpu_seconds(self.relay_pid);
+        let (relay, mut rel, _) = run_phase(Kind::Relay, std::mem::take(&mut self.relay), self.members, &plan.posts, plan.n, phase, pace, self.timeout)
             .await
             .with_context(|| format!("relay {what} run"))?;
+        rel.server_cpu_s = cpu_seconds(self.relay_pid) - cpu;
         self.relay = relay;
         settle().await;
-        let (tsunagu, tsu, seqs) = run_phase(Kind::Tsunagu, std::mem::take(&mut self.tsunagu), self.members, &plan.posts, plan.n, phase, pace, self.timeout)
+        let cpu = cpu_seconds(self.tsunagu_pid);
+        let (tsunagu, mut tsu, seqs) = run_phase(Kind::Tsunagu, std::mem::take(&mut self.tsunagu), self.members, &plan.posts, plan.n, phase, pace, self.timeout)
             .await
             .with_context(|| format!("tsunagu {what} run"))?;
+        tsu.server_cpu_s = cpu_seconds(self.tsunagu_pid) - cpu;
         self.tsunagu = tsunagu;
         Ok((rel, tsu, seqs))
     }
@@ -976,6 +1003,8 @@ async fn part_fanout(args: &SuiteArgs, server: &Server, relay: &Bare, setup: &mu
     let mut both = Both {
         tsunagu: open_all(tsu_ep, &devs, &no_groups, true, timeout).await?,
         relay: open_all(relay_ep, &devs, &relay_groups, false, timeout).await?,
+        tsunagu_pid: server.pid().unwrap_or(0),
+        relay_pid: relay.pid(),
         members: m,
         timeout,
     };
@@ -1080,6 +1109,13 @@ async fn part_fanout(args: &SuiteArgs, server: &Server, relay: &Bare, setup: &mu
         tsu_runs.iter().map(|r| format!("{:.0}/s", r.deliveries_per_s())).collect::<Vec<_>>().join(", "),
         rate * (m - 1) as f64
     ));
+    // What each server process spent: at the same post rate the cores are
+    // shared with the load generator, so CPU one system spends more is
+    // queueing for both.
+    let cpu = |runs: &[PhaseResult]| {
+        runs.iter().map(|r| format!("{:.2} cores ({:.0} µs per post)", r.server_cpu_s / r.delivery_wall, r.server_us_per_post())).collect::<Vec<_>>().join(", ")
+    };
+    info.push(format!("fan-out: server process CPU during the latency runs: relay {}; tsunagu {}", cpu(&rel_runs), cpu(&tsu_runs)));
     info.push(server_side(&before, &after));
     Ok(())
 }

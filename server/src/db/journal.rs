@@ -453,10 +453,10 @@ pub struct Unapplied {
 #[derive(Default)]
 struct UnappliedInner {
     /// Shared with the writer's segment being applied (`all`), not copied.
-    by_timeline: HashMap<String, BTreeMap<i64, Arc<StoredMessage>>>,
+    by_timeline: foldhash::HashMap<String, BTreeMap<i64, Arc<StoredMessage>>>,
     /// By sender device, then `msg_id`: looked up with `&str`s, so the
     /// writer's check of every send allocates nothing.
-    by_msg_id: HashMap<String, HashMap<String, Existing>>,
+    by_msg_id: foldhash::HashMap<String, foldhash::HashMap<String, Existing>>,
 }
 
 impl Unapplied {
@@ -476,7 +476,7 @@ impl Unapplied {
             // A key is copied only the first time it is seen.
             match inner.by_msg_id.get_mut(&m.sender_device_id) {
                 Some(ids) => _ = ids.insert(m.msg_id.clone(), existing),
-                None => _ = inner.by_msg_id.insert(m.sender_device_id.clone(), HashMap::from([(m.msg_id.clone(), existing)])),
+                None => _ = inner.by_msg_id.insert(m.sender_device_id.clone(), [(m.msg_id.clone(), existing)].into_iter().collect()),
             }
             match inner.by_timeline.get_mut(&m.timeline_id) {
                 Some(t) => _ = t.insert(m.seq, m.clone()),
