@@ -4,8 +4,6 @@
 //! from the database). The delivery and commit rules are in PROTOCOL.md.
 
 use std::collections::BTreeSet;
-
-use foldhash::{HashMap, HashMapExt};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,6 +12,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use foldhash::{HashMap, HashMapExt};
 use futures_util::stream::{FuturesUnordered, SplitSink, SplitStream};
 use futures_util::task::{waker_ref, ArcWake, AtomicWaker};
 use futures_util::{FutureExt, SinkExt, Stream, StreamExt};
