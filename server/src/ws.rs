@@ -581,30 +581,27 @@ impl Connection {
             Push::Notice(frame) => self.send_text(*frame).await?,
             Push::Message(push) => {
                 let MessagePush { ref timeline_id, seq, ref frame, stored } = *push;
-                // One look-up per delivery: the next seq moves the cursor
-                // here (a failed send closes the connection anyway).
-                let known = self.last_sent.get_mut(&**timeline_id).map(|last| {
-                    let before = *last;
-                    if seq == before + 1 {
-                        *last = seq;
-                    }
-                    before
-                });
-                let last = match known {
-                    Some(last) => last,
+                // One look-up per delivery: the next seq moves the last one
+                // sent before the send (a failed send closes the connection).
+                let last = match self.last_sent.get_mut(&**timeline_id) {
+                    Some(last) if seq == *last + 1 => std::mem::replace(last, seq),
+                    Some(last) => *last,
                     // Not yet known on this connection: start from the stored cursor.
-                    None => self.db().memberships(&self.device.id).await.map_err(ApiError::from)?
-                        .into_iter()
-                        .find(|m| *m.timeline_id == **timeline_id)
-                        .map_or(seq - 1, |m| m.cursor),
+                    None => {
+                        let cursor = self.db().memberships(&self.device.id).await.map_err(ApiError::from)?
+                            .into_iter()
+                            .find(|m| *m.timeline_id == **timeline_id)
+                            .map_or(seq - 1, |m| m.cursor);
+                        if seq == cursor + 1 {
+                            self.last_sent.insert(timeline_id.to_string(), seq);
+                        }
+                        cursor
+                    }
                 };
                 if seq <= last {
                     return Ok(());
                 }
                 if seq == last + 1 {
-                    if known.is_none() {
-                        self.last_sent.insert(timeline_id.to_string(), seq);
-                    }
                     self.send_text(frame.clone()).await?;
                     self.state.metrics.messages_delivered.inc();
                     self.state.metrics.delivery_seconds.observe(stored.elapsed().as_secs_f64());

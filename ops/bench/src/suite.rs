@@ -619,10 +619,12 @@ async fn conn_task(
 }
 
 /// Run one phase over `conns` (connection i belongs to timeline i / members;
-/// `posts[i]` are connection i's posts). Returns the connections for reuse.
+/// `posts[i]` are connection i's posts), and the CPU of the server process
+/// `server_pid` over it. Returns the connections for reuse.
 #[allow(clippy::too_many_arguments)]
 async fn run_phase(
     kind: Kind,
+    server_pid: u32,
     conns: Vec<Ws>,
     members: usize,
     posts: &[Vec<(u32, Arc<str>)>],
@@ -631,6 +633,7 @@ async fn run_phase(
     pace_of: impl Fn(usize) -> Pace,
     timeout: Duration,
 ) -> Result<(Vec<Ws>, PhaseResult, Vec<u64>)> {
+    let cpu_before = cpu_seconds(server_pid);
     let mut owner = vec![u32::MAX; n_posts];
     for (i, p) in posts.iter().enumerate() {
         for (g, _) in p {
@@ -709,7 +712,7 @@ async fn run_phase(
         delivery_wall: (last_del - t0_ns) as f64 / 1e9,
         latencies_ns: lat,
         dups,
-        server_cpu_s: 0.0,
+        server_cpu_s: cpu_seconds(server_pid) - cpu_before,
     };
     Ok((out, r, max_seqs))
 }
@@ -971,18 +974,14 @@ impl Both {
     /// (relay, tsunagu, tsunagu's highest seq per connection).
     async fn run(&mut self, plan: &FanoutPlan, phase: char, pace: impl Fn(usize) -> Pace + Copy, what: &str) -> Result<(PhaseResult, PhaseResult, Vec<u64>)> {
         settle().await;
-        let cpu = cpu_seconds(self.relay_pid);
-        let (relay, mut rel, _) = run_phase(Kind::Relay, std::mem::take(&mut self.relay), self.members, &plan.posts, plan.n, phase, pace, self.timeout)
+        let (relay, rel, _) = run_phase(Kind::Relay, self.relay_pid, std::mem::take(&mut self.relay), self.members, &plan.posts, plan.n, phase, pace, self.timeout)
             .await
             .with_context(|| format!("relay {what} run"))?;
-        rel.server_cpu_s = cpu_seconds(self.relay_pid) - cpu;
         self.relay = relay;
         settle().await;
-        let cpu = cpu_seconds(self.tsunagu_pid);
-        let (tsunagu, mut tsu, seqs) = run_phase(Kind::Tsunagu, std::mem::take(&mut self.tsunagu), self.members, &plan.posts, plan.n, phase, pace, self.timeout)
+        let (tsunagu, tsu, seqs) = run_phase(Kind::Tsunagu, self.tsunagu_pid, std::mem::take(&mut self.tsunagu), self.members, &plan.posts, plan.n, phase, pace, self.timeout)
             .await
             .with_context(|| format!("tsunagu {what} run"))?;
-        tsu.server_cpu_s = cpu_seconds(self.tsunagu_pid) - cpu;
         self.tsunagu = tsunagu;
         Ok((rel, tsu, seqs))
     }
