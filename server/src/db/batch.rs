@@ -3,6 +3,7 @@
 //! round trips to the database.
 
 use std::collections::HashMap;
+use std::sync::OnceLock;
 
 use sqlx::Row as _;
 
@@ -64,37 +65,75 @@ impl Db {
 /// chunked to it).
 pub const CHUNK: usize = 64;
 
+/// A statement's text for each row count `1..=CHUNK` and backend, built on
+/// first use: a batch looks its statements up instead of building them (the
+/// placeholders' strings were a few percent of the writer thread).
+struct Texts([[OnceLock<String>; CHUNK]; 2]);
+
+impl Texts {
+    const fn new() -> Texts {
+        Texts([const { [const { OnceLock::new() }; CHUNK] }; 2])
+    }
+
+    fn get(&'static self, sqlite: bool, n: usize, build: impl FnOnce() -> String) -> &'static str {
+        assert!((1..=CHUNK).contains(&n), "a statement of {n} rows (1..={CHUNK})");
+        self.0[usize::from(sqlite)][n - 1].get_or_init(build)
+    }
+}
+
 /// `UPDATE timelines … RETURNING id, head_seq` for `n` `(id, epoch, count)`
 /// triples: each timeline still at that epoch moves its head by `count`.
-pub fn append_sql(sqlite: bool, n: usize) -> String {
-    let values: Vec<String> = (0..n).map(|i| placeholders(sqlite, 3 * i, 3)).collect();
-    // Both backends name the VALUES columns column1, column2, column3.
-    format!(
-        "UPDATE timelines SET head_seq = head_seq + v.column3 FROM (VALUES {}) AS v \
-         WHERE timelines.id = v.column1 AND timelines.epoch = v.column2 RETURNING timelines.id, timelines.head_seq",
-        values.join(", ")
-    )
+pub fn append_sql(sqlite: bool, n: usize) -> &'static str {
+    static TEXTS: Texts = Texts::new();
+    TEXTS.get(sqlite, n, || {
+        // Both backends name the VALUES columns column1, column2, column3.
+        format!(
+            "UPDATE timelines SET head_seq = head_seq + v.column3 FROM (VALUES {}) AS v \
+             WHERE timelines.id = v.column1 AND timelines.epoch = v.column2 RETURNING timelines.id, timelines.head_seq",
+            rows(sqlite, n, 3)
+        )
+    })
 }
 
 /// `INSERT INTO messages` of `n` rows of the 8 columns of a `StoredMessage`
 /// (timeline_id, seq, epoch, kind, sender_device_id, msg_id, stored_at, data).
-pub fn insert_sql(sqlite: bool, n: usize) -> String {
-    let rows: Vec<String> = (0..n).map(|i| placeholders(sqlite, 8 * i, 8)).collect();
-    format!("INSERT INTO messages (timeline_id, seq, epoch, kind, sender_device_id, msg_id, stored_at, data) VALUES {}", rows.join(", "))
+pub fn insert_sql(sqlite: bool, n: usize) -> &'static str {
+    static TEXTS: Texts = Texts::new();
+    TEXTS.get(sqlite, n, || format!("INSERT INTO messages {INSERT_COLUMNS} VALUES {}", rows(sqlite, n, 8)))
 }
+
+/// [`insert_sql`] on SQLite, skipping a row already there (by either unique
+/// key). `OR IGNORE`, not `ON CONFLICT DO NOTHING`: the same for the two
+/// unique keys (and no column is ever NULL), but then SQLite knows the
+/// statement cannot stop half-way and keeps no statement journal (a copy of
+/// every page the statement changes, spilled to a temporary file past 64 KiB).
+pub fn insert_or_ignore_sql(n: usize) -> &'static str {
+    static TEXTS: Texts = Texts::new();
+    TEXTS.get(true, n, || format!("INSERT OR IGNORE INTO messages {INSERT_COLUMNS} VALUES {}", rows(true, n, 8)))
+}
+
+const INSERT_COLUMNS: &str = "(timeline_id, seq, epoch, kind, sender_device_id, msg_id, stored_at, data)";
 
 /// The stored messages among `n` `(sender_device_id, msg_id)` pairs:
 /// `sender_device_id, msg_id, timeline_id, seq, epoch`. A join on VALUES, not
 /// a row-value IN: SQLite scans the whole index for the latter, but searches
 /// it once per pair for this. Both backends name the VALUES columns column1,
 /// column2.
-pub fn existing_sql(sqlite: bool, n: usize) -> String {
-    let values: Vec<String> = (0..n).map(|i| placeholders(sqlite, 2 * i, 2)).collect();
-    format!(
-        "SELECT m.sender_device_id, m.msg_id, m.timeline_id, m.seq, m.epoch FROM messages m \
-         JOIN (VALUES {}) AS v ON m.sender_device_id = v.column1 AND m.msg_id = v.column2",
-        values.join(", ")
-    )
+pub fn existing_sql(sqlite: bool, n: usize) -> &'static str {
+    static TEXTS: Texts = Texts::new();
+    TEXTS.get(sqlite, n, || {
+        format!(
+            "SELECT m.sender_device_id, m.msg_id, m.timeline_id, m.seq, m.epoch FROM messages m \
+             JOIN (VALUES {}) AS v ON m.sender_device_id = v.column1 AND m.msg_id = v.column2",
+            rows(sqlite, n, 2)
+        )
+    })
+}
+
+/// `n` rows of `width` placeholders each, `(…), (…)`.
+fn rows(sqlite: bool, n: usize, width: usize) -> String {
+    let rows: Vec<String> = (0..n).map(|i| placeholders(sqlite, width * i, width)).collect();
+    rows.join(", ")
 }
 
 /// `n` bind placeholders for values `first + 1 ..= first + n`, as one row

@@ -55,7 +55,7 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::types::ToSql;
 
-use super::batch::{insert_sql, CHUNK};
+use super::batch::{insert_or_ignore_sql, CHUNK};
 use super::{Existing, StoredMessage};
 
 /// The journal's directory inside the data directory.
@@ -405,13 +405,7 @@ fn decode(mut p: &[u8]) -> Option<StoredMessage> {
 pub fn insert_new<M: Borrow<StoredMessage>>(conn: &rusqlite::Connection, messages: &[M]) -> rusqlite::Result<usize> {
     let mut inserted = 0;
     for chunk in messages.chunks(CHUNK) {
-        // `OR IGNORE`, not `ON CONFLICT DO NOTHING`: the same for the two
-        // unique keys (and no column is ever NULL), but then SQLite knows the
-        // statement cannot stop half-way and keeps no statement journal (a
-        // copy of every page the statement changes, spilled to a temporary
-        // file past 64 KiB).
-        let sql = insert_sql(true, chunk.len()).replacen("INSERT INTO", "INSERT OR IGNORE INTO", 1);
-        let mut statement = conn.prepare_cached(&sql)?;
+        let mut statement = conn.prepare_cached(insert_or_ignore_sql(chunk.len()))?;
         let params: Vec<&dyn ToSql> = chunk
             .iter()
             .map(Borrow::borrow)

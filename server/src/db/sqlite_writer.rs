@@ -152,7 +152,7 @@ impl WriterTx<'_> {
     pub fn append_at_epochs(&self, wanted: &[(&str, i64, i64)]) -> Result<HashMap<String, i64>> {
         let mut heads = HashMap::with_capacity(wanted.len());
         for chunk in wanted.chunks(CHUNK) {
-            let mut statement = self.tx.prepare_cached(&append_sql(true, chunk.len()))?;
+            let mut statement = self.tx.prepare_cached(append_sql(true, chunk.len()))?;
             let params: Vec<&dyn ToSql> = chunk.iter().flat_map(|(id, epoch, count)| [id as &dyn ToSql, epoch, count]).collect();
             let mut rows = statement.query(params.as_slice())?;
             while let Some(row) = rows.next()? {
@@ -166,7 +166,7 @@ impl WriterTx<'_> {
     pub fn existing(&self, pairs: &[(&str, &str)]) -> Result<HashMap<(String, String), Existing>> {
         let mut found = HashMap::new();
         for chunk in pairs.chunks(CHUNK) {
-            let mut statement = self.tx.prepare_cached(&existing_sql(true, chunk.len()))?;
+            let mut statement = self.tx.prepare_cached(existing_sql(true, chunk.len()))?;
             let params: Vec<&dyn ToSql> = chunk.iter().flat_map(|(device, msg_id)| [device as &dyn ToSql, msg_id]).collect();
             let mut rows = statement.query(params.as_slice())?;
             while let Some(row) = rows.next()? {
