@@ -300,24 +300,19 @@ fn small_config() -> WebSocketConfig {
 
 /// The fan-out connections' config, the same for both systems. tungstenite
 /// zeroes its free read buffer before every read: with the default 128 KiB
-/// that memset was a sixth of the load generator's CPU, taken from the two
-/// cores the server under test shares.
+/// that memset was a sixth of the load generator's CPU, with 16 KiB still a
+/// tenth, taken from the two cores the server under test shares. A delivery
+/// is about 600 bytes.
 fn fanout_config() -> WebSocketConfig {
-    WebSocketConfig::default().read_buffer_size(16 * 1024)
+    WebSocketConfig::default().read_buffer_size(4 * 1024)
 }
 
-/// Where the value of `"key":` starts in a JSON text (found without an
-/// allocation: the load generator reads every delivery this way).
+/// Where the value of the field `key` (given as `"name":`) starts in a JSON
+/// text, found without an allocation: the load generator reads every
+/// delivery this way (`str::find` built a searcher per call, 5 % of its CPU).
 fn field_value(t: &str, key: &str) -> Option<usize> {
-    let mut from = 0;
-    while let Some(i) = t[from..].find(key) {
-        let (at, end) = (from + i, from + i + key.len());
-        if t[..at].ends_with('"') && t[end..].starts_with("\":") {
-            return Some(end + 2);
-        }
-        from = end;
-    }
-    None
+    debug_assert!(key.starts_with('"') && key.ends_with("\":"));
+    memchr::memmem::find(t.as_bytes(), key.as_bytes()).map(|i| i + key.len())
 }
 
 /// The value of `"key":"…"` in a JSON text (no escapes in our values).
@@ -340,7 +335,7 @@ fn num_field(t: &str, key: &str) -> Option<u64> {
 
 /// Our msg_ids are `z` + a phase letter + a global post index.
 fn post_index(t: &str, phase: char) -> Option<u32> {
-    let id = str_field(t, "msg_id")?;
+    let id = str_field(t, r#""msg_id":"#)?;
     let mut c = id.chars();
     if c.next()? != 'z' || c.next()? != phase {
         return None;
@@ -415,7 +410,7 @@ async fn subscribe_drain(ws: &mut Ws, timeout: Duration) -> Result<u64> {
         let t = next_text(ws, timeout, "catching up").await?;
         match frame_type(&t) {
             Some("caught_up") => return Ok(max_seq),
-            Some("message") => max_seq = max_seq.max(num_field(&t, "seq").unwrap_or(0)),
+            Some("message") => max_seq = max_seq.max(num_field(&t, r#""seq":"#).unwrap_or(0)),
             Some("error") => bail!("subscribe: {t}"),
             _ => {}
         }
@@ -490,6 +485,8 @@ struct PhaseResult {
     /// CPU seconds the server process used during the run (`/proc`; 0
     /// where it cannot be read).
     server_cpu_s: f64,
+    /// And this process, the load generator, on the same cores.
+    loadgen_cpu_s: f64,
 }
 
 impl PhaseResult {
@@ -532,26 +529,31 @@ async fn conn_task(
         Pace::Closed { window } => window,
         Pace::Open { .. } => 0,
     };
-    let sem = Semaphore::new(window);
+    let sem = Arc::new(Semaphore::new(window));
     let n_own = posts.len();
     tokio::time::sleep_until(t0.into()).await;
-    let writer = async {
-        for (k, (g, frame)) in posts.iter().enumerate() {
-            match pace {
-                Pace::Closed { .. } => tokio::time::timeout(timeout, sem.acquire())
-                    .await
-                    .map_err(|_| anyhow!("timeout: no acknowledgement for {timeout:?}"))??
-                    .forget(),
-                Pace::Open { interval, offset_frac } => {
-                    let at = t0 + interval.mul_f64(k as f64 + offset_frac);
-                    tokio::time::sleep_until(at.into()).await;
+    // Its own task: joined in this one, the sender was polled again (its
+    // timer with it) on every delivery the reader woke the task for.
+    let writer = tokio::spawn({
+        let (sem, starts, clock) = (sem.clone(), starts.clone(), clock.clone());
+        async move {
+            for (k, (g, frame)) in posts.iter().enumerate() {
+                match pace {
+                    Pace::Closed { .. } => tokio::time::timeout(timeout, sem.acquire())
+                        .await
+                        .map_err(|_| anyhow!("timeout: no acknowledgement for {timeout:?}"))??
+                        .forget(),
+                    Pace::Open { interval, offset_frac } => {
+                        let at = t0 + interval.mul_f64(k as f64 + offset_frac);
+                        tokio::time::sleep_until(at.into()).await;
+                    }
                 }
+                starts[*g as usize].store(clock.ns(), Ordering::Relaxed);
+                sink.send(Message::Text(frame.as_ref().into())).await?;
             }
-            starts[*g as usize].store(clock.ns(), Ordering::Relaxed);
-            sink.send(Message::Text(frame.as_ref().into())).await?;
+            Ok::<_, anyhow::Error>(sink)
         }
-        Ok::<_, anyhow::Error>(())
-    };
+    });
     let reader = async {
         // Posts received, one bit per global index (a hash set's inserts
         // were another 7 % of the load generator).
@@ -559,18 +561,28 @@ async fn conn_task(
         let mut n_got = 0;
         let mut out_receipts = Vec::with_capacity(expected);
         let (mut acks, mut last_ack, mut dups, mut max_seq) = (0usize, 0u64, 0usize, 0u64);
+        // One timer for the connection's silence, moved on only when it
+        // fires (a `timeout` per frame read the clock and armed a timer each).
+        let silence = tokio::time::sleep(timeout);
+        tokio::pin!(silence);
+        let mut last_frame = clock.ns();
         while n_got < expected || acks < n_own {
-            let m = tokio::time::timeout(timeout, stream.next())
-                .await
-                .map_err(|_| {
-                    anyhow!(
-                        "timeout: connection {me} received nothing for {timeout:?} ({} of {expected} posts, {acks} of {n_own} acks)",
-                        n_got
-                    )
-                })?
-                .ok_or_else(|| anyhow!("connection {me} closed"))??;
-            let Message::Text(t) = m else { continue };
+            let m = tokio::select! {
+                biased;
+                m = stream.next() => m,
+                () = &mut silence => {
+                    let quiet = Duration::from_nanos(clock.ns().saturating_sub(last_frame));
+                    if quiet < timeout {
+                        silence.as_mut().reset(tokio::time::Instant::now() + (timeout - quiet));
+                        continue;
+                    }
+                    bail!("timeout: connection {me} received nothing for {timeout:?} ({n_got} of {expected} posts, {acks} of {n_own} acks)");
+                }
+            };
+            let m = m.ok_or_else(|| anyhow!("connection {me} closed"))??;
             let now = clock.ns();
+            last_frame = now;
+            let Message::Text(t) = m else { continue };
             let t = t.as_str();
             let ty = frame_type(t).unwrap_or("");
             let delivery = match (kind, ty) {
@@ -581,7 +593,7 @@ async fn conn_task(
                     None
                 }
                 (Kind::Tsunagu, "message") => {
-                    if let Some(s) = num_field(t, "seq") {
+                    if let Some(s) = num_field(t, r#""seq":"#) {
                         max_seq = max_seq.max(s);
                     }
                     post_index(t, phase).filter(|g| owner[*g as usize] != me)
@@ -611,9 +623,15 @@ async fn conn_task(
         }
         Ok::<_, anyhow::Error>((out_receipts, acks, last_ack, dups, max_seq))
     };
-    let (w, r) = tokio::join!(writer, reader);
-    w?;
-    let (receipts, acks, last_ack, dups, max_seq) = r?;
+    let (receipts, acks, last_ack, dups, max_seq) = match reader.await {
+        Ok(r) => r,
+        Err(e) => {
+            writer.abort();
+            return Err(e);
+        }
+    };
+    // Every post was acknowledged: the sender is done.
+    let sink = writer.await.map_err(|e| anyhow!("sender task: {e}"))??;
     let ws = sink.reunite(stream).map_err(|_| anyhow!("reunite"))?;
     Ok(ConnOut { ws, receipts, acks, last_ack, dups, max_seq })
 }
@@ -633,7 +651,7 @@ async fn run_phase(
     pace_of: impl Fn(usize) -> Pace,
     timeout: Duration,
 ) -> Result<(Vec<Ws>, PhaseResult, Vec<u64>)> {
-    let cpu_before = cpu_seconds(server_pid);
+    let cpu_before = [cpu_seconds(server_pid), cpu_seconds(std::process::id())];
     let mut owner = vec![u32::MAX; n_posts];
     for (i, p) in posts.iter().enumerate() {
         for (g, _) in p {
@@ -712,7 +730,8 @@ async fn run_phase(
         delivery_wall: (last_del - t0_ns) as f64 / 1e9,
         latencies_ns: lat,
         dups,
-        server_cpu_s: cpu_seconds(server_pid) - cpu_before,
+        server_cpu_s: cpu_seconds(server_pid) - cpu_before[0],
+        loadgen_cpu_s: cpu_seconds(std::process::id()) - cpu_before[1],
     };
     Ok((out, r, max_seqs))
 }
@@ -1112,7 +1131,10 @@ async fn part_fanout(args: &SuiteArgs, server: &Server, relay: &Bare, setup: &mu
     // shared with the load generator, so CPU one system spends more is
     // queueing for both.
     let cpu = |runs: &[PhaseResult]| {
-        runs.iter().map(|r| format!("{:.2} cores ({:.0} µs per post)", r.server_cpu_s / r.delivery_wall, r.server_us_per_post())).collect::<Vec<_>>().join(", ")
+        runs.iter()
+            .map(|r| format!("{:.2} cores ({:.0} µs per post; load generator {:.2} cores)", r.server_cpu_s / r.delivery_wall, r.server_us_per_post(), r.loadgen_cpu_s / r.delivery_wall))
+            .collect::<Vec<_>>()
+            .join(", ")
     };
     info.push(format!("fan-out: server process CPU during the latency runs: relay {}; tsunagu {}", cpu(&rel_runs), cpu(&tsu_runs)));
     info.push(server_side(&before, &after));
