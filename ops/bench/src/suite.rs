@@ -625,6 +625,9 @@ async fn conn_task(
     };
     let (receipts, acks, last_ack, dups, max_seq) = match reader.await {
         Ok(r) => r,
+        // The sender's failure is the cause (the reader then only saw the
+        // connection close or go quiet); else stop it.
+        Err(e) if writer.is_finished() => return Err(writer.await.map_err(|j| anyhow!("sender task: {j}"))?.err().unwrap_or(e)),
         Err(e) => {
             writer.abort();
             return Err(e);
