@@ -2,7 +2,9 @@
 //! `restore` into a fresh data dir (SQLite) or a fresh database (PostgreSQL,
 //! with TSUNAGU_TEST_POSTGRES), and a device enrolled before the backup finds
 //! every post acknowledged before it, in order and without gaps, and opens
-//! the attachment posted before it.
+//! the attachment posted before it. A device that had received posts stored
+//! after the backup (lost with the server) still gets the posts made on the
+//! restored server: they come after every seq the lost ones had.
 
 mod harness;
 
@@ -120,9 +122,12 @@ async fn a_backup_taken_under_load_restores_every_post_acknowledged_before_it() 
     }
     stop.store(true, Ordering::SeqCst);
     let doctor = d.await.unwrap();
-    let nurse = n.await.unwrap();
+    let mut nurse = n.await.unwrap();
     let during = during.lock().unwrap().clone();
     let head_at_stop = during.iter().map(|(_, s)| *s).max().unwrap();
+    // The nurse's tablet has everything, including the posts the backup missed.
+    nurse.wait_for_seq(&timeline, head_at_stop, WAIT).await.unwrap();
+    nurse.disconnect().await;
     if server.backend() == "sqlite" {
         let messages = report["messages"].as_u64().expect("messages");
         assert!(
@@ -139,7 +144,7 @@ async fn a_backup_taken_under_load_restores_every_post_acknowledged_before_it() 
 
     // 3. The server is gone; restore into fresh storage.
     server.kill();
-    drop((doctor, nurse));
+    drop(doctor);
     let mut restored = TestServer::unstarted().await;
     let out = restored.run_operator(&["restore", "--from", &backup_file.display().to_string(), "--json"]);
     let restore_report = json_out(&out, "restore");
@@ -156,8 +161,12 @@ async fn a_backup_taken_under_load_restores_every_post_acknowledged_before_it() 
     reader.connect().await.unwrap();
     let info = reader.list_timelines().await.unwrap();
     let head = info.iter().find(|t| t.timeline_id == timeline).expect("the reader is still a member").head_seq;
-    assert_eq!(Some(head as i64), restore_report["messages"].as_i64(), "one timeline: its head is the message count");
-    reader.wait_for_seq(&timeline, head, WAIT).await.unwrap();
+    // The restore moved the head past every seq a lost post can have had.
+    let jump = restore_report["seq_jump"].as_u64().expect("seq_jump");
+    assert!(jump > head_at_stop, "{restore_report}");
+    let restored_head = head - jump;
+    assert_eq!(Some(restored_head as i64), restore_report["messages"].as_i64(), "one timeline: its posts are the message count");
+    reader.wait_for_seq(&timeline, restored_head, WAIT).await.unwrap();
     let posts = reader.posts(&timeline);
     let mut by_seq: HashMap<u64, String> = HashMap::new();
     for p in &posts {
@@ -169,36 +178,49 @@ async fn a_backup_taken_under_load_restores_every_post_acknowledged_before_it() 
     for (text, seq) in &acked_before_backup {
         assert_eq!(by_seq.get(seq), Some(text), "post acknowledged before the backup missing at seq {seq}");
     }
-    // In order, without gaps: seqs 1..=head are the two commits and posts.
+    // In order, without gaps: seqs 1..=restored_head are the two commits and posts.
     let seqs: Vec<u64> = posts.iter().map(|p| p.seq).collect();
     assert!(seqs.windows(2).all(|w| w[1] > w[0]), "posts are in order");
     let mut all: Vec<u64> = seqs.iter().copied().chain([c1, c2]).collect();
     all.sort();
-    assert_eq!(all, (1..=head).collect::<Vec<_>>(), "the restored timeline has a gap");
+    assert_eq!(all, (1..=restored_head).collect::<Vec<_>>(), "the restored timeline has a gap");
     // Everything restored was posted (and acknowledged) before the server stopped.
     let acked: HashMap<u64, &String> =
         before.iter().chain(during.iter()).map(|(t, s)| (*s, t)).collect();
     for (seq, text) in &by_seq {
         assert_eq!(acked.get(seq).copied(), Some(text), "restored seq {seq} is not what was acknowledged there");
     }
-    assert!(head >= 3 + (PRE_BACKUP_POSTS as u64) + 5, "head {head}");
-    assert!(head < head_at_stop, "posts after the backup cannot be in it");
+    assert!(restored_head >= 3 + (PRE_BACKUP_POSTS as u64) + 5, "restored head {restored_head}");
+    assert!(restored_head < head_at_stop, "posts after the backup cannot be in it");
 
     // The attachment opens after the restore.
     let post = posts.iter().find(|p| p.seq == letter_seq).and_then(|p| p.post.clone()).expect("the letter's post");
     let opened = reader.download_attachment(&post.attachments[0]).await.unwrap();
     assert_eq!(opened, letter, "the restored attachment is the doctor's letter");
 
-    // The restored server takes new posts after the restored head.
+    // The restored server takes new posts after the (moved) head.
     let seq = reader.post(&timeline, "after the restore").await.unwrap();
     assert_eq!(seq, head + 1);
+
+    // The nurse's tablet comes back: it keeps the posts it had (the server
+    // lost them), and shows the new one.
+    nurse.connect().await.unwrap();
+    nurse.wait_for_seq(&timeline, seq, WAIT).await.unwrap();
+    let seen = nurse.posts(&timeline);
+    let text_at = |s: u64| seen.iter().find(|p| p.seq == s).and_then(|p| p.post.as_ref()).map(|p| p.text.clone());
+    assert_eq!(text_at(seq).as_deref(), Some("after the restore"), "the nurse missed the post made after the restore");
+    let lost = during.iter().filter(|(_, s)| *s > restored_head).count();
+    assert!(lost > 0, "posts were acknowledged after the backup");
+    for (text, s) in during.iter().filter(|(_, s)| *s > restored_head) {
+        assert_eq!(text_at(*s).as_ref(), Some(text), "the nurse's copy of post #{s}");
+    }
     eprintln!(
-        "backup/restore on {}: {} posts acknowledged before the backup, restored head {head} (timeline reached {head_at_stop}), {bytes} bytes, {:?}",
+        "backup/restore on {}: {} posts acknowledged before the backup, restored head {restored_head} moved by {jump} (timeline reached {head_at_stop}), {bytes} bytes, {:?}",
         restored.backend(),
         acked_before_backup.len(),
         t0.elapsed()
     );
-    drop(reader);
+    drop((reader, nurse));
     drop(restored);
     drop(server);
 }

@@ -70,6 +70,7 @@ struct Counts {
 }
 
 pub async fn backup(serve: &ServeConfig, args: BackupArgs) -> anyhow::Result<()> {
+    let started_at_ms = tsunagu_server::now_ms();
     let storage = &serve.storage;
     let out = absolute(&args.out)?;
     if out.symlink_metadata().is_ok() {
@@ -132,7 +133,7 @@ pub async fn backup(serve: &ServeConfig, args: BackupArgs) -> anyhow::Result<()>
     // The blobs after the snapshot: each post in it names a blob stored before it.
     let archive = temp_name(&out);
     let guard = RemoveOnDrop(Some(archive.clone()));
-    let blobs = write_archive(&archive, backend, &snapshot, &serve.blob_store())?;
+    let blobs = write_archive(&archive, backend, &snapshot, &serve.blob_store(), started_at_ms)?;
     // link(2) fails if `out` appeared meanwhile: never replace a file.
     publish(&archive, &out)?;
     drop(guard);
@@ -169,13 +170,13 @@ pub async fn restore(serve: &ServeConfig, args: RestoreArgs) -> anyhow::Result<(
 
     // An archive is unpacked (and every blob checked) before anything is
     // restored; a bare database file is a backup from before blobs were included.
-    let (backend, database, unpacked) = match sniff(&from)? {
+    let (backend, database, unpacked, backup_at) = match sniff(&from)? {
         Kind::Archive => {
             let unpacked = TempDir::new(&unpack_parent(storage)?)?;
-            let backend = unpack_archive(&from, unpacked.path())?;
-            (backend, unpacked.path().join(archive_name(backend)), Some(unpacked))
+            let (backend, at) = unpack_archive(&from, unpacked.path())?;
+            (backend, unpacked.path().join(archive_name(backend)), Some(unpacked), Some(at))
         }
-        Kind::Database(backend) => (backend, from.clone(), None),
+        Kind::Database(backend) => (backend, from.clone(), None, None),
     };
     anyhow::ensure!(
         backend == wanted,
@@ -187,7 +188,7 @@ pub async fn restore(serve: &ServeConfig, args: RestoreArgs) -> anyhow::Result<(
             Backend::Sqlite => "restore it without --database-url, into a new --data-dir",
         }
     );
-    let (target, counts) = restore_database(storage, &database, &from).await?;
+    let (target, counts, jump) = restore_database(storage, &database, &from, backup_at).await?;
     let blobs = match &unpacked {
         Some(dir) => restore_blobs(&dir.path().join(ARCHIVE_BLOBS), &serve.blob_store())?,
         None => 0,
@@ -198,7 +199,7 @@ pub async fn restore(serve: &ServeConfig, args: RestoreArgs) -> anyhow::Result<(
             "{}",
             serde_json::json!({
                 "backend": wanted.name(), "path": target, "accounts": counts.accounts, "devices": counts.devices,
-                "timelines": counts.timelines, "messages": counts.messages, "blobs": blobs,
+                "timelines": counts.timelines, "messages": counts.messages, "blobs": blobs, "seq_jump": jump,
             })
         );
     } else {
@@ -207,14 +208,63 @@ pub async fn restore(serve: &ServeConfig, args: RestoreArgs) -> anyhow::Result<(
             "it holds {} stored messages in {} timelines, {} accounts, {} devices, and {blobs} attachment blobs; start the server on it",
             counts.messages, counts.timelines, counts.accounts, counts.devices
         );
+        println!("new posts continue {jump} seqs after each timeline's restored head (devices may hold posts stored after the backup at the seqs in between)");
     }
     Ok(())
 }
 
+/// Seqs one timeline can take per millisecond, at most: several times the
+/// whole server's measured peak (ops/README.md), so no timeline stored more
+/// posts than this between a backup and its restore.
+const SEQS_PER_MS: i64 = 100;
+/// Slack for the backup machine's clock being ahead of the restoring one's.
+const CLOCK_SLACK_MS: i64 = 10 * 60 * 1000;
+
+/// How far a restore moves every timeline's head (`backup_at`: when the
+/// backup began, in ms; later posts may be lost). Devices that received posts
+/// stored after the backup hold them at the seqs right after the restored
+/// heads, and a client ignores any seq it has processed: new posts must come
+/// after all of those, or those devices would never show them.
+fn seq_jump(backup_at: i64, now: i64) -> i64 {
+    (now - backup_at).max(0).saturating_add(CLOCK_SLACK_MS).saturating_mul(SEQS_PER_MS)
+}
+
+/// Move the restored timelines' heads past every seq the lost posts could
+/// have taken ([`seq_jump`]), and record the restore in the audit log, in
+/// one transaction. Returns the jump (0 without timelines).
+async fn move_heads_past_backup(db: &Db, backup_at: Option<i64>) -> anyhow::Result<i64> {
+    // A bare database file says nothing of its time: its newest post (or
+    // timeline) is older than the backup, which only makes the jump longer.
+    let Some(since) = (match backup_at {
+        Some(at) => Some(at),
+        None => db.newest_stored_at().await?,
+    }) else {
+        return Ok(0);
+    };
+    let jump = seq_jump(since, tsunagu_server::now_ms());
+    let mut tx = db.begin().await?;
+    let timelines = Db::jump_heads(&mut tx, jump).await?;
+    let detail = format!("backup_at={since} seq_jump={jump} timelines={timelines}");
+    let entry = tsunagu_server::audit::AuditEntry {
+        action: "restored",
+        outcome: tsunagu_server::audit::Outcome::Ok,
+        actor_account_id: None,
+        actor_device_id: None,
+        organisation_id: None,
+        subject: None,
+        detail: &detail,
+        remote_addr: None,
+    };
+    tsunagu_server::audit::record_in(&mut tx, entry).await?;
+    tx.commit().await?;
+    Ok(if timelines == 0 { 0 } else { jump })
+}
+
 /// Restore a database file (`shown` names the backup in messages): a copy
 /// into the data directory for SQLite, `pg_restore` for PostgreSQL. Returns
-/// where it went and what it holds.
-async fn restore_database(storage: &StorageConfig, file: &Path, shown: &Path) -> anyhow::Result<(String, Counts)> {
+/// where it went, what it holds, and how far its heads moved
+/// ([`move_heads_past_backup`]).
+async fn restore_database(storage: &StorageConfig, file: &Path, shown: &Path, backup_at: Option<i64>) -> anyhow::Result<(String, Counts, i64)> {
     match &storage.database_url {
         None => {
             let dir = &storage.data_dir;
@@ -252,19 +302,27 @@ async fn restore_database(storage: &StorageConfig, file: &Path, shown: &Path) ->
             sync_dir(dir)?;
 
             // Open it the way the server does (pools, pragmas, migrations).
-            match Db::connect(storage).await {
-                Ok(db) => db.close().await,
+            let opened = match Db::connect(storage).await {
+                Ok(db) => {
+                    let jump = move_heads_past_backup(&db, backup_at).await;
+                    db.close().await;
+                    jump
+                }
+                Err(e) => Err(anyhow!("the server cannot open the restored database ({e})")),
+            };
+            let jump = match opened {
+                Ok(jump) => jump,
                 Err(e) => {
                     for suffix in ["", "-wal", "-shm"] {
                         let _ = std::fs::remove_file(format!("{}{suffix}", target.display()));
                     }
-                    bail!("the server cannot open the restored database ({e}); {} was removed again", target.display());
+                    bail!("{e:#}; {} was removed again", target.display());
                 }
-            }
+            };
             let mut conn = sqlite_connect(&target).await?;
             let counts = sqlite_counts(&mut conn).await?;
             conn.close().await?;
-            Ok((target.display().to_string(), counts))
+            Ok((target.display().to_string(), counts, jump))
         }
         Some(url) => {
             let pg_restore = pg_tool("pg_restore")?;
@@ -288,8 +346,12 @@ async fn restore_database(storage: &StorageConfig, file: &Path, shown: &Path) ->
                 "pg_restore",
             )?;
             let db = Db::connect(storage).await.context("the server cannot open the restored database")?;
+            let jump = move_heads_past_backup(&db, backup_at).await;
             db.close().await;
-            Ok((redact(url), pg_counts(url).await?))
+            let jump = jump.context(
+                "the database is restored, but its timelines' heads could not be moved past the backup: drop the database and restore again",
+            )?;
+            Ok((redact(url), pg_counts(url).await?, jump))
         }
     }
 }
@@ -334,11 +396,15 @@ struct Manifest {
     backend: String,
     blobs: u64,
     created_at_ms: i64,
+    /// When the backup began: everything stored later may be missing from
+    /// it (absent from archives written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    started_at_ms: Option<i64>,
 }
 
 /// Write the archive: the database file, every blob of `blob_dir`, then the
 /// manifest; synced before it returns. Returns the number of blobs.
-fn write_archive(path: &Path, backend: Backend, database: &Path, blob_dir: &Path) -> anyhow::Result<u64> {
+fn write_archive(path: &Path, backend: Backend, database: &Path, blob_dir: &Path, started_at_ms: i64) -> anyhow::Result<u64> {
     let file = std::fs::File::create_new(path).with_context(|| format!("create {}", path.display()))?;
     let mut tar = tar::Builder::new(std::io::BufWriter::new(file));
     tar.mode(tar::HeaderMode::Deterministic);
@@ -354,7 +420,13 @@ fn write_archive(path: &Path, backend: Backend, database: &Path, blob_dir: &Path
         }
         blobs += 1;
     }
-    let manifest = Manifest { format: ARCHIVE_FORMAT, backend: backend.name().into(), blobs, created_at_ms: tsunagu_server::now_ms() };
+    let manifest = Manifest {
+        format: ARCHIVE_FORMAT,
+        backend: backend.name().into(),
+        blobs,
+        created_at_ms: tsunagu_server::now_ms(),
+        started_at_ms: Some(started_at_ms),
+    };
     let manifest = serde_json::to_vec_pretty(&manifest)?;
     let mut header = tar::Header::new_gnu();
     header.set_size(manifest.len() as u64);
@@ -391,7 +463,8 @@ fn list_blobs(dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
 
 /// Unpack an archive into `dir`, checking every name and every blob's
 /// content against its id; returns its manifest.
-fn unpack_archive(from: &Path, dir: &Path) -> anyhow::Result<Backend> {
+/// Unpack and check an archive; returns its backend and when the backup began.
+fn unpack_archive(from: &Path, dir: &Path) -> anyhow::Result<(Backend, i64)> {
     let file = std::fs::File::open(from).with_context(|| format!("open {}", from.display()))?;
     let mut archive = tar::Archive::new(std::io::BufReader::new(file));
     let mut manifest = None;
@@ -429,7 +502,7 @@ fn unpack_archive(from: &Path, dir: &Path) -> anyhow::Result<Backend> {
     };
     anyhow::ensure!(dir.join(archive_name(backend)).is_file(), broken(format!("no {}", archive_name(backend))));
     anyhow::ensure!(blobs == manifest.blobs, broken(format!("{blobs} blobs, the manifest says {}", manifest.blobs)));
-    Ok(backend)
+    Ok((backend, manifest.started_at_ms.unwrap_or(manifest.created_at_ms)))
 }
 
 /// Move unpacked (and checked) blobs into the blob store; a blob already
@@ -523,7 +596,8 @@ async fn sqlite_counts(conn: &mut SqliteConnection) -> anyhow::Result<Counts> {
 /// post: the restored timeline would skip that seq). So: first the journal's
 /// posts go in (moving heads up, as the server's start-up does), then every
 /// seq up to each head that is still missing comes from the live table, and
-/// last each head must be its timeline's newest post.
+/// last each head must be its timeline's newest post (or, with no post since
+/// a restore moved the head, that head: its `seq_floor`).
 fn complete_from_journal(snapshot: &Path, live: &Path, journal_dir: &Path) -> anyhow::Result<()> {
     // The snapshot's newest post of timeline `t` (0 without posts).
     const NEWEST_SEQ: &str = "(SELECT COALESCE(MAX(m.seq), 0) FROM main.messages m WHERE m.timeline_id = t.id)";
@@ -546,7 +620,7 @@ fn complete_from_journal(snapshot: &Path, live: &Path, journal_dir: &Path) -> an
     .context("add the posts written from the journal into the live database meanwhile")?;
     let behind = tx
         .query_row(
-            &format!("SELECT t.id, t.head_seq FROM main.timelines t WHERE t.head_seq <> {NEWEST_SEQ} LIMIT 1"),
+            &format!("SELECT t.id, t.head_seq FROM main.timelines t WHERE t.head_seq <> MAX({NEWEST_SEQ}, t.seq_floor) LIMIT 1"),
             [],
             |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
         )
@@ -759,6 +833,43 @@ mod tests {
         assert_eq!(seqs, [1, 2, 3, 4]);
         let head: i64 = copy.query_row("SELECT head_seq FROM timelines WHERE id = 't1'", [], |r| r.get(0)).unwrap();
         assert_eq!(head, 4);
+    }
+
+    /// After a restore a head sits past its timeline's posts, at its floor,
+    /// until the next post: such a backup is complete. A head past both its
+    /// posts and its floor is a lost post, and fails the backup.
+    #[tokio::test]
+    async fn a_head_that_a_restore_moved_needs_no_post_at_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = StorageConfig { data_dir: dir.path().join("data"), database_url: None };
+        drop(Db::connect(&storage).await.unwrap());
+        let live_path = storage.data_dir.join(SQLITE_FILE);
+        let live = rusqlite::Connection::open(&live_path).unwrap();
+        live.execute_batch("PRAGMA foreign_keys = OFF").unwrap();
+        live.execute("INSERT INTO timelines (id, epoch, head_seq, created_by, created_at) VALUES ('t1', 1, 2, 'd1', 0)", []).unwrap();
+        journal::insert_new(&live, &[post(1), post(2)]).unwrap();
+        live.execute("UPDATE timelines SET head_seq = head_seq + 1000, seq_floor = head_seq + 1000", []).unwrap();
+        let journal_dir = storage.data_dir.join(journal::DIR);
+        let backup = |name: &str| {
+            let snapshot = dir.path().join(name);
+            live.execute("VACUUM INTO ?1", [snapshot.to_str().unwrap()]).unwrap();
+            complete_from_journal(&snapshot, &live_path, &journal_dir)
+        };
+        backup("restored.db").expect("a head at its floor is complete");
+        live.execute("UPDATE timelines SET head_seq = 1003", []).unwrap();
+        let err = backup("lost.db").expect_err("seq 1003 has no post");
+        assert!(err.to_string().contains("timeline t1 is at seq 1003"), "{err}");
+    }
+
+    #[test]
+    fn a_restore_moves_heads_a_hundred_seqs_per_millisecond_since_the_backup_began() {
+        let backup = 1_700_000_000_000;
+        let hour = 3_600_000;
+        assert_eq!(seq_jump(backup, backup + hour), (hour + CLOCK_SLACK_MS) * SEQS_PER_MS);
+        // A restoring clock behind the backup's: still the slack.
+        assert_eq!(seq_jump(backup, backup - 5_000), CLOCK_SLACK_MS * SEQS_PER_MS);
+        // Decades later, seqs are still exact in a JavaScript number.
+        assert!(seq_jump(0, backup) < 1 << 53);
     }
 
     #[test]

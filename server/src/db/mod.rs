@@ -403,6 +403,29 @@ impl Db {
         Ok(())
     }
 
+    /// The newest time the database knows of something stored (a message,
+    /// else a timeline's creation), in ms since the epoch; `None` if empty.
+    pub async fn newest_stored_at(&self) -> Result<Option<i64>> {
+        let row = sqlx::query(
+            "SELECT COALESCE((SELECT MAX(stored_at) FROM messages), (SELECT MAX(created_at) FROM timelines), -1)",
+        )
+        .fetch_one(&self.read)
+        .await?;
+        let at: i64 = row.try_get(0)?;
+        Ok((at >= 0).then_some(at))
+    }
+
+    /// After a restore: move every timeline's head `jump` seqs on and make
+    /// that its floor (migrations/*/0009_restore_floor.sql). Returns how
+    /// many timelines there are.
+    pub async fn jump_heads(tx: &mut Tx, jump: i64) -> Result<u64> {
+        let done = sqlx::query("UPDATE timelines SET head_seq = head_seq + $1, seq_floor = head_seq + $1")
+            .bind(jump)
+            .execute(&mut **tx)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
     pub async fn advance_timeline(tx: &mut Tx, id: &str, epoch: i64, head_seq: i64, state: &[u8], group_info: &[u8]) -> Result<()> {
         sqlx::query("UPDATE timelines SET epoch = $1, head_seq = $2 WHERE id = $3").bind(epoch).bind(head_seq).bind(id).execute(&mut **tx).await?;
         sqlx::query("UPDATE timeline_states SET public_state = $1, group_info = $2 WHERE timeline_id = $3")
