@@ -249,6 +249,7 @@ export const en: Record<MessageKey, string> = {
   "auditAction.bot_created": "Bot created",
   "auditAction.enrolment_code_issued": "Enrolment code issued",
   "auditAction.organisation_created": "Organisation created",
+  "auditAction.restored": "Server restored from a backup",
   "admin.notAdmin": "This page is for organisation administrators.",
   "urgent.toggle": "Urgent (ask for acknowledgement)",
   "urgent.badge": "Urgent",

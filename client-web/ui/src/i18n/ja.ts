@@ -249,6 +249,7 @@ export const ja = {
   "auditAction.bot_created": "ボットの作成",
   "auditAction.enrolment_code_issued": "登録コードの発行",
   "auditAction.organisation_created": "組織の作成",
+  "auditAction.restored": "バックアップからの復元",
   "admin.notAdmin": "このページは組織の管理者のみが使えます。",
   "urgent.toggle": "至急（確認を求める）",
   "urgent.badge": "至急",
