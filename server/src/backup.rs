@@ -20,6 +20,10 @@
 //! `restore` also takes a bare database file or pg_dump file, the backups
 //! of versions before attachments were included.
 //!
+//! A restore then moves every timeline's head past the seqs that posts
+//! stored after the backup (lost here, but on some devices) can have had
+//! ([`seq_jump`]), so those devices do not skip the new posts.
+//!
 //! Neither command ever replaces an existing file or database: a backup is
 //! written under a temporary name, synced, then linked to its final name
 //! (which fails if the name exists), and a restore refuses a target that
@@ -208,7 +212,9 @@ pub async fn restore(serve: &ServeConfig, args: RestoreArgs) -> anyhow::Result<(
             "it holds {} stored messages in {} timelines, {} accounts, {} devices, and {blobs} attachment blobs; start the server on it",
             counts.messages, counts.timelines, counts.accounts, counts.devices
         );
-        println!("new posts continue {jump} seqs after each timeline's restored head (devices may hold posts stored after the backup at the seqs in between)");
+        if jump > 0 {
+            println!("new posts continue {jump} seqs after each timeline's restored head (devices may hold posts stored after the backup at the seqs in between)");
+        }
     }
     Ok(())
 }
@@ -235,12 +241,11 @@ fn seq_jump(backup_at: i64, now: i64) -> i64 {
 async fn move_heads_past_backup(db: &Db, backup_at: Option<i64>) -> anyhow::Result<i64> {
     // A bare database file says nothing of its time: its newest post (or
     // timeline) is older than the backup, which only makes the jump longer.
-    let Some(since) = (match backup_at {
+    let since = match backup_at {
         Some(at) => Some(at),
         None => db.newest_stored_at().await?,
-    }) else {
-        return Ok(0);
     };
+    let Some(since) = since else { return Ok(0) };
     let jump = seq_jump(since, tsunagu_server::now_ms());
     let mut tx = db.begin().await?;
     let timelines = Db::jump_heads(&mut tx, jump).await?;
