@@ -4,7 +4,9 @@
 //! every post acknowledged before it, in order and without gaps, and opens
 //! the attachment posted before it. A device that had received posts stored
 //! after the backup (lost with the server) still gets the posts made on the
-//! restored server: they come after every seq the lost ones had.
+//! restored server: they come after every seq the lost ones had. And the
+//! authors' devices send their lost posts again, so every post acknowledged
+//! before the site was lost is back on the server.
 
 mod harness;
 
@@ -121,13 +123,14 @@ async fn a_backup_taken_under_load_restores_every_post_acknowledged_before_it() 
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     stop.store(true, Ordering::SeqCst);
-    let doctor = d.await.unwrap();
+    let mut doctor = d.await.unwrap();
     let mut nurse = n.await.unwrap();
     let during = during.lock().unwrap().clone();
     let head_at_stop = during.iter().map(|(_, s)| *s).max().unwrap();
     // The nurse's tablet has everything, including the posts the backup missed.
     nurse.wait_for_seq(&timeline, head_at_stop, WAIT).await.unwrap();
     nurse.disconnect().await;
+    doctor.disconnect().await;
     if server.backend() == "sqlite" {
         let messages = report["messages"].as_u64().expect("messages");
         assert!(
@@ -144,7 +147,6 @@ async fn a_backup_taken_under_load_restores_every_post_acknowledged_before_it() 
 
     // 3. The server is gone; restore into fresh storage.
     server.kill();
-    drop(doctor);
     let mut restored = TestServer::unstarted().await;
     let out = restored.run_operator(&["restore", "--from", &backup_file.display().to_string(), "--json"]);
     let restore_report = json_out(&out, "restore");
@@ -202,17 +204,43 @@ async fn a_backup_taken_under_load_restores_every_post_acknowledged_before_it() 
     let seq = reader.post(&timeline, "after the restore").await.unwrap();
     assert_eq!(seq, head + 1);
 
-    // The nurse's tablet comes back: it keeps the posts it had (the server
-    // lost them), and shows the new one.
+    // 5. The nurse's tablet comes back. It shows the new post, sends its
+    //    own lost posts again, and keeps the doctor's lost ones for now.
+    let lost: Vec<&(String, u64)> = during.iter().filter(|(_, s)| *s > restored_head).collect();
+    let lost_of = |tag: &str| lost.iter().filter(|(t, _)| t.starts_with(tag)).count() as u64;
+    assert!(lost_of("nurse") > 0 && lost_of("doctor") > 0, "both posted after the backup: {lost:?}");
     nurse.connect().await.unwrap();
-    nurse.wait_for_seq(&timeline, seq, WAIT).await.unwrap();
-    let seen = nurse.posts(&timeline);
-    let text_at = |s: u64| seen.iter().find(|p| p.seq == s).and_then(|p| p.post.as_ref()).map(|p| p.text.clone());
-    assert_eq!(text_at(seq).as_deref(), Some("after the restore"), "the nurse missed the post made after the restore");
-    let lost = during.iter().filter(|(_, s)| *s > restored_head).count();
-    assert!(lost > 0, "posts were acknowledged after the backup");
-    for (text, s) in during.iter().filter(|(_, s)| *s > restored_head) {
-        assert_eq!(text_at(*s).as_ref(), Some(text), "the nurse's copy of post #{s}");
+    let nurse_done = seq + lost_of("nurse");
+    nurse.wait_for_seq(&timeline, nurse_done, WAIT).await.unwrap();
+    let text_at = |client: &Client, s: u64| {
+        client.posts(&timeline).into_iter().find(|p| p.seq == s).and_then(|p| p.post).map(|p| p.text)
+    };
+    assert_eq!(text_at(&nurse, seq).as_deref(), Some("after the restore"), "the nurse missed the post made after the restore");
+    for (text, s) in &lost {
+        let held = text_at(&nurse, *s);
+        if text.starts_with("doctor") {
+            assert_eq!(held.as_ref(), Some(text), "the nurse keeps the doctor's lost post #{s}");
+        } else {
+            assert_eq!(held, None, "the nurse's own lost post #{s} moved to its new seq");
+        }
+    }
+
+    // 6. The doctor's phone comes back and sends her lost posts again.
+    doctor.connect().await.unwrap();
+    let all_back = nurse_done + lost_of("doctor");
+    for client in [&mut reader, &mut nurse, &mut doctor] {
+        client.wait_for_seq(&timeline, all_back, WAIT).await.unwrap();
+    }
+    assert_eq!(reader.list_timelines().await.unwrap()[0].head_seq, all_back, "nothing else was stored");
+    // Every post acknowledged before the site was lost is on the server
+    // again, and each device shows each exactly once.
+    let acknowledged: Vec<&String> = before.iter().chain(during.iter()).map(|(t, _)| t).collect();
+    for client in [&reader, &nurse, &doctor] {
+        let mut shown: Vec<String> = client.posts(&timeline).into_iter().filter_map(|p| p.post).map(|p| p.text).collect();
+        shown.sort();
+        let mut expected: Vec<String> = acknowledged.iter().map(|t| t.to_string()).chain(["after the restore".to_owned()]).collect();
+        expected.sort();
+        assert_eq!(shown, expected, "the timeline of account {} after the restore", client.account_id());
     }
     eprintln!(
         "backup/restore on {}: {} posts acknowledged before the backup, restored head {restored_head} moved by {jump} (timeline reached {head_at_stop}), {bytes} bytes, {:?}",
@@ -220,7 +248,7 @@ async fn a_backup_taken_under_load_restores_every_post_acknowledged_before_it() 
         acked_before_backup.len(),
         t0.elapsed()
     );
-    drop((reader, nurse));
+    drop((reader, nurse, doctor));
     drop(restored);
     drop(server);
 }

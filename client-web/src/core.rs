@@ -164,6 +164,7 @@ fn reply_rid(f: &ServerFrame) -> Option<Option<u64>> {
         ServerFrame::Ready { .. }
         | ServerFrame::Message(_)
         | ServerFrame::Welcome { .. }
+        | ServerFrame::Restored { .. }
         | ServerFrame::ReadMark(_)
         | ServerFrame::UrgentAck { .. }
         | ServerFrame::UrgentAlert(_) => None,
@@ -532,6 +533,10 @@ impl Core {
                 self.process_welcome(&timeline_id, seq, welcome.as_slice());
                 vec![ClientFrame::AckWelcome { welcome_id }]
             }
+            ServerFrame::Restored { timeline_id, lost_after, lost_until } => {
+                self.on_restored(&timeline_id, lost_after, lost_until);
+                Vec::new()
+            }
             other => {
                 self.receipts.on_frame(&other);
                 Vec::new()
@@ -589,7 +594,7 @@ impl Core {
     }
 
     /// Record this device's own accepted post or record (consent, event) at `seq`.
-    fn record_own(&mut self, timeline_id: &str, seq: u64, post: Option<Post>, record: Option<Envelope>, stored_at: u64) {
+    fn record_own(&mut self, timeline_id: &str, seq: u64, post: Option<Post>, record: Option<Envelope>, stored_at: u64, msg_id: Option<String>) {
         let own = ReceivedPost {
             seq,
             sender_device_id: self.state.device.device_id.clone(),
@@ -598,9 +603,15 @@ impl Core {
             sender_account_id: Some(self.state.device.account_id.clone()),
             stored_at,
             record,
+            msg_id,
             ..Default::default()
         };
         self.record_post(timeline_id, own, false);
+    }
+
+    /// Record this device's post from its outbox entry, accepted at `seq`.
+    fn record_own_post(&mut self, timeline_id: &str, seq: u64, entry: OutboxEntry, stored_at: u64) {
+        self.record_own(timeline_id, seq, Some(entry.post), None, stored_at, Some(entry.msg_id));
     }
 
     fn record_post(&mut self, timeline_id: &str, post: ReceivedPost, notify: bool) {
@@ -609,6 +620,22 @@ impl Core {
             self.tl_mut(timeline_id);
         }
         let tl = self.state.timelines.get_mut(timeline_id).expect("just inserted");
+        // A post the server lost in a restore, sent again by its author:
+        // this copy replaces the one held at the lost seq.
+        if let (Some((after, until)), Some(msg_id)) = (tl.lost, post.msg_id.as_deref()) {
+            if post.seq > until {
+                let old: Vec<u64> = tl
+                    .posts
+                    .range(after + 1..=until)
+                    .filter(|(_, p)| p.sender_device_id == post.sender_device_id && p.msg_id.as_deref() == Some(msg_id))
+                    .map(|(s, _)| *s)
+                    .collect();
+                for seq in old {
+                    tl.posts.remove(&seq);
+                    self.pending.insert(keys::post(timeline_id, seq), None);
+                }
+            }
+        }
         let key = keys::post(timeline_id, post.seq);
         if tl.posts.get(&post.seq) != Some(&post) {
             self.pending.insert(key, Some(state::post_record(&post)));
@@ -646,7 +673,7 @@ impl Core {
         {
             {
                 let e = self.outbox_remove(&d.msg_id, Some(d.seq)).expect("present");
-                self.record_own(&tid, d.seq, Some(e.post), None, d.stored_at);
+                self.record_own_post(&tid, d.seq, e, d.stored_at);
                 self.advance(&tid, d.seq);
                 return;
             }
@@ -735,6 +762,7 @@ impl Core {
                                         sender_account_id: sender_account.clone(),
                                         stored_at: d.stored_at,
                                         record,
+                                        msg_id: Some(d.msg_id.clone()),
                                         ..Default::default()
                                     });
                                 }
@@ -818,6 +846,57 @@ impl Core {
             self.mark_left(&tid, "removed from the timeline");
         }
         self.advance(&tid, d.seq);
+    }
+
+    /// The server was restored from a backup and lost the timeline's seqs
+    /// (`after`, `until`]. This device's own posts among them go back into
+    /// the outbox under their msg_ids (which the server no longer knows) and
+    /// are sent again when the connection's outbox is resent; everyone
+    /// else's stay here until their authors send them again
+    /// ([`Core::record_post`] then drops the old copy). Repeated on every
+    /// subscribe until this device acknowledges a seq past `until`: a
+    /// repeat finds nothing left to queue.
+    fn on_restored(&mut self, timeline_id: &str, after: u64, until: u64) {
+        let own = self.state.device.device_id.clone();
+        let Some(tl) = self.state.timelines.get(timeline_id) else { return };
+        let told_before = tl.lost == Some((after, until));
+        let lost: Vec<(u64, Option<String>, Option<Post>)> = tl
+            .posts
+            .range(after + 1..=until)
+            .filter(|(_, p)| p.sender_device_id == own)
+            .map(|(s, p)| (*s, p.msg_id.clone(), p.post.clone().filter(|_| p.deleted_at.is_none())))
+            .collect();
+        let others = tl.posts.range(after + 1..=until).count() - lost.len();
+        let mut queued = 0;
+        for (seq, msg_id, post) in lost {
+            // Posts recorded before their msg_id was kept: the one sent at this seq.
+            let msg_id = msg_id.or_else(|| {
+                let mut ids = self.state.sent.iter().filter(|(_, s)| **s == seq).map(|(m, _)| m.clone());
+                ids.next().filter(|_| ids.next().is_none())
+            });
+            match (msg_id, post) {
+                (Some(msg_id), Some(post)) => {
+                    self.state.sent.remove(&msg_id);
+                    self.pending.insert(keys::sent(&msg_id), None);
+                    self.tl_mut(timeline_id).posts.remove(&seq);
+                    self.pending.insert(keys::post(timeline_id, seq), None);
+                    if !self.state.outbox.iter().any(|e| e.msg_id == msg_id) {
+                        self.outbox_push(OutboxEntry { timeline_id: timeline_id.into(), msg_id, post });
+                        queued += 1;
+                    }
+                }
+                _ => self.warn(format!("{timeline_id} #{seq}: this device's message was lost in the server's restore and cannot be sent again")),
+            }
+        }
+        let tl = self.tl_mut(timeline_id);
+        tl.lost = Some((after, until));
+        tl.own_seqs.retain(|s| *s > until);
+        if !told_before || queued > 0 {
+            self.warn(format!(
+                "{timeline_id}: the server was restored from a backup and lost #{}–#{until}; {queued} of this device's posts will be sent again, {others} from others are kept here",
+                after + 1
+            ));
+        }
     }
 
     /// This device left a timeline (removed, or its removal proposed): it
@@ -1428,7 +1507,7 @@ impl Core {
         let tid = timeline_id.to_owned();
         let envelope = record.clone();
         let sent_at = io.now_ms();
-        self.send_envelope(io, timeline_id, &envelope, move |core, seq| core.record_own(&tid, seq, None, Some(record), sent_at)).await
+        self.send_envelope(io, timeline_id, &envelope, move |core, seq| core.record_own(&tid, seq, None, Some(record), sent_at, None)).await
     }
 
     async fn commit_change<T: Transport, F: FnMut(&mut TimelinePolicy) -> Result<(), ClientError>>(
@@ -1709,7 +1788,7 @@ impl Core {
             match self.request(io, frame).await? {
                 ServerFrame::Accepted { seq, .. } => {
                     self.outbox_remove(msg_id, Some(seq));
-                    self.record_own(&tid, seq, Some(entry.post), None, io.now_ms());
+                    self.record_own_post(&tid, seq, entry, io.now_ms());
                     self.mark_own_seq(&tid, seq);
                     self.save()?;
                     self.flush_acks(io).await?;

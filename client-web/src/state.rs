@@ -50,6 +50,10 @@ pub struct ReceivedPost {
     /// member added later); `None` for messages this device received itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handed_over_by: Option<String>,
+    /// The sender's message id (kept for others' posts since the server's
+    /// restores: a lost post its author sends again is recognised by it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub msg_id: Option<String>,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -90,6 +94,10 @@ pub struct TimelineState {
     pub joined_by: Option<String>,
     /// History handovers announced to this account, not yet imported.
     pub pending_history: Vec<PendingHandover>,
+    /// The seqs the server lost in its latest restore from a backup
+    /// (`lost_after`, `lost_until`]: posts held here at those seqs are on
+    /// no server, and a copy their author sends again replaces them.
+    pub lost: Option<(u64, u64)>,
     pub posts: BTreeMap<u64, ReceivedPost>,
 }
 
@@ -197,6 +205,8 @@ pub struct TimelineMeta {
     pub joined_by: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pending_history: Vec<PendingHandover>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost: Option<(u64, u64)>,
 }
 
 /// An outbox entry with its position in the queue (`outbox/<msg_id>`).
@@ -229,6 +239,7 @@ impl TimelineState {
             joined_seq: self.joined_seq,
             joined_by: self.joined_by.clone(),
             pending_history: self.pending_history.clone(),
+            lost: self.lost,
         })
     }
 }
@@ -288,6 +299,7 @@ pub fn decode(pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Option<Loaded>, ClientEr
                 tl.joined_seq = meta.joined_seq;
                 tl.joined_by = meta.joined_by;
                 tl.pending_history = meta.pending_history;
+                tl.lost = meta.lost;
             } else if rest.len() >= 8 + keys::POST_INFIX.len()
                 && &rest[rest.len() - 8 - keys::POST_INFIX.len()..rest.len() - 8] == keys::POST_INFIX
             {
@@ -328,13 +340,13 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let mut tl = TimelineState { processed_seq: 7, has_group: true, left: true, ..Default::default() };
+        let mut tl = TimelineState { processed_seq: 7, has_group: true, left: true, lost: Some((5, 9_000_005)), ..Default::default() };
         tl.own_seqs.insert(9);
         // A seq whose big-endian bytes contain '/'.
         for seq in [3u64, 0x2f2f, u64::MAX] {
             tl.posts.insert(
                 seq,
-                ReceivedPost { seq, sender_device_id: "d".into(), post: None, status: PostStatus::Undecryptable, ..Default::default() },
+                ReceivedPost { seq, sender_device_id: "d".into(), post: None, status: PostStatus::Undecryptable, msg_id: Some(format!("m{seq}")), ..Default::default() },
             );
         }
         let entry = |id: &str| OutboxEntry {

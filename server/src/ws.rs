@@ -500,6 +500,12 @@ impl Connection {
             self.last_sent.insert(w.timeline_id, w.seq);
         }
         let memberships = self.db().memberships(&self.device.id).await.map_err(ApiError::from)?;
+        // Timelines a restore rewound, told until the device acknowledges past the loss.
+        let restored = self.db().unseen_restores(&self.device.id).await.map_err(ApiError::from)?;
+        for (timeline_id, lost_after, lost_until) in restored {
+            let frame = ServerFrame::Restored { timeline_id, lost_after: lost_after as u64, lost_until: lost_until as u64 };
+            self.send(&frame).await?;
+        }
         for m in memberships {
             let from = self.last_sent.get(&m.timeline_id).copied().unwrap_or(m.cursor).max(m.cursor);
             let until = m.left_seq.unwrap_or(i64::MAX);

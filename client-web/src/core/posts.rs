@@ -169,7 +169,7 @@ impl Core {
                     let msg_id = waiting.remove(&rid).expect("present");
                     if let ServerFrame::Accepted { seq, .. } = f {
                         if let Some(entry) = self.outbox_remove(&msg_id, Some(seq)) {
-                            self.record_own(timeline_id, seq, Some(entry.post), None, io.now_ms());
+                            self.record_own_post(timeline_id, seq, entry, io.now_ms());
                         }
                         self.mark_own_seq(timeline_id, seq);
                     }

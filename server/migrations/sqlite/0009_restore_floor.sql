@@ -8,3 +8,7 @@
 -- below its head until the next post, which the backup's completeness check
 -- allows for: the head is the newest post or the floor, whichever is higher.
 ALTER TABLE timelines ADD COLUMN seq_floor INTEGER NOT NULL DEFAULT 0;
+-- The head as restored: seqs after it, up to `seq_floor`, were lost. Devices
+-- are told (the `restored` frame) until they acknowledge a seq past the
+-- floor, and send their own lost posts again.
+ALTER TABLE timelines ADD COLUMN restored_seq INTEGER NOT NULL DEFAULT 0;

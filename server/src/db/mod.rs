@@ -416,10 +416,11 @@ impl Db {
     }
 
     /// After a restore: move every timeline's head `jump` seqs on and make
-    /// that its floor (migrations/*/0009_restore_floor.sql). Returns how
-    /// many timelines there are.
+    /// that its floor, remembering the head as restored
+    /// (migrations/*/0009_restore_floor.sql). Returns how many timelines
+    /// there are.
     pub async fn jump_heads(tx: &mut Tx, jump: i64) -> Result<u64> {
-        let done = sqlx::query("UPDATE timelines SET head_seq = head_seq + $1, seq_floor = head_seq + $1")
+        let done = sqlx::query("UPDATE timelines SET restored_seq = head_seq, head_seq = head_seq + $1, seq_floor = head_seq + $1")
             .bind(jump)
             .execute(&mut **tx)
             .await?;
@@ -558,6 +559,20 @@ impl Db {
         rows.iter()
             .map(|r| Ok(Membership { timeline_id: r.try_get(0)?, joined_seq: r.try_get(1)?, left_seq: r.try_get(2)?, cursor: r.try_get(3)? }))
             .collect()
+    }
+
+    /// The device's timelines that a restore rewound and that it has not
+    /// acknowledged past since: `(timeline_id, restored_seq, seq_floor)`;
+    /// the seqs after `restored_seq` up to `seq_floor` were lost.
+    pub async fn unseen_restores(&self, device_id: &str) -> Result<Vec<(String, i64, i64)>> {
+        let rows = sqlx::query(
+            "SELECT m.timeline_id, t.restored_seq, t.seq_floor FROM memberships m JOIN timelines t ON t.id = m.timeline_id \
+             WHERE m.device_id = $1 AND t.seq_floor > m.cursor",
+        )
+        .bind(device_id)
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))).collect()
     }
 
     pub async fn join(tx: &mut Tx, timeline_id: &str, device_id: &str, seq: i64) -> Result<()> {
