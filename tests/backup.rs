@@ -65,6 +65,7 @@ async fn a_backup_taken_under_load_restores_every_post_acknowledged_before_it() 
     let mut doctor = server.enrol("Dr. Sato").await;
     let mut nurse = server.enrol("Nurse Tanaka").await;
     let mut reader = server.enrol("Care manager Mori").await;
+    let pharmacist = server.enrol("Pharmacist Ito").await;
     let timeline = doctor.create_timeline().await.unwrap();
     let c1 = doctor.add_person(&timeline, nurse.account_id()).await.unwrap();
     let c2 = doctor.add_person(&timeline, reader.account_id()).await.unwrap();
@@ -127,8 +128,10 @@ async fn a_backup_taken_under_load_restores_every_post_acknowledged_before_it() 
     let mut nurse = n.await.unwrap();
     let during = during.lock().unwrap().clone();
     let head_at_stop = during.iter().map(|(_, s)| *s).max().unwrap();
-    // The nurse's tablet has everything, including the posts the backup missed.
-    nurse.wait_for_seq(&timeline, head_at_stop, WAIT).await.unwrap();
+    // A membership change after the backup (lost with it), then the nurse's
+    // tablet has everything, including what the backup missed.
+    let lost_commit = doctor.add_person(&timeline, pharmacist.account_id()).await.unwrap();
+    nurse.wait_for_seq(&timeline, lost_commit, WAIT).await.unwrap();
     nurse.disconnect().await;
     doctor.disconnect().await;
     if server.backend() == "sqlite" {
@@ -204,18 +207,23 @@ async fn a_backup_taken_under_load_restores_every_post_acknowledged_before_it() 
     let seq = reader.post(&timeline, "after the restore").await.unwrap();
     assert_eq!(seq, head + 1);
 
-    // 5. The nurse's tablet comes back. It shows the new post, sends its
-    //    own lost posts again, and keeps the doctor's lost ones for now.
+    // 5. The nurse's tablet comes back. It shows the new post, rejoins the
+    //    group (its epoch has the lost commit: one external commit), sends
+    //    its own lost posts again, and keeps the doctor's lost ones for now.
     let lost: Vec<&(String, u64)> = during.iter().filter(|(_, s)| *s > restored_head).collect();
     let lost_of = |tag: &str| lost.iter().filter(|(t, _)| t.starts_with(tag)).count() as u64;
     assert!(lost_of("nurse") > 0 && lost_of("doctor") > 0, "both posted after the backup: {lost:?}");
     nurse.connect().await.unwrap();
-    let nurse_done = seq + lost_of("nurse");
+    let nurse_done = seq + 1 + lost_of("nurse");
     nurse.wait_for_seq(&timeline, nurse_done, WAIT).await.unwrap();
     let text_at = |client: &Client, s: u64| {
         client.posts(&timeline).into_iter().find(|p| p.seq == s).and_then(|p| p.post).map(|p| p.text)
     };
     assert_eq!(text_at(&nurse, seq).as_deref(), Some("after the restore"), "the nurse missed the post made after the restore");
+    // Her tablet says so (the web client shows it as a notice).
+    let notices = nurse.take_restores();
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert_eq!((notices[0].resent as u64, notices[0].kept as u64), (lost_of("nurse"), lost_of("doctor")), "{notices:?}");
     for (text, s) in &lost {
         let held = text_at(&nurse, *s);
         if text.starts_with("doctor") {
@@ -225,9 +233,9 @@ async fn a_backup_taken_under_load_restores_every_post_acknowledged_before_it() 
         }
     }
 
-    // 6. The doctor's phone comes back and sends her lost posts again.
+    // 6. The doctor's phone comes back, rejoins and sends her lost posts again.
     doctor.connect().await.unwrap();
-    let all_back = nurse_done + lost_of("doctor");
+    let all_back = nurse_done + 1 + lost_of("doctor");
     for client in [&mut reader, &mut nurse, &mut doctor] {
         client.wait_for_seq(&timeline, all_back, WAIT).await.unwrap();
     }
@@ -248,7 +256,7 @@ async fn a_backup_taken_under_load_restores_every_post_acknowledged_before_it() 
         acked_before_backup.len(),
         t0.elapsed()
     );
-    drop((reader, nurse, doctor));
+    drop((reader, nurse, doctor, pharmacist));
     drop(restored);
     drop(server);
 }

@@ -94,6 +94,16 @@ fn no_edit() -> Option<NoEdit> {
     None
 }
 
+/// The server was restored from a backup and lost a timeline's newest
+/// posts: `resent` of this device's are being sent again, `kept` of others'
+/// are held here until their authors' devices send them again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RestoreNotice {
+    pub timeline_id: String,
+    pub resent: usize,
+    pub kept: usize,
+}
+
 /// The sans-IO client.
 pub struct Core {
     state: AppState,
@@ -115,6 +125,8 @@ pub struct Core {
     unacked: usize,
     new_posts: VecDeque<(String, ReceivedPost)>,
     warnings: Vec<String>,
+    /// Restores the server told of, for the UI ([`Core::take_restores`]).
+    restores: Vec<RestoreNotice>,
     /// Timelines whose groups hold proposals this device may commit.
     proposals_pending: BTreeSet<String>,
     /// Read receipts and urgent posts (`receipts.rs`; in memory).
@@ -279,6 +291,7 @@ impl Core {
             unacked: 0,
             new_posts: VecDeque::new(),
             warnings: Vec::new(),
+            restores: Vec::new(),
             proposals_pending: BTreeSet::new(),
             receipts: Default::default(),
         }
@@ -429,6 +442,12 @@ impl Core {
         std::mem::take(&mut self.warnings)
     }
 
+    /// Restores of the server from a backup that lost some of a timeline's
+    /// posts, as this device learnt of them since the last call.
+    pub fn take_restores(&mut self) -> Vec<RestoreNotice> {
+        std::mem::take(&mut self.restores)
+    }
+
     /// Posts received since the last call, oldest first.
     pub fn take_new_post(&mut self) -> Option<(String, ReceivedPost)> {
         self.new_posts.pop_front()
@@ -533,8 +552,8 @@ impl Core {
                 self.process_welcome(&timeline_id, seq, welcome.as_slice());
                 vec![ClientFrame::AckWelcome { welcome_id }]
             }
-            ServerFrame::Restored { timeline_id, lost_after, lost_until } => {
-                self.on_restored(&timeline_id, lost_after, lost_until);
+            ServerFrame::Restored { timeline_id, lost_after, lost_until, epoch } => {
+                self.on_restored(&timeline_id, lost_after, lost_until, epoch);
                 Vec::new()
             }
             other => {
@@ -855,8 +874,9 @@ impl Core {
     /// else's stay here until their authors send them again
     /// ([`Core::record_post`] then drops the old copy). Repeated on every
     /// subscribe until this device acknowledges a seq past `until`: a
-    /// repeat finds nothing left to queue.
-    fn on_restored(&mut self, timeline_id: &str, after: u64, until: u64) {
+    /// repeat finds nothing left to queue. A group past the restored
+    /// `epoch` merged a lost commit: it is marked for a rejoin.
+    fn on_restored(&mut self, timeline_id: &str, after: u64, until: u64, epoch: u64) {
         let own = self.state.device.device_id.clone();
         let Some(tl) = self.state.timelines.get(timeline_id) else { return };
         let told_before = tl.lost == Some((after, until));
@@ -888,14 +908,16 @@ impl Core {
                 _ => self.warn(format!("{timeline_id} #{seq}: this device's message was lost in the server's restore and cannot be sent again")),
             }
         }
+        let ahead = self.groups.get(timeline_id).is_some_and(|g| g.is_active() && g.epoch().as_u64() > epoch);
         let tl = self.tl_mut(timeline_id);
+        // Past the lost seqs already: it rejoined (or joined) since.
+        tl.restore_check |= ahead && tl.processed_seq <= until;
         tl.lost = Some((after, until));
         tl.own_seqs.retain(|s| *s > until);
         if !told_before || queued > 0 {
-            self.warn(format!(
-                "{timeline_id}: the server was restored from a backup and lost #{}–#{until}; {queued} of this device's posts will be sent again, {others} from others are kept here",
-                after + 1
-            ));
+            if self.restores.len() < 1000 {
+                self.restores.push(RestoreNotice { timeline_id: timeline_id.into(), resent: queued, kept: others });
+            }
         }
     }
 
@@ -1106,8 +1128,32 @@ impl Core {
             other => return Err(unexpected(other)),
         }
         self.flush_acks(io).await?;
+        self.rejoin_after_restore(io).await?;
         self.commit_pending_proposals(io).await?;
         self.resend_outbox(io).await
+    }
+
+    /// A restore also loses the commits stored after the backup: a device
+    /// that merged one (`TimelineState::restore_check`, from `restored`)
+    /// holds a group the server's timeline no longer has, can process
+    /// nothing of the branch the restored server goes on with, and can post
+    /// nothing. It rejoins by external commit, before its lost posts are
+    /// sent again. The mark stays until done: a connection lost meanwhile
+    /// leaves it for the next.
+    async fn rejoin_after_restore<T: Transport>(&mut self, io: &mut T) -> Result<(), ClientError> {
+        let due: Vec<String> = self.state.timelines.iter().filter(|(_, t)| t.restore_check).map(|(id, _)| id.clone()).collect();
+        for tid in due {
+            if !self.has_left(&tid) {
+                match self.rejoin(io, &tid).await {
+                    Ok(_) => {}
+                    Err(e @ (ClientError::Disconnected(_) | ClientError::NotConnected | ClientError::Timeout)) => return Err(e),
+                    Err(e) => self.warn(format!("{tid}: rejoining after the server's restore failed: {e}")),
+                }
+            }
+            self.tl_mut(&tid).restore_check = false;
+            self.save()?;
+        }
+        Ok(())
     }
 
     pub async fn top_up_key_packages<T: Transport>(&mut self, io: &mut T) -> Result<(), ClientError> {

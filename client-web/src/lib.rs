@@ -20,7 +20,7 @@ pub mod wasm;
 #[cfg(feature = "native")]
 pub mod native;
 
-pub use crate::core::Core;
+pub use crate::core::{Core, RestoreNotice};
 pub use crate::error::ClientError;
 pub use crate::state::{PostStatus, ReceivedPost};
 pub use crate::store::{MemoryStore, StateStore};

@@ -477,6 +477,11 @@ impl Client {
         self.core.take_warnings()
     }
 
+    /// Restores of the server that lost posts, learnt since the last call.
+    pub fn take_restores(&mut self) -> Vec<crate::core::RestoreNotice> {
+        self.core.take_restores()
+    }
+
     pub async fn forget_group(&mut self, timeline_id: &str) {
         let _ = self.core.forget_group(timeline_id);
     }

@@ -98,6 +98,9 @@ pub struct TimelineState {
     /// (`lost_after`, `lost_until`]: posts held here at those seqs are on
     /// no server, and a copy their author sends again replaces them.
     pub lost: Option<(u64, u64)>,
+    /// After a restore: whether the group is still to be checked against
+    /// the server's epoch (a lost commit means rejoining).
+    pub restore_check: bool,
     pub posts: BTreeMap<u64, ReceivedPost>,
 }
 
@@ -207,6 +210,8 @@ pub struct TimelineMeta {
     pub pending_history: Vec<PendingHandover>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lost: Option<(u64, u64)>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub restore_check: bool,
 }
 
 /// An outbox entry with its position in the queue (`outbox/<msg_id>`).
@@ -240,6 +245,7 @@ impl TimelineState {
             joined_by: self.joined_by.clone(),
             pending_history: self.pending_history.clone(),
             lost: self.lost,
+            restore_check: self.restore_check,
         })
     }
 }
@@ -300,6 +306,7 @@ pub fn decode(pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Option<Loaded>, ClientEr
                 tl.joined_by = meta.joined_by;
                 tl.pending_history = meta.pending_history;
                 tl.lost = meta.lost;
+                tl.restore_check = meta.restore_check;
             } else if rest.len() >= 8 + keys::POST_INFIX.len()
                 && &rest[rest.len() - 8 - keys::POST_INFIX.len()..rest.len() - 8] == keys::POST_INFIX
             {
@@ -340,7 +347,7 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let mut tl = TimelineState { processed_seq: 7, has_group: true, left: true, lost: Some((5, 9_000_005)), ..Default::default() };
+        let mut tl = TimelineState { processed_seq: 7, has_group: true, left: true, lost: Some((5, 9_000_005)), restore_check: true, ..Default::default() };
         tl.own_seqs.insert(9);
         // A seq whose big-endian bytes contain '/'.
         for seq in [3u64, 0x2f2f, u64::MAX] {

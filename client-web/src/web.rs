@@ -321,6 +321,15 @@ pub enum Event {
     Warning {
         message: String,
     },
+    /// The server was restored from a backup and lost the timeline's newest
+    /// posts: `resent` of this device's are sent again, `kept` of others'
+    /// stay shown until their authors' devices send them again.
+    Restored {
+        #[serde(rename = "timelineId")]
+        timeline_id: String,
+        resent: usize,
+        kept: usize,
+    },
     /// An urgent post needs this person (`level` "first_call" or
     /// "second_call": nobody of the first call acknowledged in time).
     UrgentAlert {
@@ -1274,6 +1283,9 @@ impl<H: Host> WebClient<H> {
             while core.take_new_post().is_some() {}
             for w in core.take_warnings() {
                 self.events.push(Event::Warning { message: w });
+            }
+            for r in core.take_restores() {
+                self.events.push(Event::Restored { timeline_id: r.timeline_id, resent: r.resent, kept: r.kept });
             }
             for a in core.take_alerts() {
                 self.events.push(Event::UrgentAlert { timeline_id: a.timeline_id, seq: a.seq, level: a.level });

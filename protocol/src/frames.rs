@@ -109,10 +109,12 @@ pub enum ServerFrame {
     CaughtUp { rid: u64 },
     /// The server was restored from a backup: the timeline's messages with
     /// `lost_after < seq <= lost_until` were stored after the backup and are
-    /// gone, and its next seq is after `lost_until`. Sent in catch-up, before
-    /// the timeline's messages, until the device acknowledges a seq past
-    /// `lost_until`. The client sends its own lost posts again.
-    Restored { timeline_id: String, lost_after: u64, lost_until: u64 },
+    /// gone, its next seq is after `lost_until`, and its epoch was `epoch`
+    /// (commits past it were lost too). Sent in catch-up, before the
+    /// timeline's messages, until the device acknowledges a seq past
+    /// `lost_until`. The client sends its own lost posts again, and rejoins
+    /// if its group is past `epoch`.
+    Restored { timeline_id: String, lost_after: u64, lost_until: u64, epoch: u64 },
     /// A commit or application message is durably stored at `seq`.
     /// `duplicate` is true when `msg_id` was already stored (the retry of a
     /// message whose acknowledgement was lost); `seq` is then the original.
@@ -515,8 +517,8 @@ mod tests {
     #[test]
     fn restored_frame() {
         golden_server(
-            ServerFrame::Restored { timeline_id: "t".into(), lost_after: 57, lost_until: 420_000_057 },
-            r#"{"type":"restored","timeline_id":"t","lost_after":57,"lost_until":420000057}"#,
+            ServerFrame::Restored { timeline_id: "t".into(), lost_after: 57, lost_until: 420_000_057, epoch: 3 },
+            r#"{"type":"restored","timeline_id":"t","lost_after":57,"lost_until":420000057,"epoch":3}"#,
         );
     }
 

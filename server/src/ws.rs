@@ -502,8 +502,13 @@ impl Connection {
         let memberships = self.db().memberships(&self.device.id).await.map_err(ApiError::from)?;
         // Timelines a restore rewound, told until the device acknowledges past the loss.
         let restored = self.db().unseen_restores(&self.device.id).await.map_err(ApiError::from)?;
-        for (timeline_id, lost_after, lost_until) in restored {
-            let frame = ServerFrame::Restored { timeline_id, lost_after: lost_after as u64, lost_until: lost_until as u64 };
+        for r in restored {
+            let frame = ServerFrame::Restored {
+                timeline_id: r.timeline_id,
+                lost_after: r.lost_after as u64,
+                lost_until: r.lost_until as u64,
+                epoch: r.epoch as u64,
+            };
             self.send(&frame).await?;
         }
         for m in memberships {

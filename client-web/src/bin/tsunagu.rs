@@ -578,6 +578,12 @@ fn warn(c: &mut Client) {
     for w in c.take_warnings() {
         eprintln!("warning: {w}");
     }
+    for r in c.take_restores() {
+        eprintln!(
+            "warning: timeline {}: the server was restored from a backup and lost its newest posts; {} of this device's are sent again, {} of others' are kept here until their authors' devices send them again",
+            r.timeline_id, r.resent, r.kept
+        );
+    }
 }
 
 async fn account_names(c: &mut Client) -> Result<HashMap<String, String>> {

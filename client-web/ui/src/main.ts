@@ -62,6 +62,11 @@ onEngine((e) => {
     app.notify(text, "error");
     return;
   }
+  if (e.type === "restored") {
+    const s = currentEngine()?.timelines().find((x) => x.timelineId === e.timelineId);
+    app.notify(t("engine.restored", { title: timelineTitle(e.timelineId, s), resent: e.resent, kept: e.kept }), "error");
+    return;
+  }
   if (e.type === "urgent_alert") {
     const s = currentEngine()?.timelines().find((x) => x.timelineId === e.timelineId);
     const title = timelineTitle(e.timelineId, s);

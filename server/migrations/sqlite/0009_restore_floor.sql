@@ -8,7 +8,10 @@
 -- below its head until the next post, which the backup's completeness check
 -- allows for: the head is the newest post or the floor, whichever is higher.
 ALTER TABLE timelines ADD COLUMN seq_floor INTEGER NOT NULL DEFAULT 0;
--- The head as restored: seqs after it, up to `seq_floor`, were lost. Devices
--- are told (the `restored` frame) until they acknowledge a seq past the
--- floor, and send their own lost posts again.
+-- The head and the epoch as restored: seqs after `restored_seq`, up to
+-- `seq_floor`, were lost. Devices are told (the `restored` frame) until they
+-- acknowledge a seq past the floor; they send their own lost posts again,
+-- and one whose group is past `restored_epoch` (it merged a lost commit)
+-- rejoins.
 ALTER TABLE timelines ADD COLUMN restored_seq INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE timelines ADD COLUMN restored_epoch INTEGER NOT NULL DEFAULT 0;

@@ -81,6 +81,16 @@ pub struct StoredMessage {
     pub data: Vec<u8>,
 }
 
+/// A timeline as a restore left it: the seqs after `lost_after` up to
+/// `lost_until` were lost, and its epoch was `epoch`.
+#[derive(Debug, Clone)]
+pub struct Restored {
+    pub timeline_id: String,
+    pub lost_after: i64,
+    pub lost_until: i64,
+    pub epoch: i64,
+}
+
 /// A device's place in a timeline.
 #[derive(Debug, Clone)]
 pub struct Membership {
@@ -416,11 +426,13 @@ impl Db {
     }
 
     /// After a restore: move every timeline's head `jump` seqs on and make
-    /// that its floor, remembering the head as restored
+    /// that its floor, remembering the head and epoch as restored
     /// (migrations/*/0009_restore_floor.sql). Returns how many timelines
     /// there are.
     pub async fn jump_heads(tx: &mut Tx, jump: i64) -> Result<u64> {
-        let done = sqlx::query("UPDATE timelines SET restored_seq = head_seq, head_seq = head_seq + $1, seq_floor = head_seq + $1")
+        let done = sqlx::query(
+            "UPDATE timelines SET restored_seq = head_seq, restored_epoch = epoch, head_seq = head_seq + $1, seq_floor = head_seq + $1",
+        )
             .bind(jump)
             .execute(&mut **tx)
             .await?;
@@ -562,17 +574,18 @@ impl Db {
     }
 
     /// The device's timelines that a restore rewound and that it has not
-    /// acknowledged past since: `(timeline_id, restored_seq, seq_floor)`;
-    /// the seqs after `restored_seq` up to `seq_floor` were lost.
-    pub async fn unseen_restores(&self, device_id: &str) -> Result<Vec<(String, i64, i64)>> {
+    /// acknowledged past since.
+    pub async fn unseen_restores(&self, device_id: &str) -> Result<Vec<Restored>> {
         let rows = sqlx::query(
-            "SELECT m.timeline_id, t.restored_seq, t.seq_floor FROM memberships m JOIN timelines t ON t.id = m.timeline_id \
-             WHERE m.device_id = $1 AND t.seq_floor > m.cursor",
+            "SELECT m.timeline_id, t.restored_seq, t.seq_floor, t.restored_epoch FROM memberships m \
+             JOIN timelines t ON t.id = m.timeline_id WHERE m.device_id = $1 AND t.seq_floor > m.cursor",
         )
         .bind(device_id)
         .fetch_all(&self.read)
         .await?;
-        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))).collect()
+        rows.iter()
+            .map(|r| Ok(Restored { timeline_id: r.try_get(0)?, lost_after: r.try_get(1)?, lost_until: r.try_get(2)?, epoch: r.try_get(3)? }))
+            .collect()
     }
 
     pub async fn join(tx: &mut Tx, timeline_id: &str, device_id: &str, seq: i64) -> Result<()> {

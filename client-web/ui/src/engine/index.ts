@@ -253,6 +253,10 @@ export type EngineEvent =
   /** An urgent post needs this person ("second_call": nobody of the first
    *  call acknowledged it in time). */
   | { type: "urgent_alert"; timelineId: string; seq: number; level: "first_call" | "second_call" }
+  /** The server was restored from a backup and lost the timeline's newest
+   *  posts: `resent` of this device's are being sent again, `kept` of
+   *  others' stay shown until their authors' devices send them again. */
+  | { type: "restored"; timelineId: string; resent: number; kept: number }
   /** The session is no longer valid (HTTP 401): the UI shows the login.
    *  Local data is kept; the device is still registered. */
   | { type: "signed_out" }

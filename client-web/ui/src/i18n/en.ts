@@ -144,6 +144,7 @@ export const en: Record<MessageKey, string> = {
   "timeline.membersCount": "{count} members",
   "timeline.pendingCount": "{count} pending",
   "timeline.noName": "(no name)",
+  "engine.restored": "{title}: the server was restored from a backup and lost its newest posts. {resent} of yours are being sent again; {kept} from others stay shown here until their authors' devices send them again.",
   "engine.offline": "Not possible while offline. Try again when the connection returns.",
   "engine.not_member": "You are not a member of this timeline.",
   "engine.forbidden": "You are not allowed to do this.",

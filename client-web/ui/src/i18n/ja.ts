@@ -144,6 +144,7 @@ export const ja = {
   "timeline.membersCount": "メンバー {count} 人",
   "timeline.pendingCount": "送信待ち {count} 件",
   "timeline.noName": "（名前なし）",
+  "engine.restored": "{title}: サーバーがバックアップから復元され、最新の投稿の一部が失われました。あなたの投稿{resent}件を再送信しています。他の人の投稿{kept}件は、投稿者の端末が再送信するまでこの端末に表示されます。",
   "engine.offline": "オフラインのためできません。接続が戻ってからもう一度お試しください。",
   "engine.not_member": "このタイムラインのメンバーではありません。",
   "engine.forbidden": "この操作は許可されていません。",
