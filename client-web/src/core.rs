@@ -878,7 +878,8 @@ impl Core {
     /// `epoch` merged a lost commit: it is marked for a rejoin.
     fn on_restored(&mut self, timeline_id: &str, after: u64, until: u64, epoch: u64) {
         let own = self.state.device.device_id.clone();
-        let Some(tl) = self.state.timelines.get(timeline_id) else { return };
+        // A timeline it left: nothing to send again, no group to mend.
+        let Some(tl) = self.state.timelines.get(timeline_id).filter(|t| !t.left) else { return };
         let told_before = tl.lost == Some((after, until));
         let lost: Vec<(u64, Option<String>, Option<Post>)> = tl
             .posts

@@ -500,9 +500,19 @@ impl Connection {
             self.last_sent.insert(w.timeline_id, w.seq);
         }
         let memberships = self.db().memberships(&self.device.id).await.map_err(ApiError::from)?;
-        // Timelines a restore rewound, told until the device acknowledges past the loss.
-        let restored = self.db().unseen_restores(&self.device.id).await.map_err(ApiError::from)?;
-        for r in restored {
+        self.send_restores().await?;
+        for m in memberships {
+            let from = self.last_sent.get(&m.timeline_id).copied().unwrap_or(m.cursor).max(m.cursor);
+            let until = m.left_seq.unwrap_or(i64::MAX);
+            self.send_range(&m.timeline_id, from, until).await?;
+        }
+        Ok(())
+    }
+
+    /// Tell the device of the timelines a restore rewound, until it
+    /// acknowledges past the loss (PROTOCOL.md, `restored`).
+    async fn send_restores(&mut self) -> Result<(), Handled> {
+        for r in self.db().unseen_restores(&self.device.id).await.map_err(ApiError::from)? {
             let frame = ServerFrame::Restored {
                 timeline_id: r.timeline_id,
                 lost_after: r.lost_after as u64,
@@ -510,11 +520,6 @@ impl Connection {
                 epoch: r.epoch as u64,
             };
             self.send(&frame).await?;
-        }
-        for m in memberships {
-            let from = self.last_sent.get(&m.timeline_id).copied().unwrap_or(m.cursor).max(m.cursor);
-            let until = m.left_seq.unwrap_or(i64::MAX);
-            self.send_range(&m.timeline_id, from, until).await?;
         }
         Ok(())
     }

@@ -57,6 +57,10 @@ pub struct Db {
     sqlite_path: Option<std::path::PathBuf>,
     /// Journaled messages not yet in `messages` (`journal.rs`; SQLite only).
     unapplied: std::sync::Arc<journal::Unapplied>,
+    /// Whether the database was ever restored from a backup (as it was when
+    /// opened: restores happen with every server stopped). Without one, no
+    /// device has a `restored` frame to get.
+    restored: bool,
 }
 
 /// A registered device.
@@ -133,7 +137,7 @@ impl Db {
         let db = match &config.database_url {
             Some(url) => {
                 let pool = AnyPoolOptions::new().max_connections(16).acquire_timeout(Duration::from_secs(30)).connect(url).await?;
-                Db { read: pool.clone(), write: pool, backend: Backend::Postgres, sqlite_path: None, unapplied: Default::default() }
+                Db { read: pool.clone(), write: pool, backend: Backend::Postgres, sqlite_path: None, unapplied: Default::default(), restored: false }
             }
             None => {
                 let path = config.data_dir.join("tsunagu.db");
@@ -153,11 +157,12 @@ impl Db {
                 };
                 let write = options().max_connections(1).connect(&url).await?;
                 let read = options().max_connections(8).connect(&url).await?;
-                Db { read, write, backend: Backend::Sqlite, sqlite_path: Some(path), unapplied: Default::default() }
+                Db { read, write, backend: Backend::Sqlite, sqlite_path: Some(path), unapplied: Default::default(), restored: false }
             }
         };
         db.migrate().await?;
-        Ok(db)
+        let floor: i64 = sqlx::query("SELECT COALESCE(MAX(seq_floor), 0) FROM timelines").fetch_one(&db.read).await?.try_get(0)?;
+        Ok(Db { restored: floor > 0, ..db })
     }
 
     async fn migrate(&self) -> Result<()> {
@@ -573,12 +578,15 @@ impl Db {
             .collect()
     }
 
-    /// The device's timelines that a restore rewound and that it has not
-    /// acknowledged past since.
+    /// The device's timelines (of which it is still a member) that a restore
+    /// rewound and that it has not acknowledged past since.
     pub async fn unseen_restores(&self, device_id: &str) -> Result<Vec<Restored>> {
+        if !self.restored {
+            return Ok(Vec::new());
+        }
         let rows = sqlx::query(
             "SELECT m.timeline_id, t.restored_seq, t.seq_floor, t.restored_epoch FROM memberships m \
-             JOIN timelines t ON t.id = m.timeline_id WHERE m.device_id = $1 AND t.seq_floor > m.cursor",
+             JOIN timelines t ON t.id = m.timeline_id WHERE m.device_id = $1 AND m.left_seq IS NULL AND t.seq_floor > m.cursor",
         )
         .bind(device_id)
         .fetch_all(&self.read)
