@@ -813,22 +813,29 @@ mod tests {
     /// was still only in the journal, and then its segment was applied to
     /// the live table and deleted before the backup read the journal. Post 4
     /// came after the snapshot and is in the journal.
-    #[tokio::test]
-    async fn a_snapshot_is_completed_from_the_journal_and_from_the_live_table() {
-        let dir = tempfile::tempdir().unwrap();
-        let storage = StorageConfig { data_dir: dir.path().join("data"), database_url: None };
+    /// A server's database in `dir` (migrated as the server does) holding
+    /// timeline t1 at `head` with the posts at `seqs`: its path, its journal
+    /// directory and a connection to it.
+    async fn live_database(dir: &Path, head: i64, seqs: &[i64]) -> (PathBuf, PathBuf, rusqlite::Connection) {
+        let storage = StorageConfig { data_dir: dir.join("data"), database_url: None };
         drop(Db::connect(&storage).await.unwrap());
         let live_path = storage.data_dir.join(SQLITE_FILE);
         let live = rusqlite::Connection::open(&live_path).unwrap();
         // No accounts or devices: just the timeline and its posts.
         live.execute_batch("PRAGMA foreign_keys = OFF").unwrap();
-        live.execute("INSERT INTO timelines (id, epoch, head_seq, created_by, created_at) VALUES ('t1', 1, 3, 'd1', 0)", []).unwrap();
-        journal::insert_new(&live, &[post(1), post(2)]).unwrap();
+        live.execute("INSERT INTO timelines (id, epoch, head_seq, created_by, created_at) VALUES ('t1', 1, ?1, 'd1', 0)", [head]).unwrap();
+        journal::insert_new(&live, &seqs.iter().map(|s| post(*s)).collect::<Vec<_>>()).unwrap();
+        (live_path, storage.data_dir.join(journal::DIR), live)
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_is_completed_from_the_journal_and_from_the_live_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let (live_path, journal_dir, live) = live_database(dir.path(), 3, &[1, 2]).await;
         let snapshot = dir.path().join("snapshot.db");
         live.execute("VACUUM INTO ?1", [snapshot.to_str().unwrap()]).unwrap();
         journal::insert_new(&live, &[post(3)]).unwrap();
         live.execute("UPDATE timelines SET head_seq = 4", []).unwrap();
-        let journal_dir = storage.data_dir.join(journal::DIR);
         let mut segment = journal::Journal::open(&journal_dir, journal::lock(&journal_dir).unwrap()).unwrap();
         segment.append(&[post(4)]).unwrap();
 
@@ -846,15 +853,8 @@ mod tests {
     #[tokio::test]
     async fn a_head_that_a_restore_moved_needs_no_post_at_it() {
         let dir = tempfile::tempdir().unwrap();
-        let storage = StorageConfig { data_dir: dir.path().join("data"), database_url: None };
-        drop(Db::connect(&storage).await.unwrap());
-        let live_path = storage.data_dir.join(SQLITE_FILE);
-        let live = rusqlite::Connection::open(&live_path).unwrap();
-        live.execute_batch("PRAGMA foreign_keys = OFF").unwrap();
-        live.execute("INSERT INTO timelines (id, epoch, head_seq, created_by, created_at) VALUES ('t1', 1, 2, 'd1', 0)", []).unwrap();
-        journal::insert_new(&live, &[post(1), post(2)]).unwrap();
+        let (live_path, journal_dir, live) = live_database(dir.path(), 2, &[1, 2]).await;
         live.execute("UPDATE timelines SET head_seq = head_seq + 1000, seq_floor = head_seq + 1000", []).unwrap();
-        let journal_dir = storage.data_dir.join(journal::DIR);
         let backup = |name: &str| {
             let snapshot = dir.path().join(name);
             live.execute("VACUUM INTO ?1", [snapshot.to_str().unwrap()]).unwrap();
