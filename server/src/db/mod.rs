@@ -438,9 +438,9 @@ impl Db {
         let done = sqlx::query(
             "UPDATE timelines SET restored_seq = head_seq, restored_epoch = epoch, head_seq = head_seq + $1, seq_floor = head_seq + $1",
         )
-            .bind(jump)
-            .execute(&mut **tx)
-            .await?;
+        .bind(jump)
+        .execute(&mut **tx)
+        .await?;
         Ok(done.rows_affected())
     }
 
