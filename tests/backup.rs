@@ -69,10 +69,11 @@ async fn a_backup_taken_under_load_restores_every_post_acknowledged_before_it() 
     let timeline = doctor.create_timeline().await.unwrap();
     let c1 = doctor.add_person(&timeline, nurse.account_id()).await.unwrap();
     let c2 = doctor.add_person(&timeline, reader.account_id()).await.unwrap();
-    nurse.wait_for_seq(&timeline, c2, WAIT).await.unwrap();
+    let c3 = doctor.add_person(&timeline, pharmacist.account_id()).await.unwrap();
+    nurse.wait_for_seq(&timeline, c3, WAIT).await.unwrap();
     // The reader joined; its client state (keys, group, cursor) is kept, but
     // it stays offline until the server runs on the restored data.
-    reader.wait_for_seq(&timeline, c2, WAIT).await.unwrap();
+    reader.wait_for_seq(&timeline, c3, WAIT).await.unwrap();
     reader.disconnect().await;
 
     // 1. A care team's posts, all acknowledged, one with the discharge letter attached.
@@ -128,9 +129,10 @@ async fn a_backup_taken_under_load_restores_every_post_acknowledged_before_it() 
     let mut nurse = n.await.unwrap();
     let during = during.lock().unwrap().clone();
     let head_at_stop = during.iter().map(|(_, s)| *s).max().unwrap();
-    // A membership change after the backup (lost with it), then the nurse's
-    // tablet has everything, including what the backup missed.
-    let lost_commit = doctor.add_person(&timeline, pharmacist.account_id()).await.unwrap();
+    // A membership change after the backup (lost with it): the pharmacist
+    // leaves the team. Then the nurse's tablet has everything, including
+    // what the backup missed.
+    let lost_commit = doctor.remove_person(&timeline, pharmacist.account_id()).await.unwrap();
     nurse.wait_for_seq(&timeline, lost_commit, WAIT).await.unwrap();
     nurse.disconnect().await;
     doctor.disconnect().await;
@@ -183,10 +185,10 @@ async fn a_backup_taken_under_load_restores_every_post_acknowledged_before_it() 
     for (text, seq) in &acked_before_backup {
         assert_eq!(by_seq.get(seq), Some(text), "post acknowledged before the backup missing at seq {seq}");
     }
-    // In order, without gaps: seqs 1..=restored_head are the two commits and posts.
+    // In order, without gaps: seqs 1..=restored_head are the three commits and posts.
     let seqs: Vec<u64> = posts.iter().map(|p| p.seq).collect();
     assert!(seqs.windows(2).all(|w| w[1] > w[0]), "posts are in order");
-    let mut all: Vec<u64> = seqs.iter().copied().chain([c1, c2]).collect();
+    let mut all: Vec<u64> = seqs.iter().copied().chain([c1, c2, c3]).collect();
     all.sort();
     assert_eq!(all, (1..=restored_head).collect::<Vec<_>>(), "the restored timeline has a gap");
     // Everything restored was posted (and acknowledged) before the server stopped.
@@ -195,7 +197,7 @@ async fn a_backup_taken_under_load_restores_every_post_acknowledged_before_it() 
     for (seq, text) in &by_seq {
         assert_eq!(acked.get(seq).copied(), Some(text), "restored seq {seq} is not what was acknowledged there");
     }
-    assert!(restored_head >= 3 + (PRE_BACKUP_POSTS as u64) + 5, "restored head {restored_head}");
+    assert!(restored_head >= 4 + (PRE_BACKUP_POSTS as u64) + 5, "restored head {restored_head}");
     assert!(restored_head < head_at_stop, "posts after the backup cannot be in it");
 
     // The attachment opens after the restore.
@@ -207,9 +209,14 @@ async fn a_backup_taken_under_load_restores_every_post_acknowledged_before_it() 
     let seq = reader.post(&timeline, "after the restore").await.unwrap();
     assert_eq!(seq, head + 1);
 
+    // The restore brought the pharmacist back into the team.
+    let members = |info: Vec<tsunagu_protocol::frames::TimelineInfo>| info[0].member_account_ids.clone();
+    assert!(members(reader.list_timelines().await.unwrap()).contains(&pharmacist.account_id().to_owned()));
+
     // 5. The nurse's tablet comes back. It shows the new post, rejoins the
-    //    group (its epoch has the lost commit: one external commit), sends
-    //    its own lost posts again, and keeps the doctor's lost ones for now.
+    //    group (its epoch has the lost commit: one external commit; a
+    //    member, it may not remove the pharmacist), sends its own lost posts
+    //    again, and keeps the doctor's lost ones for now.
     let lost: Vec<&(String, u64)> = during.iter().filter(|(_, s)| *s > restored_head).collect();
     let lost_of = |tag: &str| lost.iter().filter(|(t, _)| t.starts_with(tag)).count() as u64;
     assert!(lost_of("nurse") > 0 && lost_of("doctor") > 0, "both posted after the backup: {lost:?}");
@@ -233,13 +240,17 @@ async fn a_backup_taken_under_load_restores_every_post_acknowledged_before_it() 
         }
     }
 
-    // 6. The doctor's phone comes back, rejoins and sends her lost posts again.
+    // 6. The doctor's phone comes back, rejoins, removes the pharmacist
+    //    again (she is the owner) and sends her lost posts again.
     doctor.connect().await.unwrap();
-    let all_back = nurse_done + 1 + lost_of("doctor");
+    let all_back = nurse_done + 2 + lost_of("doctor");
     for client in [&mut reader, &mut nurse, &mut doctor] {
         client.wait_for_seq(&timeline, all_back, WAIT).await.unwrap();
     }
-    assert_eq!(reader.list_timelines().await.unwrap()[0].head_seq, all_back, "nothing else was stored");
+    let info = reader.list_timelines().await.unwrap();
+    assert_eq!(info[0].head_seq, all_back, "nothing else was stored");
+    assert!(!members(info).contains(&pharmacist.account_id().to_owned()), "the pharmacist was removed again");
+    assert_eq!(reader.policy(&timeline).unwrap().role(pharmacist.account_id()), None, "and out of the timeline's policy");
     // Every post acknowledged before the site was lost is on the server
     // again, and each device shows each exactly once.
     let acknowledged: Vec<&String> = before.iter().chain(during.iter()).map(|(t, _)| t).collect();

@@ -56,6 +56,8 @@ pub const CATCH_UP_TIMEOUT_MS: u64 = 30_000;
 pub const MAX_ATTEMPTS: u32 = 20;
 /// Acks are sent at the latest after this many processed messages.
 const ACK_EVERY: usize = 32;
+/// Removals remembered per timeline (`TimelineState::removals`).
+const KEPT_REMOVALS: usize = 32;
 const MAX_QUEUED_POSTS: usize = 10_000;
 
 /// Device identity obtained at enrolment.
@@ -712,6 +714,8 @@ impl Core {
         let mut warning: Option<String> = None;
         // A proposal this device stored: for it to commit, or its own removal.
         let mut stored_proposal: Option<bool> = None;
+        // A commit merged: the policy before it.
+        let mut merged_after: Option<Option<TimelinePolicy>> = None;
         match self.groups.get_mut(&tid) {
             None => {
                 if d.kind == MessageKind::Application {
@@ -801,15 +805,20 @@ impl Core {
                                     }
                                     (Err(e), _) | (_, Err(e)) => Some(e.to_string()),
                                 };
+                                let before = crate::policy::of_group(group).ok().flatten();
                                 if let Some(why) = refusal {
                                     warning = Some(format!("{tid} #{}: forged commit rejected: {why}", d.seq));
                                 } else if let Err(e) = group.merge_staged_commit(&self.provider, *sc) {
                                     warning = Some(format!("{tid} #{}: merge commit: {e:?}", d.seq));
+                                } else {
+                                    merged_after = Some(before);
                                 }
                             }
                             ProcessedMessageContent::OwnPendingCommit => {
-                                if let Err(e) = group.merge_pending_commit(&self.provider) {
-                                    warning = Some(format!("{tid} #{}: merge own commit: {e:?}", d.seq));
+                                let before = crate::policy::of_group(group).ok().flatten();
+                                match group.merge_pending_commit(&self.provider) {
+                                    Ok(()) => merged_after = Some(before),
+                                    Err(e) => warning = Some(format!("{tid} #{}: merge own commit: {e:?}", d.seq)),
                                 }
                             }
                             ProcessedMessageContent::OwnPrivateMessage => {
@@ -844,6 +853,9 @@ impl Core {
         }
         if let Some(w) = warning {
             self.warn(w);
+        }
+        if let Some(before) = merged_after {
+            self.note_removals(&tid, d.seq, before);
         }
         if let Some(p) = new_post {
             self.record_post(&tid, p, true);
@@ -919,6 +931,24 @@ impl Core {
             if self.restores.len() < 1000 {
                 self.restores.push(RestoreNotice { timeline_id: timeline_id.into(), resent: queued, kept: others });
             }
+        }
+    }
+
+    /// Remember who the commit merged at `seq` took out of the timeline's
+    /// policy (`before` is the policy before it): a restore that loses the
+    /// commit brings them back, and [`Core::rejoin_after_restore`] removes
+    /// them again.
+    fn note_removals(&mut self, timeline_id: &str, seq: u64, before: Option<TimelinePolicy>) {
+        let (Some(before), Some(after)) = (before, self.policy(timeline_id)) else { return };
+        let gone: Vec<String> =
+            before.members.iter().filter(|m| after.role(&m.account_id).is_none()).map(|m| m.account_id.clone()).collect();
+        if gone.is_empty() {
+            return;
+        }
+        let removals = &mut self.tl_mut(timeline_id).removals;
+        removals.push((seq, gone));
+        if removals.len() > KEPT_REMOVALS {
+            removals.remove(0);
         }
     }
 
@@ -1139,22 +1169,51 @@ impl Core {
     /// holds a group the server's timeline no longer has, can process
     /// nothing of the branch the restored server goes on with, and can post
     /// nothing. It rejoins by external commit, before its lost posts are
-    /// sent again. The mark stays until done: a connection lost meanwhile
-    /// leaves it for the next.
+    /// sent again. People a lost commit had removed are members again: it
+    /// removes them again where its role allows (others' devices, or the
+    /// timeline's owner, do it otherwise). The mark stays until done: a
+    /// connection lost meanwhile leaves it for the next.
     async fn rejoin_after_restore<T: Transport>(&mut self, io: &mut T) -> Result<(), ClientError> {
         let due: Vec<String> = self.state.timelines.iter().filter(|(_, t)| t.restore_check).map(|(id, _)| id.clone()).collect();
         for tid in due {
             if !self.has_left(&tid) {
-                match self.rejoin(io, &tid).await {
-                    Ok(_) => {}
+                let rejoined = self.rejoin(io, &tid).await.map(|_| ());
+                let result = match rejoined {
+                    Ok(()) => self.remove_again_after_restore(io, &tid).await,
+                    Err(e) => Err(e),
+                };
+                match result {
+                    Ok(()) => {}
                     Err(e @ (ClientError::Disconnected(_) | ClientError::NotConnected | ClientError::Timeout)) => return Err(e),
-                    Err(e) => self.warn(format!("{tid}: rejoining after the server's restore failed: {e}")),
+                    Err(e) => self.warn(format!("{tid}: after the server's restore: {e}")),
                 }
             }
             self.tl_mut(&tid).restore_check = false;
             self.save()?;
         }
         Ok(())
+    }
+
+    /// Remove again those whom a commit at a seq the restore lost had
+    /// removed and who are members again. Someone whose removal this
+    /// device's role does not allow is left to the devices of those it does.
+    async fn remove_again_after_restore<T: Transport>(&mut self, io: &mut T, timeline_id: &str) -> Result<(), ClientError> {
+        let Some((after, until)) = self.state.timelines.get(timeline_id).and_then(|t| t.lost) else { return Ok(()) };
+        let policy = self.policy(timeline_id);
+        let again: BTreeSet<String> = self.state.timelines[timeline_id]
+            .removals
+            .iter()
+            .filter(|(seq, _)| *seq > after && *seq <= until)
+            .flat_map(|(_, accounts)| accounts.iter().cloned())
+            .filter(|a| policy.as_ref().is_some_and(|p| p.role(a).is_some()))
+            .collect();
+        if again.is_empty() {
+            return Ok(());
+        }
+        match self.remove_accounts(io, timeline_id, again.into_iter().collect()).await {
+            Ok(_) | Err(ClientError::NotAllowed(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     pub async fn top_up_key_packages<T: Transport>(&mut self, io: &mut T) -> Result<(), ClientError> {
@@ -1686,10 +1745,12 @@ impl Core {
                 group_info: Bytes(group_info),
             };
             let reply = self.request(io, frame).await;
+            let before = self.policy(timeline_id);
             let group = self.groups.get_mut(timeline_id).expect("group present");
             match reply {
                 Ok(ServerFrame::Accepted { seq, .. }) => {
                     group.merge_pending_commit(&self.provider).map_err(mls("merge own commit"))?;
+                    self.note_removals(timeline_id, seq, before);
                     self.mark_own_seq(timeline_id, seq);
                     self.save()?;
                     self.release_deferred(timeline_id);

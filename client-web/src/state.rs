@@ -98,9 +98,13 @@ pub struct TimelineState {
     /// (`lost_after`, `lost_until`]: posts held here at those seqs are on
     /// no server, and a copy their author sends again replaces them.
     pub lost: Option<(u64, u64)>,
-    /// After a restore: whether the group is still to be checked against
-    /// the server's epoch (a lost commit means rejoining).
+    /// After a restore: whether the group merged a commit the restore lost
+    /// and is still to rejoin.
     pub restore_check: bool,
+    /// The latest commits that took people out of the timeline: `(seq,
+    /// accounts)`. A restore that loses one brings them back; the device
+    /// removes them again after it rejoins.
+    pub removals: Vec<(u64, Vec<String>)>,
     pub posts: BTreeMap<u64, ReceivedPost>,
 }
 
@@ -212,6 +216,8 @@ pub struct TimelineMeta {
     pub lost: Option<(u64, u64)>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub restore_check: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removals: Vec<(u64, Vec<String>)>,
 }
 
 /// An outbox entry with its position in the queue (`outbox/<msg_id>`).
@@ -246,6 +252,7 @@ impl TimelineState {
             pending_history: self.pending_history.clone(),
             lost: self.lost,
             restore_check: self.restore_check,
+            removals: self.removals.clone(),
         })
     }
 }
@@ -307,6 +314,7 @@ pub fn decode(pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Option<Loaded>, ClientEr
                 tl.pending_history = meta.pending_history;
                 tl.lost = meta.lost;
                 tl.restore_check = meta.restore_check;
+                tl.removals = meta.removals;
             } else if rest.len() >= 8 + keys::POST_INFIX.len()
                 && &rest[rest.len() - 8 - keys::POST_INFIX.len()..rest.len() - 8] == keys::POST_INFIX
             {
@@ -347,7 +355,7 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let mut tl = TimelineState { processed_seq: 7, has_group: true, left: true, lost: Some((5, 9_000_005)), restore_check: true, ..Default::default() };
+        let mut tl = TimelineState { processed_seq: 7, has_group: true, left: true, lost: Some((5, 9_000_005)), restore_check: true, removals: vec![(6, vec!["a2".into()])], ..Default::default() };
         tl.own_seqs.insert(9);
         // A seq whose big-endian bytes contain '/'.
         for seq in [3u64, 0x2f2f, u64::MAX] {
