@@ -794,24 +794,25 @@ impl Core {
                                 // Every commit is checked against the policy
                                 // before it is merged: one the committer's
                                 // role does not allow is not merged.
-                                let refusal = match (crate::policy::of_group(group), crate::policy::staged_policy(&sc)) {
+                                let before = crate::policy::of_group(group);
+                                let refusal = match (&before, crate::policy::staged_policy(&sc)) {
                                     (Ok(None), Ok(None)) => None,
                                     (Ok(None), Ok(Some(_))) => Some("a policy added to a timeline without one".to_string()),
                                     (Ok(Some(old)), Ok(new)) => {
                                         let new = new.unwrap_or_else(|| old.clone());
                                         let committer = sender_account.clone().unwrap_or_default();
                                         let effect = crate::policy::staged_effect(group, &mls_sender, &committer, &sc);
-                                        check_commit(&old, &new, &effect, d.stored_at).err().map(|e| e.to_string())
+                                        check_commit(old, &new, &effect, d.stored_at).err().map(|e| e.to_string())
                                     }
-                                    (Err(e), _) | (_, Err(e)) => Some(e.to_string()),
+                                    (Err(e), _) => Some(e.to_string()),
+                                    (_, Err(e)) => Some(e.to_string()),
                                 };
-                                let before = crate::policy::of_group(group).ok().flatten();
                                 if let Some(why) = refusal {
                                     warning = Some(format!("{tid} #{}: forged commit rejected: {why}", d.seq));
                                 } else if let Err(e) = group.merge_staged_commit(&self.provider, *sc) {
                                     warning = Some(format!("{tid} #{}: merge commit: {e:?}", d.seq));
                                 } else {
-                                    merged_after = Some(before);
+                                    merged_after = Some(before.ok().flatten());
                                 }
                             }
                             ProcessedMessageContent::OwnPendingCommit => {
@@ -1177,11 +1178,11 @@ impl Core {
         let due: Vec<String> = self.state.timelines.iter().filter(|(_, t)| t.restore_check).map(|(id, _)| id.clone()).collect();
         for tid in due {
             if !self.has_left(&tid) {
-                let rejoined = self.rejoin(io, &tid).await.map(|_| ());
-                let result = match rejoined {
-                    Ok(()) => self.remove_again_after_restore(io, &tid).await,
-                    Err(e) => Err(e),
-                };
+                let result = async {
+                    self.rejoin(io, &tid).await?;
+                    self.remove_again_after_restore(io, &tid).await
+                }
+                .await;
                 match result {
                     Ok(()) => {}
                     Err(e @ (ClientError::Disconnected(_) | ClientError::NotConnected | ClientError::Timeout)) => return Err(e),
@@ -1198,9 +1199,10 @@ impl Core {
     /// removed and who are members again. Someone whose removal this
     /// device's role does not allow is left to the devices of those it does.
     async fn remove_again_after_restore<T: Transport>(&mut self, io: &mut T, timeline_id: &str) -> Result<(), ClientError> {
-        let Some((after, until)) = self.state.timelines.get(timeline_id).and_then(|t| t.lost) else { return Ok(()) };
+        let Some(tl) = self.state.timelines.get(timeline_id) else { return Ok(()) };
+        let Some((after, until)) = tl.lost else { return Ok(()) };
         let policy = self.policy(timeline_id);
-        let again: BTreeSet<String> = self.state.timelines[timeline_id]
+        let again: BTreeSet<String> = tl
             .removals
             .iter()
             .filter(|(seq, _)| *seq > after && *seq <= until)
